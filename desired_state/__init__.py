@@ -1,0 +1,1 @@
+"""The desired topology: model, loading, secret references and rendering (pure, no Docker)."""

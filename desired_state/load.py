@@ -1,0 +1,318 @@
+"""Text -> Topology, with every error named by its place.
+
+Pure: the caller reads the file or the KV value and hands over bytes. Errors
+come back all at once as :class:`TopologyError`, each :class:`Issue` naming the
+path in the document (``hosts[2].advertise``) and, where the document is YAML
+or JSON text we parsed, its line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from desired_state.model import Topology
+
+MAX_DOCUMENT_BYTES = 1 << 20  # 1 MiB: a topology of a thousand hosts is ~200 KiB
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path or "(document)"
+        if self.line is not None:
+            where += f" (line {self.line}" + (f", column {self.column})" if self.column else ")")
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message, "line": self.line, "column": self.column}
+
+
+class TopologyError(Exception):
+    """The document is not a valid topology; ``issues`` lists every problem."""
+
+    def __init__(self, issues: list[Issue], source: str = "") -> None:
+        self.issues = issues
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(str(i) for i in issues))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    topology: Topology
+    warnings: list[Issue]
+    digest: str  # sha256 of the document's bytes: which version was applied
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_topology(data: bytes, *, source: str = "", fmt: str | None = None) -> Loaded:
+    """Parse and validate one topology document (YAML or JSON).
+
+    ``fmt`` is "yaml" or "json"; by default a document whose first non-blank
+    character is ``{`` is read as JSON, anything else as YAML (a superset).
+    """
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise TopologyError(
+            [Issue("", f"the document is {len(data):,} bytes; the limit is {MAX_DOCUMENT_BYTES:,}")], source
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TopologyError(
+            [Issue("", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", line)],
+            source,
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise TopologyError([Issue("", "the document is empty")], source)
+    kind = fmt or ("json" if text.lstrip().startswith("{") else "yaml")
+    raw, lines = _parse_json(text, source) if kind == "json" else _parse_yaml(text, source)
+    if not isinstance(raw, dict):
+        raise TopologyError(
+            [Issue("", f"the document must be a mapping of fields, not {_kind(raw)}", 1)], source
+        )
+    _check_depth(raw, source)
+    try:
+        topology = Topology.model_validate(raw)
+    except ValidationError as exc:
+        raise TopologyError(_issues_from(exc, lines), source) from None
+    warnings = [_issue_from_line(text_line, lines) for text_line in topology.warnings()]
+    return Loaded(topology=topology, warnings=warnings, digest=digest_of(data))
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+LineMap = dict[str, int]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (no alias bombs) and duplicate keys."""
+
+
+def _compose_node(self: _StrictLoader, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+    if self.check_event(yaml.AliasEvent):
+        event = self.peek_event()
+        raise yaml.constructor.ConstructorError(
+            None, None, "aliases (*name) are not allowed in a topology; write the value out", event.start_mark
+        )
+    return yaml.SafeLoader.compose_node(self, parent, index)  # type: ignore[no-any-return]
+
+
+_StrictLoader.compose_node = _compose_node  # type: ignore[method-assign,assignment]
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, LineMap]:
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise TopologyError([Issue("", "the document is empty")], source)
+        lines: LineMap = {}
+        _map_lines(node, "", lines)
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(p for p in (exc.context, exc.problem) if p) or "malformed YAML"
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        raise TopologyError([Issue("", f"malformed YAML: {message}", line, column)], source) from None
+    except yaml.YAMLError as exc:
+        raise TopologyError([Issue("", f"malformed YAML: {exc}")], source) from None
+    except RecursionError:
+        raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source) from None
+    finally:
+        loader.dispose()
+
+
+def _map_lines(node: yaml.Node, path: str, lines: LineMap, depth: int = 0) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+            _map_lines(value_node, f"{path}.{key}" if path else key, lines, depth + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _map_lines(item, f"{path}[{index}]", lines, depth + 1)
+
+
+def _parse_json(text: str, source: str) -> tuple[Any, LineMap]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise ValueError(f"duplicate key {key!r}")
+            result[key] = value
+        return result
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates), {}
+    except json.JSONDecodeError as exc:
+        raise TopologyError(
+            [Issue("", f"malformed JSON: {exc.msg}", exc.lineno, exc.colno)], source
+        ) from None
+    except ValueError as exc:
+        raise TopologyError([Issue("", f"malformed JSON: {exc}")], source) from None
+    except RecursionError:
+        raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source) from None
+
+
+def _check_depth(raw: Any, source: str) -> None:
+    stack: list[tuple[Any, int]] = [(raw, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source)
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+# --- validation errors -> issues -------------------------------------------------------------------
+
+
+def format_path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _issues_from(exc: ValidationError, lines: LineMap) -> list[Issue]:
+    issues: list[Issue] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
+        path = format_path(loc)
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        kind = error["type"]
+        if (not path and "\n" in message) or (not path and ": " in message):
+            issues.extend(_issue_from_line(line, lines) for line in message.split("\n"))
+            continue
+        if kind == "extra_forbidden":
+            message = "unknown field" + _suggest(loc, message)
+        elif kind == "missing":
+            message = "required field is missing"
+        elif kind.endswith("_type") or kind.endswith("_parsing") or kind == "enum":
+            message = f"{message}, got {_show(error.get('input'))}"
+        elif kind == "string_pattern_mismatch":
+            message = f"{_show(error.get('input'))} is not allowed here ({_pattern_hint(loc)})"
+        issues.append(Issue(path, message, _line_for(path, lines)))
+    return issues
+
+
+def _issue_from_line(text: str, lines: LineMap) -> Issue:
+    path, sep, message = text.partition(": ")
+    if not sep or " " in path:
+        return Issue("", text)
+    return Issue(path, message, _line_for(path, lines))
+
+
+def _line_for(path: str, lines: LineMap) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return None
+
+
+def _is_union_tag(part: int | str) -> bool:
+    return isinstance(part, str) and (part.startswith("function-") or part in ("str", "int", "float", "bool"))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(loc: tuple[int | str, ...], _message: str) -> str:
+    field = loc[-1] if loc else ""
+    model = _model_at(loc[:-1])
+    if model is None or not isinstance(field, str):
+        return ""
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(field, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (allowed: {', '.join(allowed)})"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Topology
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        found = _model_in(info.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+_PATTERN_HINTS = {
+    "cluster": "lower-case letters, digits, '.', '_' and '-', starting and ending with a letter or digit",
+    "name": "letters, digits and '-', at most 63, starting and ending with a letter or digit "
+    "(a Consul node name; no spaces, quotes or leading '-')",
+    "node": "letters, digits and '-', at most 63, starting and ending with a letter or digit",
+    "datacenter": "letters, digits, '_' and '-'",
+    "agent": "a Docker container name: letters, digits, '_', '.', '-', starting with a letter or digit",
+    "registrator": "a Docker container name: letters, digits, '_', '.', '-', starting with a letter or digit",
+    "env": "an environment variable name: letters, digits and '_'",
+}
+
+
+def _pattern_hint(loc: tuple[int | str, ...]) -> str:
+    for part in reversed(loc):
+        if isinstance(part, str) and part in _PATTERN_HINTS:
+            return _PATTERN_HINTS[part]
+    return "see the README for the allowed characters"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,142 @@
+"""ContainerSpec: what one container should be, as plain data plus a hash.
+
+The reconciler treats a spec as opaque: it creates containers from it, labels
+them with :meth:`ContainerSpec.spec_hash` and :meth:`ContainerSpec.record`, and
+compares records field by field to explain drift. Which command-line values are
+bootstrap-only (left out of the hash, so growing the cluster does not replace
+running agents) is Consul knowledge and is decided by the renderer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from desired_state.model import SecretRef
+
+HASH_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool = False
+
+    def record(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True)
+class Port:
+    container_port: int
+    protocol: str  # "tcp" | "udp"
+    host_port: int
+    host_ip: str | None = None
+
+    def record(self) -> str:
+        ip = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{ip}{self.host_port}:{self.container_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A small JSON file written into the container before it starts, holding
+    one secret under ``key``; the spec carries the reference, never the value."""
+
+    path: str
+    key: str
+    ref: SecretRef
+
+    def record(self) -> str:
+        return f"{self.path}:{self.key}=<{self.ref.describe()}>"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    host: str
+    name: str
+    role: str  # "server" | "client" | "registrator"
+    node: str
+    image: str
+    command: tuple[str, ...]
+    bootstrap_only: frozenset[str] = frozenset()  # exact args in ``command`` left out of the hash
+    env: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    network_mode: str = "host"
+    ports: tuple[Port, ...] = ()
+    restart_policy: str = "always"
+    secret_files: tuple[SecretFile, ...] = field(default=())
+
+    def steady_command(self) -> tuple[str, ...]:
+        """The command without bootstrap-only arguments: what the hash covers."""
+        return tuple(arg for arg in self.command if arg not in self.bootstrap_only)
+
+    def record(self) -> dict[str, Any]:
+        """The hashed view, as JSON-ready data (stored in a label, compared for drift).
+
+        Contains no secret value: secret files appear as their reference.
+        """
+        return {
+            "image": self.image,
+            "command": list(self.steady_command()),
+            "env": [f"{k}={v}" for k, v in self.env],
+            "mounts": [m.record() for m in self.mounts],
+            "network_mode": self.network_mode,
+            "ports": [p.record() for p in self.ports],
+            "restart_policy": self.restart_policy,
+            "secret_files": [s.record() for s in self.secret_files],
+        }
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.record(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(f"v{HASH_VERSION}:{canonical}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one host's Docker engine."""
+
+    url: str
+    timeout: float = 10.0
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "timeout": self.timeout,
+            "tls_ca": self.tls_ca,
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Endpoint:
+        return cls(
+            url=str(data["url"]),
+            timeout=float(data.get("timeout", 10.0)),
+            tls_ca=data.get("tls_ca"),
+            tls_cert=data.get("tls_cert"),
+            tls_key=data.get("tls_key"),
+        )
+
+
+@dataclass(frozen=True)
+class DesiredHost:
+    name: str
+    endpoint: Endpoint
+    specs: tuple[ContainerSpec, ...]
+
+
+@dataclass(frozen=True)
+class DesiredFleet:
+    cluster: str
+    datacenter: str
+    hosts: tuple[DesiredHost, ...]
+
+    def host(self, name: str) -> DesiredHost | None:
+        return next((h for h in self.hosts if h.name == name), None)

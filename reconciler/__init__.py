@@ -1,0 +1,3 @@
+"""consul-reconciler: keeps a Consul datacenter converged on plain Docker hosts."""
+
+__version__ = "0.1.0"

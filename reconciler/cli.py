@@ -1,0 +1,426 @@
+"""consul-reconciler: the command line.
+
+Exit codes: 0 success (for ``plan``: nothing to do), 1 error or not converged,
+2 (``plan`` only) changes are pending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from desired_state.load import Loaded, TopologyError, load_topology
+from desired_state.render import render as render_fleet
+from desired_state.secrets import check_secrets
+from reconciler import __version__
+from reconciler.audit import ActionFilter, AuditLog, default_database_url, normalize_url, parse_since
+from reconciler.engines import Connections
+from reconciler.execute import ExecOptions
+from reconciler.logs import setup_logging
+from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
+from reconciler.present import docker_run_line, format_plan
+from reconciler.reconcile import PassOptions, compute_plan, run_pass
+
+app = typer.Typer(
+    name="consul-reconciler",
+    help=(
+        "Keep a Consul datacenter (servers, clients and a Registrator beside each agent) converged on "
+        "plain Docker hosts. Describe the cluster in a topology file; `plan` shows what would change, "
+        "`apply` converges every host and records each action in the audit log."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SourceArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Topology file (YAML or JSON). Default: $CONSUL_RECONCILER_SOURCE.",
+        envvar="CONSUL_RECONCILER_SOURCE",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Audit database: a SQLAlchemy URL or a SQLite file path. "
+        "Default: $CONSUL_RECONCILER_DB, else ~/.local/state/consul-reconciler/audit.db.",
+        show_default=False,
+    ),
+]
+MaxRemovalsOpt = Annotated[
+    int,
+    typer.Option("--max-removals", min=0, help="Refuse a pass that would remove more containers than this."),
+]
+AdoptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--adopt",
+        metavar="HOST/NAME",
+        help="Take over an unmanaged container whose name the topology wants (it is replaced). Repeatable.",
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def _load(path: Path) -> Loaded:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    except IsADirectoryError:
+        _fail(f"{path}: is a directory; give the topology file")
+    except OSError as exc:
+        _fail(f"{path}: cannot read: {exc.strerror or exc}")
+    fmt = "json" if path.suffix.lower() == ".json" else None
+    try:
+        return load_topology(data, source=str(path), fmt=fmt)
+    except TopologyError as exc:
+        err.print(f"error: {path} is not a valid topology:", markup=False)
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _print_warnings(loaded: Loaded) -> None:
+    for warning in loaded.warnings:
+        err.print(f"warning: {warning}", markup=False)
+
+
+def _audit(db: str | None) -> AuditLog:
+    url = normalize_url(db) if db else default_database_url()
+    try:
+        return AuditLog(url)
+    except Exception as exc:
+        _fail(f"cannot open the audit database {_safe_url(url)}: {exc}")
+
+
+def _safe_url(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@app.callback()
+def _root(
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="Log lines as 'text' (default) or 'json' (one object a line).")
+    ] = "text",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+) -> None:
+    if log_format not in ("text", "json"):
+        _fail(f"--log-format must be 'text' or 'json', not {log_format!r}")
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def validate(source: SourceArg, as_json: JsonOpt = False) -> None:
+    """Check a topology file: every error with its place, secret references resolved. Exit 1 on errors."""
+    data_issues: list[dict[str, Any]] = []
+    try:
+        loaded = load_topology(
+            source.read_bytes(), source=str(source), fmt="json" if source.suffix.lower() == ".json" else None
+        )
+    except OSError as exc:
+        _fail(f"{source}: cannot read: {exc.strerror or exc}")
+    except TopologyError as exc:
+        if as_json:
+            _emit_json({"valid": False, "errors": [i.to_dict() for i in exc.issues], "warnings": []})
+        else:
+            err.print(f"{source}: {len(exc.issues)} error(s)", markup=False)
+            for issue in exc.issues:
+                err.print(f"  error: {issue}", markup=False)
+        raise typer.Exit(1) from None
+    secret_issues = check_secrets(loaded.topology)
+    data_issues = [i.to_dict() for i in secret_issues]
+    if as_json:
+        _emit_json(
+            {
+                "valid": not secret_issues,
+                "errors": data_issues,
+                "warnings": [w.to_dict() for w in loaded.warnings],
+                "digest": loaded.digest,
+            }
+        )
+    else:
+        for warning in loaded.warnings:
+            err.print(f"  warning: {warning}", markup=False)
+        for issue in secret_issues:
+            err.print(f"  error: {issue}", markup=False)
+        if not secret_issues:
+            t = loaded.topology
+            out.print(
+                f"{source}: valid: cluster {t.cluster}, datacenter {t.datacenter}, "
+                f"{len(t.servers)} server(s), {len(t.hosts) - len(t.servers)} client(s)",
+                markup=False,
+            )
+    if secret_issues:
+        raise typer.Exit(1)
+
+
+@app.command()
+def render(
+    source: SourceArg,
+    host: Annotated[str | None, typer.Option("--host", help="Only this host.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each host's containers as the equivalent `docker run` lines (no engine is contacted)."""
+    loaded = _load(source)
+    _print_warnings(loaded)
+    fleet = render_fleet(loaded.topology)
+    hosts = [h for h in fleet.hosts if host is None or h.name == host]
+    if host is not None and not hosts:
+        _fail(f"no host named {host!r} in {source} (hosts: {', '.join(h.name for h in fleet.hosts)})")
+    if as_json:
+        _emit_json(
+            {
+                "cluster": fleet.cluster,
+                "datacenter": fleet.datacenter,
+                "hosts": [
+                    {
+                        "name": h.name,
+                        "docker": h.endpoint.url,
+                        "containers": [
+                            {
+                                "name": s.name,
+                                "role": s.role,
+                                "node": s.node,
+                                "spec_hash": s.spec_hash(),
+                                **s.record(),
+                                "full_command": list(s.command),
+                                "docker_run": docker_run_line(s),
+                            }
+                            for s in h.specs
+                        ],
+                    }
+                    for h in hosts
+                ],
+            }
+        )
+        return
+    for h in hosts:
+        out.print(f"# host {h.name}  ({h.endpoint.url})", markup=False)
+        for spec in h.specs:
+            out.print(docker_run_line(spec), markup=False)
+        out.print("")
+
+
+@app.command()
+def plan(
+    source: SourceArg,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
+    adopt: AdoptOpt = None,
+) -> None:
+    """Compare the topology with the hosts and show what `apply` would do.
+
+    Exit 0 when nothing is to do, 2 when changes are pending, 1 on error.
+    """
+    loaded = _load(source)
+    _print_warnings(loaded)
+    audit = _audit(db)
+    connections = Connections()
+    try:
+        _, _, the_plan = compute_plan(
+            loaded, connections, audit, PassOptions(max_removals=max_removals, adopt=tuple(adopt or ()))
+        )
+    finally:
+        connections.close()
+        audit.close()
+    if as_json:
+        _emit_json(the_plan.to_dict())
+    else:
+        out.print(format_plan(the_plan), markup=False)
+    if the_plan.refused or the_plan.unreachable:
+        raise typer.Exit(1)
+    raise typer.Exit(0 if the_plan.is_noop else 2)
+
+
+@app.command()
+def apply(
+    source: SourceArg,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
+    adopt: AdoptOpt = None,
+    pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Pull images missing on a host.")] = True,
+    stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
+) -> None:
+    """Run one pass: converge every host to the topology, recording each action in the audit log.
+
+    Exit 0 when every host converged; 1 when an action failed, a host was unreachable, a name was
+    blocked by an unmanaged container, or the pass was refused.
+    """
+    loaded = _load(source)
+    _print_warnings(loaded)
+    audit = _audit(db)
+    connections = Connections()
+    options = PassOptions(
+        max_removals=max_removals,
+        adopt=tuple(adopt or ()),
+        exec=ExecOptions(pull=pull, stop_timeout=stop_timeout),
+    )
+    try:
+        result = run_pass(loaded, source=str(source), connections=connections, audit=audit, options=options)
+    finally:
+        connections.close()
+        audit.close()
+    if as_json:
+        _emit_json(
+            {
+                "run": result.run_id,
+                "status": result.status,
+                "refused": result.refused,
+                "plan": result.plan.to_dict(),
+                "results": [
+                    {
+                        "kind": r.action.kind.value,
+                        "host": r.action.host,
+                        "container": r.action.name,
+                        "status": r.status,
+                        "error": r.error,
+                        "container_id": r.container_id,
+                    }
+                    for r in (result.applied.results if result.applied else [])
+                ],
+            }
+        )
+    else:
+        out.print(format_plan(result.plan), markup=False)
+        if result.applied is not None and result.applied.results:
+            out.print("", markup=False)
+            for r in result.applied.results:
+                mark = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped"}[r.status]
+                tail = f": {r.error}" if r.error else ""
+                out.print(
+                    f"{mark:>8}  {r.action.kind.value} {r.action.host}/{r.action.name}{tail}", markup=False
+                )
+        blocked = sum(1 for a in result.plan.actions if a.kind is Kind.BLOCKED)
+        verdict = "converged" if result.ok else "NOT converged"
+        extra = f", {blocked} blocked" if blocked else ""
+        out.print(f"\nrun {result.run_id}: {result.status} ({verdict}{extra})", markup=False)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command("audit")
+def audit_cmd(
+    host: Annotated[str | None, typer.Option(help="Only actions on this host.")] = None,
+    node: Annotated[str | None, typer.Option(help="Only actions on this Consul node.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="create, replace, start, remove, blocked, adopt, observe.")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="started, succeeded, failed, skipped, interrupted.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Relative (90s, 15m, 2h, 3d, 1w) or an ISO time.")] = None,
+    run: Annotated[int | None, typer.Option(help="Only actions of this run (pass).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows (newest first).")] = 50,
+    runs: Annotated[bool, typer.Option("--runs", help="List passes (runs) instead of actions.")] = False,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
+    """Query the audit log: who changed what, when, and why."""
+    try:
+        since_at = parse_since(since) if since else None
+    except ValueError as exc:
+        _fail(f"--since: {exc}")
+    log_db = _audit(db)
+    try:
+        if runs:
+            run_rows = log_db.runs(limit=limit)
+            if as_json:
+                _emit_json([r.to_dict() for r in run_rows])
+                return
+            table = Table(title="runs (newest first)", show_lines=False)
+            for col in ("run", "started", "status", "trigger", "digest", "summary / error"):
+                table.add_column(col, overflow="fold")
+            for r in run_rows:
+                table.add_row(
+                    str(r.id),
+                    _time(r.started_at),
+                    r.status,
+                    r.trigger,
+                    (r.digest or "")[:12],
+                    r.error or json.dumps(r.summary or {}),
+                )
+            out.print(table)
+            return
+        rows = log_db.actions(
+            ActionFilter(
+                host=host, node=node, kind=kind, status=status, since=since_at, run_id=run, limit=limit
+            )
+        )
+    finally:
+        log_db.close()
+    if as_json:
+        _emit_json([r.to_dict() for r in rows])
+        return
+    table = Table(title=f"actions (newest first, {len(rows)} shown)")
+    for col in ("id", "run", "started", "host", "container", "kind", "status", "ms", "reason / error"):
+        table.add_column(col, overflow="fold")
+    for a in rows:
+        why = "; ".join(_reason_text(r) for r in (a.reason or []))
+        if a.error:
+            why = f"{why} | {a.error}" if why else a.error
+        table.add_row(
+            str(a.id),
+            str(a.run_id),
+            _time(a.started_at),
+            a.host,
+            a.container or "",
+            a.kind,
+            a.status,
+            f"{a.duration_ms:.0f}" if a.duration_ms is not None else "",
+            why,
+        )
+    out.print(table)
+
+
+def _reason_text(reason: dict[str, Any]) -> str:
+    if "field" in reason:
+        return f"{reason['field']}: {reason.get('old')} -> {reason.get('new')}"
+    return str(reason.get("message", ""))
+
+
+def _time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Docker clients per host: unix://, tcp:// with TLS (verification on), ssh://."""
+
+from __future__ import annotations
+
+import os
+import threading
+from urllib.parse import urlsplit
+
+import docker
+import docker.errors
+import docker.tls
+import requests.exceptions
+
+from desired_state.spec import Endpoint
+
+# Pinned so that creating a client costs no /version round trip. 1.41 is Docker
+# 20.10's API; newer engines still serve it.
+API_VERSION = "1.41"
+
+
+class EngineError(Exception):
+    """A host's engine cannot be reached or used; the message names the host."""
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__(f"host {host}: {message}")
+
+
+def connect(host: str, endpoint: Endpoint) -> docker.DockerClient:
+    parts = urlsplit(endpoint.url)
+    tls: docker.tls.TLSConfig | bool = False
+    if parts.scheme == "tcp" and (endpoint.tls_ca or endpoint.tls_cert):
+        for label, path in (
+            ("CA", endpoint.tls_ca),
+            ("client certificate", endpoint.tls_cert),
+            ("client key", endpoint.tls_key),
+        ):
+            if not path:
+                raise EngineError(
+                    host, f"TLS for {endpoint.url} needs a {label} file (tls.ca, tls.cert, tls.key)"
+                )
+            if not os.path.isfile(path):
+                raise EngineError(host, f"TLS {label} file {path} does not exist")
+        assert endpoint.tls_cert and endpoint.tls_key and endpoint.tls_ca
+        tls = docker.tls.TLSConfig(
+            client_cert=(endpoint.tls_cert, endpoint.tls_key), ca_cert=endpoint.tls_ca, verify=True
+        )
+    try:
+        return docker.DockerClient(
+            base_url=endpoint.url,
+            version=API_VERSION,
+            timeout=int(max(1, endpoint.timeout)),
+            tls=tls,
+            use_ssh_client=False,
+        )
+    except docker.errors.DockerException as exc:
+        raise EngineError(host, f"cannot set up a client for {endpoint.url}: {exc}") from None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, human-readable cause for a failed engine call."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return f"TLS handshake failed: {_root(exc)}"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return f"engine unreachable: {_root(exc)}"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "engine did not answer within the host's timeout"
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _root(exc: BaseException) -> str:
+    seen: BaseException = exc
+    while seen.__context__ is not None and seen.__context__ is not seen:
+        seen = seen.__context__
+    text = str(seen) or type(seen).__name__
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+class Connections:
+    """One client per host, reused across passes; rebuilt when the endpoint changes."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, tuple[Endpoint, docker.DockerClient]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str, endpoint: Endpoint) -> docker.DockerClient:
+        with self._lock:
+            cached = self._clients.get(host)
+            if cached is not None and cached[0] == endpoint:
+                return cached[1]
+            if cached is not None:
+                cached[1].close()
+            client = connect(host, endpoint)
+            self._clients[host] = (endpoint, client)
+            return client
+
+    def drop(self, host: str) -> None:
+        with self._lock:
+            cached = self._clients.pop(host, None)
+        if cached is not None:
+            cached[1].close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for _, client in clients:
+            client.close()

@@ -1,0 +1,349 @@
+"""Carry out a plan through the Docker SDK.
+
+Phases follow the plan's order (servers, clients, registrators, then removals).
+Inside a phase hosts run in parallel, each host's actions in order; disruptive
+server actions (replace, remove, adopt) run one at a time across the cluster.
+An action that fails stops the rest of its host's actions in this pass (they
+are recorded as skipped); other hosts go on.
+
+Every action's audit row is written before Docker is touched and finished
+after. A replacement creates the new container under a temporary name first
+(so a bad image or spec fails before the old container is stopped), then
+stops and removes the old one and renames the new one into place. A crash at
+any point leaves state the next pass repairs: a missing container is created,
+a leftover temporary container is ours but not desired and is removed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from desired_state.secrets import SecretError, resolve
+from desired_state.spec import ContainerSpec, Endpoint
+from reconciler import labels as L
+from reconciler.audit import AuditLog
+from reconciler.engines import Connections, EngineError, describe_error
+from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
+
+log = logging.getLogger("consul_reconciler.execute")
+
+
+class ActionError(Exception):
+    """An action could not be carried out; the message names host, container and cause."""
+
+
+@dataclass
+class ExecOptions:
+    pull: bool = True
+    stop_timeout: int = 30
+    start_timeout: float = 30.0
+    max_workers: int = 32
+    environ: Mapping[str, str] | None = None  # where secret references resolve (default os.environ)
+
+
+@dataclass
+class ActionResult:
+    action: Action
+    status: str  # succeeded | failed | skipped
+    error: str | None = None
+    container_id: str | None = None
+    audit_id: int | None = None
+
+
+@dataclass
+class ApplyResult:
+    results: list[ActionResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ActionResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+
+class Executor:
+    def __init__(
+        self,
+        connections: Connections,
+        endpoints: Mapping[str, Endpoint],
+        audit: AuditLog,
+        run_id: int,
+        cluster: str,
+        options: ExecOptions | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._connections = connections
+        self._endpoints = endpoints
+        self._audit = audit
+        self._run_id = run_id
+        self._cluster = cluster
+        self._options = options or ExecOptions()
+        self._should_stop = should_stop
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._failed_hosts: set[str] = set()
+
+    # --- orchestration --------------------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = ApplyResult()
+        for _, phase in groupby(plan.changes, key=_phase):
+            actions = list(phase)
+            serial = [a for a in actions if a.role == "server" and a.disruptive]
+            parallel = [a for a in actions if a not in serial]
+            result.results += self._run_parallel(parallel)
+            for action in serial:  # one disruptive server action at a time, cluster-wide
+                result.results.append(self._run_one(action))
+        return result
+
+    def _run_parallel(self, actions: list[Action]) -> list[ActionResult]:
+        by_host: dict[str, list[Action]] = {}
+        for action in actions:
+            by_host.setdefault(action.host, []).append(action)
+        if not by_host:
+            return []
+        workers = min(self._options.max_workers, len(by_host))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+            chunks = pool.map(lambda items: [self._run_one(a) for a in items], by_host.values())
+            return [r for chunk in chunks for r in chunk]
+
+    def _next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def _run_one(self, action: Action) -> ActionResult:
+        reason = [c.to_dict() for c in action.reasons]
+        common: dict[str, Any] = dict(
+            seq=self._next_seq(),
+            host=action.host,
+            kind=action.kind.value,
+            node=action.node,
+            role=action.role,
+            container=action.name,
+            reason=reason,
+            old_hash=action.old_hash,
+            new_hash=action.new_hash,
+            image=action.image,
+            container_id=action.observed.id if action.observed else None,
+        )
+        skip_why = None
+        if action.host in self._failed_hosts:
+            skip_why = "skipped: an earlier action on this host failed in this pass"
+        elif self._should_stop():
+            skip_why = "skipped: the controller is stopping"
+        if skip_why is not None:
+            row = self._audit.record_action(self._run_id, status="skipped", error=skip_why, **common)
+            return ActionResult(action, "skipped", skip_why, audit_id=row)
+
+        row = self._audit.start_action(self._run_id, **common)  # written before acting
+        started = time.monotonic()
+        try:
+            container_id = self._perform(action)
+        except Exception as exc:
+            message = exc.args[0] if isinstance(exc, ActionError) else describe_error(exc)
+            with self._lock:
+                self._failed_hosts.add(action.host)
+            self._audit.finish_action(row, status="failed", error=message)
+            log.error(
+                "%s %s/%s failed: %s",
+                action.kind.value,
+                action.host,
+                action.name,
+                message,
+                extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+            )
+            return ActionResult(action, "failed", message, audit_id=row)
+        self._audit.finish_action(row, status="succeeded", container_id=container_id)
+        log.info(
+            "%s %s/%s: %s (%.2fs)",
+            action.kind.value,
+            action.host,
+            action.name,
+            "; ".join(str(c) for c in action.reasons),
+            time.monotonic() - started,
+            extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+        )
+        return ActionResult(action, "succeeded", container_id=container_id, audit_id=row)
+
+    # --- the Docker work --------------------------------------------------------------------------
+
+    def _client(self, host: str) -> docker.DockerClient:
+        return self._connections.get(host, self._endpoints[host])
+
+    def _perform(self, action: Action) -> str | None:
+        client = self._client(action.host)
+        if action.kind is Kind.CREATE:
+            assert action.desired is not None
+            container = self._create(client, action.desired, action.desired.name)
+            self._start_and_wait(container, action)
+            return str(container.id)
+        if action.kind is Kind.START:
+            assert action.observed is not None
+            container = client.containers.get(action.observed.id)
+            if container.status == "paused":
+                container.unpause()
+            self._start_and_wait(container, action)
+            return str(container.id)
+        if action.kind in (Kind.REPLACE, Kind.ADOPT):
+            assert action.desired is not None and action.observed is not None
+            return self._replace(client, action, action.desired, action.observed.id)
+        if action.kind is Kind.REMOVE:
+            assert action.observed is not None
+            self._stop_and_remove(client, action.observed.id, action)
+            return action.observed.id
+        raise ActionError(f"host {action.host}: {action.kind.value} is not an action the executor performs")
+
+    def _replace(self, client: docker.DockerClient, action: Action, spec: ContainerSpec, old_id: str) -> str:
+        temporary = f"{spec.name}-next-{spec.spec_hash()[:8]}"
+        self._remove_if_present(client, temporary)  # a leftover of an interrupted replacement
+        new = self._create(client, spec, temporary)
+        self._stop_and_remove(client, old_id, action)
+        new.rename(spec.name)
+        self._start_and_wait(new, action)
+        return str(new.id)
+
+    def _create(self, client: docker.DockerClient, spec: ContainerSpec, name: str) -> Container:
+        self._ensure_image(client, spec)
+        files = self._secret_archive(spec)  # resolve before creating anything
+        kwargs: dict[str, Any] = dict(
+            image=spec.image,
+            command=list(spec.command),
+            name=name,
+            labels=L.labels_for(self._cluster, spec),
+            detach=True,
+            network_mode=spec.network_mode,
+            restart_policy={"Name": spec.restart_policy},
+            volumes={
+                m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
+            },
+            environment=[f"{k}={v}" for k, v in spec.env],
+        )
+        if spec.ports:
+            kwargs["ports"] = _port_bindings(spec)
+        try:
+            container = client.containers.create(**kwargs)
+        except docker.errors.ImageNotFound:
+            raise ActionError(f"host {spec.host}: image {spec.image} is not present on this host") from None
+        except docker.errors.APIError as exc:
+            raise ActionError(
+                f"host {spec.host}: cannot create container {name}: {describe_error(exc)}"
+            ) from None
+        if files is not None:
+            try:
+                container.put_archive("/", files)
+            except docker.errors.APIError as exc:
+                container.remove(force=True)
+                raise ActionError(
+                    f"host {spec.host}: cannot write the secret files into {name}: {describe_error(exc)}"
+                ) from None
+        return container
+
+    def _ensure_image(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+        try:
+            client.images.get(spec.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        if not self._options.pull:
+            raise ActionError(
+                f"host {spec.host}: image {spec.image} is not present and pulling is off (--no-pull)"
+            )
+        log.info("pulling %s on %s", spec.image, spec.host)
+        try:
+            client.images.pull(spec.image)
+        except docker.errors.APIError as exc:
+            raise ActionError(
+                f"host {spec.host}: cannot pull image {spec.image}: {describe_error(exc)}"
+            ) from None
+
+    def _secret_archive(self, spec: ContainerSpec) -> bytes | None:
+        if not spec.secret_files:
+            return None
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for secret in spec.secret_files:
+                try:
+                    value = resolve(secret.ref, self._options.environ)
+                except SecretError as exc:
+                    raise ActionError(f"host {spec.host}: secret {secret.ref.describe()}: {exc}") from None
+                data = json.dumps({secret.key: value}).encode()
+                info = tarfile.TarInfo(secret.path.lstrip("/"))
+                info.size = len(data)
+                info.mode = 0o644
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    def _start_and_wait(self, container: Container, action: Action) -> None:
+        container.start()
+        deadline = time.monotonic() + self._options.start_timeout
+        while True:
+            container.reload()
+            state = container.attrs.get("State", {})
+            if state.get("Running"):
+                return
+            if state.get("Status") in ("exited", "dead"):
+                tail = container.logs(tail=5).decode("utf-8", "replace").strip().replace("\n", " | ")
+                raise ActionError(
+                    f"host {action.host}: container {action.name} exited with code {state.get('ExitCode')} "
+                    f"right after start" + (f"; last output: {tail[-400:]}" if tail else "")
+                )
+            if time.monotonic() > deadline:
+                raise ActionError(
+                    f"host {action.host}: container {action.name} not running after "
+                    f"{self._options.start_timeout:.0f}s (state {state.get('Status')})"
+                )
+            time.sleep(0.05)
+
+    def _stop_and_remove(self, client: docker.DockerClient, container_id: str, action: Action) -> None:
+        try:
+            container = client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return  # already gone: the goal of this step
+        if container.status in ("running", "restarting", "paused"):
+            container.stop(timeout=self._options.stop_timeout)
+        try:
+            container.remove(v=False)
+        except docker.errors.NotFound:
+            return
+
+    def _remove_if_present(self, client: docker.DockerClient, name: str) -> None:
+        try:
+            stale = client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        if stale.labels.get(L.MANAGED_BY) != self._cluster:
+            raise ActionError(f"name {name} is held by a container that is not ours; not touching it")
+        stale.remove(force=True)
+
+
+def _phase(action: Action) -> tuple[int, int]:
+    rank = ROLE_ORDER.get(action.role or "", 3)
+    return (1, 3 - rank) if action.kind is Kind.REMOVE else (0, rank)
+
+
+def _port_bindings(spec: ContainerSpec) -> dict[str, Any]:
+    bindings: dict[str, Any] = {}
+    for port in spec.ports:
+        key = f"{port.container_port}/{port.protocol}"
+        bindings[key] = (port.host_ip, port.host_port) if port.host_ip else port.host_port
+    return bindings
+
+
+__all__ = ["ActionError", "ApplyResult", "EngineError", "ExecOptions", "Executor"]

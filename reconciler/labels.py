@@ -1,0 +1,40 @@
+"""Ownership labels: every container the controller creates carries them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from desired_state.spec import HASH_VERSION, ContainerSpec
+
+PREFIX = "io.consul-reconciler"
+MANAGED_BY = f"{PREFIX}.managed-by"
+HOST = f"{PREFIX}.host"
+ROLE = f"{PREFIX}.role"
+NODE = f"{PREFIX}.node"
+SPEC_HASH = f"{PREFIX}.spec-hash"
+HASH_VERSION_LABEL = f"{PREFIX}.hash-version"
+SPEC = f"{PREFIX}.spec"
+
+
+def labels_for(cluster: str, spec: ContainerSpec) -> dict[str, str]:
+    return {
+        MANAGED_BY: cluster,
+        HOST: spec.host,
+        ROLE: spec.role,
+        NODE: spec.node,
+        SPEC_HASH: spec.spec_hash(),
+        HASH_VERSION_LABEL: HASH_VERSION,
+        SPEC: json.dumps(spec.record(), sort_keys=True, separators=(",", ":")),
+    }
+
+
+def record_from(labels: dict[str, str]) -> dict[str, Any] | None:
+    text = labels.get(SPEC)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,71 @@
+"""Read each host's containers: one list call filtered by the managed-by label,
+plus one name-filtered call only when a desired container is not among ours
+(to see a name collision). Hosts are observed in parallel; an unreachable host
+is reported and never stops the others."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from desired_state.spec import Endpoint
+from reconciler import labels as L
+from reconciler.engines import Connections, EngineError, describe_error
+from reconciler.observed import ObservedContainer, ObservedFleet, ObservedHost
+
+
+def observe_fleet(
+    connections: Connections,
+    endpoints: Mapping[str, Endpoint],
+    wanted_names: Mapping[str, Iterable[str]],
+    *,
+    max_workers: int = 32,
+) -> ObservedFleet:
+    names = sorted(endpoints)
+    if not names:
+        return ObservedFleet(())
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(names)), thread_name_prefix="observe") as pool:
+        hosts = list(
+            pool.map(lambda h: observe_host(connections, h, endpoints[h], wanted_names.get(h, ())), names)
+        )
+    return ObservedFleet(tuple(hosts))
+
+
+def observe_host(
+    connections: Connections, host: str, endpoint: Endpoint, wanted: Iterable[str]
+) -> ObservedHost:
+    calls = 0
+    try:
+        api = connections.get(host, endpoint).api
+        calls += 1
+        managed = [_container(raw) for raw in api.containers(all=True, filters={"label": [L.MANAGED_BY]})]
+        missing = sorted(set(wanted) - {c.name for c in managed})
+        others: list[ObservedContainer] = []
+        if missing:
+            calls += 1
+            pattern = [f"^/{name}$" for name in missing]
+            others = [
+                c
+                for c in (_container(raw) for raw in api.containers(all=True, filters={"name": pattern}))
+                if c.name in missing and c.managed_by is None
+            ]
+    except EngineError as exc:
+        return ObservedHost(
+            host, endpoint, reachable=False, error=str(exc).removeprefix(f"host {host}: "), list_calls=calls
+        )
+    except Exception as exc:  # the engine's failure is data for the plan, never a crash of the pass
+        connections.drop(host)
+        return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc), list_calls=calls)
+    return ObservedHost(host, endpoint, True, None, tuple(managed), tuple(others), calls)
+
+
+def _container(raw: Mapping[str, Any]) -> ObservedContainer:
+    names = raw.get("Names") or ["/"]
+    return ObservedContainer(
+        id=str(raw.get("Id", "")),
+        name=str(names[0]).lstrip("/"),
+        image=str(raw.get("Image", "")),
+        state=str(raw.get("State", "unknown")),
+        labels=dict(raw.get("Labels") or {}),
+    )

@@ -1,0 +1,69 @@
+"""What the engines report: plain data, produced by :mod:`reconciler.observe`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from desired_state.spec import Endpoint
+from reconciler import labels as L
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    id: str
+    name: str
+    image: str
+    state: str  # Docker's State: created, running, paused, restarting, removing, exited, dead
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def managed_by(self) -> str | None:
+        return self.labels.get(L.MANAGED_BY)
+
+    @property
+    def role(self) -> str | None:
+        return self.labels.get(L.ROLE)
+
+    @property
+    def node(self) -> str | None:
+        return self.labels.get(L.NODE)
+
+    @property
+    def spec_hash(self) -> str | None:
+        return self.labels.get(L.SPEC_HASH)
+
+    @property
+    def hash_version(self) -> str | None:
+        return self.labels.get(L.HASH_VERSION_LABEL)
+
+    def record(self) -> dict[str, Any] | None:
+        return L.record_from(self.labels)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class ObservedHost:
+    name: str
+    endpoint: Endpoint
+    reachable: bool
+    error: str | None = None
+    managed: tuple[ObservedContainer, ...] = ()  # carry the managed-by label (any cluster)
+    others: tuple[ObservedContainer, ...] = ()  # unlabelled containers holding names we want
+    list_calls: int = 0
+
+    def by_name(self) -> dict[str, ObservedContainer]:
+        found = {c.name: c for c in self.others}
+        found.update({c.name: c for c in self.managed})
+        return found
+
+
+@dataclass(frozen=True)
+class ObservedFleet:
+    hosts: tuple[ObservedHost, ...]
+
+    def host(self, name: str) -> ObservedHost | None:
+        return next((h for h in self.hosts if h.name == name), None)

@@ -1,0 +1,272 @@
+"""DesiredFleet x ObservedFleet -> Plan (pure, deterministic).
+
+A plan is an ordered list of actions, each with the reasons for it:
+
+- ``create``   the container is missing;
+- ``replace``  its spec hash differs (the reason names every changed field, old and new),
+               or Docker reports it dead;
+- ``start``    it is ours, current, but not running;
+- ``remove``   it is ours but no longer desired (its host left the topology, or a
+               leftover of an interrupted replacement);
+- ``blocked``  the name is held by a container without our managed-by label: never touched;
+- ``adopt``    such a container, named by the operator with ``--adopt HOST/NAME``: replaced.
+
+Order: servers, then clients, then registrators (so on each host the agent comes
+before its registrator); removals last, registrators first. Hosts keep their
+order in the topology; hosts that left it come after, by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
+from reconciler.observed import ObservedContainer, ObservedFleet, ObservedHost
+
+DEFAULT_MAX_REMOVALS = 4
+ROLE_ORDER = {"server": 0, "client": 1, "registrator": 2}
+
+
+class Kind(StrEnum):
+    CREATE = "create"
+    REPLACE = "replace"
+    START = "start"
+    REMOVE = "remove"
+    BLOCKED = "blocked"
+    ADOPT = "adopt"
+
+
+DISRUPTIVE = frozenset({Kind.REPLACE, Kind.REMOVE, Kind.ADOPT})
+
+
+@dataclass(frozen=True)
+class Change:
+    """One reason: a field that changed (old -> new), or a plain message."""
+
+    field: str | None = None
+    old: Any = None
+    new: Any = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.field is None:
+            return {"message": self.message}
+        return {"field": self.field, "old": self.old, "new": self.new}
+
+    def __str__(self) -> str:
+        if self.field is None:
+            return self.message or ""
+        return f"{self.field}: {_short(self.old)} -> {_short(self.new)}"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Kind
+    host: str
+    name: str
+    role: str | None
+    node: str | None
+    reasons: tuple[Change, ...]
+    desired: ContainerSpec | None = None
+    observed: ObservedContainer | None = None
+
+    @property
+    def disruptive(self) -> bool:
+        return self.kind in DISRUPTIVE
+
+    @property
+    def old_hash(self) -> str | None:
+        return self.observed.spec_hash if self.observed else None
+
+    @property
+    def new_hash(self) -> str | None:
+        return self.desired.spec_hash() if self.desired else None
+
+    @property
+    def image(self) -> str | None:
+        if self.desired is not None:
+            return self.desired.image
+        return self.observed.image if self.observed else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "host": self.host,
+            "container": self.name,
+            "role": self.role,
+            "node": self.node,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "old_hash": self.old_hash,
+            "new_hash": self.new_hash,
+            "image": self.image,
+            "container_id": self.observed.id if self.observed else None,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    cluster: str
+    actions: tuple[Action, ...]
+    unreachable: dict[str, str] = field(default_factory=dict)  # host -> error
+    retired_hosts: tuple[str, ...] = ()  # hosts that left the topology but still run our containers
+    refused: str | None = None  # set when the pass must not run at all
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        """Actions that would change something (everything but ``blocked``)."""
+        return tuple(a for a in self.actions if a.kind is not Kind.BLOCKED)
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.actions and not self.unreachable and self.refused is None
+
+    def counts(self) -> dict[str, int]:
+        counts = {kind.value: 0 for kind in Kind}
+        for action in self.actions:
+            counts[action.kind.value] += 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "counts": self.counts(),
+            "actions": [a.to_dict() for a in self.actions],
+            "unreachable": dict(self.unreachable),
+            "retired_hosts": list(self.retired_hosts),
+            "refused": self.refused,
+        }
+
+
+def make_plan(
+    desired: DesiredFleet,
+    observed: ObservedFleet,
+    *,
+    max_removals: int = DEFAULT_MAX_REMOVALS,
+    adopt: Iterable[str] = (),
+) -> Plan:
+    """Compare and order. ``adopt`` holds "HOST/NAME" strings the operator allowed us to take over."""
+    if not desired.hosts:
+        return Plan(desired.cluster, (), refused="the topology has no hosts; refusing to plan a pass")
+    adopt_set = frozenset(adopt)
+    actions: list[Action] = []
+    unreachable: dict[str, str] = {}
+    order = {h.name: i for i, h in enumerate(desired.hosts)}
+    retired: list[str] = []
+
+    for host in desired.hosts:
+        seen = observed.host(host.name)
+        if seen is None or not seen.reachable:
+            unreachable[host.name] = seen.error if seen and seen.error else "not observed"
+            continue
+        actions += _host_actions(desired.cluster, host.specs, seen, adopt_set)
+
+    for seen in sorted(observed.hosts, key=lambda h: h.name):
+        if seen.name in order:
+            continue
+        if not seen.reachable:
+            unreachable[seen.name] = seen.error or "not observed"
+            continue
+        ours = [c for c in seen.managed if c.managed_by == desired.cluster]
+        if ours:
+            retired.append(seen.name)
+            order[seen.name] = len(order)
+        for container in ours:
+            actions.append(_remove(seen.name, container, "host is no longer in the topology"))
+
+    actions.sort(key=lambda a: _sort_key(a, order))
+    removals = sum(1 for a in actions if a.kind is Kind.REMOVE)
+    refused = None
+    if removals > max_removals:
+        refused = (
+            f"this pass would remove {removals} containers, more than the limit of {max_removals}; "
+            "check the topology, then raise --max-removals if this is intended"
+        )
+    return Plan(desired.cluster, tuple(actions), unreachable, tuple(retired), refused)
+
+
+def _host_actions(
+    cluster: str, specs: tuple[ContainerSpec, ...], seen: ObservedHost, adopt: frozenset[str]
+) -> list[Action]:
+    actions: list[Action] = []
+    present = seen.by_name()
+    wanted = {spec.name for spec in specs}
+    for spec in specs:
+        current = present.get(spec.name)
+        if current is None:
+            actions.append(_action(Kind.CREATE, spec, None, (Change(message="container is missing"),)))
+        elif current.managed_by != cluster:
+            actions.append(_collision(cluster, spec, current, f"{seen.name}/{spec.name}" in adopt))
+        else:
+            action = _compare(spec, current)
+            if action is not None:
+                actions.append(action)
+    for container in seen.managed:
+        if container.managed_by == cluster and container.name not in wanted:
+            actions.append(_remove(seen.name, container, "no longer desired on this host"))
+    return actions
+
+
+def _compare(spec: ContainerSpec, current: ObservedContainer) -> Action | None:
+    if current.spec_hash != spec.spec_hash() or current.hash_version != HASH_VERSION:
+        return _action(Kind.REPLACE, spec, current, tuple(field_changes(current.record(), spec.record())))
+    if current.state in ("dead", "removing"):
+        return _action(Kind.REPLACE, spec, current, (Change(message=f"container is {current.state}"),))
+    if current.state in ("running", "restarting"):
+        return None
+    return _action(Kind.START, spec, current, (Change(message=f"container is {current.state}"),))
+
+
+def _collision(cluster: str, spec: ContainerSpec, current: ObservedContainer, adopt: bool) -> Action:
+    owner = f"managed by cluster {current.managed_by!r}" if current.managed_by else "not managed by us"
+    what = f"name held by container {current.short_id} ({current.image}, {current.state}), {owner}"
+    if adopt and current.managed_by is None:
+        return _action(Kind.ADOPT, spec, current, (Change(message=f"{what}; adopting as asked"),))
+    hint = f"; to take it over: --adopt {spec.host}/{spec.name}" if current.managed_by is None else ""
+    return _action(Kind.BLOCKED, spec, current, (Change(message=what + hint),))
+
+
+def field_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Change]:
+    """Name every field of the hashed record that differs (old and new value)."""
+    if old is None:
+        return [Change(message="the container carries no readable spec label (made by an older version?)")]
+    changes = [
+        Change(field=key, old=old.get(key), new=new.get(key))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    return changes or [Change(message="spec hash version changed; fields are equal")]
+
+
+def _action(
+    kind: Kind, spec: ContainerSpec, current: ObservedContainer | None, reasons: tuple[Change, ...]
+) -> Action:
+    return Action(kind, spec.host, spec.name, spec.role, spec.node, reasons, spec, current)
+
+
+def _remove(host: str, container: ObservedContainer, why: str) -> Action:
+    return Action(
+        Kind.REMOVE,
+        host,
+        container.name,
+        container.role,
+        container.node,
+        (Change(message=why),),
+        None,
+        container,
+    )
+
+
+def _sort_key(action: Action, order: dict[str, int]) -> tuple[int, int, int, str]:
+    rank = ROLE_ORDER.get(action.role or "", 3)
+    if action.kind is Kind.REMOVE:
+        return (1, 3 - rank, order.get(action.host, len(order)), action.name)
+    return (0, rank, order.get(action.host, len(order)), action.name)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)

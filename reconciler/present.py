@@ -1,0 +1,101 @@
+"""How plans, specs and audit rows read for a person (pure text; the CLI prints it)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from desired_state.secrets import REDACTED
+from desired_state.spec import ContainerSpec
+from reconciler.plan import Action, Change, Kind, Plan
+
+SYMBOL = {
+    Kind.CREATE: "+",
+    Kind.REPLACE: "~",
+    Kind.START: ">",
+    Kind.REMOVE: "-",
+    Kind.BLOCKED: "!",
+    Kind.ADOPT: "~",
+}
+
+
+def docker_run_line(spec: ContainerSpec) -> str:
+    """The ``docker run`` command a person would type for this spec (secrets redacted)."""
+    argv = ["docker", "run", "-d", "--name", spec.name]
+    if spec.network_mode == "host":
+        argv.append("--net=host")
+    else:
+        argv.append(f"--net={spec.network_mode}")
+        for port in spec.ports:
+            argv += ["-p", port.record().removesuffix("/tcp")]
+    for mount in spec.mounts:
+        argv += ["-v", mount.record()]
+    for key, value in spec.env:
+        argv += ["-e", f"{key}={value}"]
+    argv.append(f"--restart={spec.restart_policy}")
+    argv.append(spec.image)
+    argv += list(spec.command)
+    line = shlex.join(argv)
+    for secret in spec.secret_files:
+        line += (
+            f'\n# then, before start: {secret.path} = {{"{secret.key}": "{REDACTED}"}}'
+            f"  (value from {secret.ref.describe()}, written into the container, never on its command line)"
+        )
+    return line
+
+
+def format_plan(plan: Plan) -> str:
+    lines: list[str] = []
+    counts = plan.counts()
+    summary = ", ".join(
+        f"{n} to {k}" if k not in ("blocked",) else f"{n} blocked" for k, n in counts.items() if n
+    )
+    if plan.refused:
+        lines.append(f"REFUSED: {plan.refused}")
+    if not plan.actions and not plan.unreachable:
+        lines.append(f"cluster {plan.cluster}: nothing to do; every host matches the topology.")
+        return "\n".join(lines)
+    lines.append(f"cluster {plan.cluster}: {summary or 'no changes'}")
+    current_host = None
+    for action in plan.actions:
+        if action.host != current_host:
+            current_host = action.host
+            note = "  (no longer in the topology)" if action.host in plan.retired_hosts else ""
+            lines.append(f"\nhost {action.host}{note}")
+        lines.extend(format_action(action))
+    for host, error in sorted(plan.unreachable.items()):
+        lines.append(f"\nhost {host}\n  ? unreachable, nothing planned: {error}")
+    return "\n".join(lines)
+
+
+def format_action(action: Action) -> list[str]:
+    role = f" ({action.role})" if action.role else ""
+    head = f"  {SYMBOL[action.kind]} {action.kind.value:<8} {action.name}{role}"
+    if action.desired is not None and action.kind in (Kind.CREATE, Kind.ADOPT):
+        head += f"  image {action.desired.image}"
+    out = [head]
+    for change in action.reasons:
+        out.extend("      " + line for line in format_change(change))
+    return out
+
+
+def format_change(change: Change) -> list[str]:
+    if change.field is None:
+        return [change.message or ""]
+    old, new = change.old, change.new
+    if isinstance(old, list) and isinstance(new, list):
+        removed = [x for x in old if x not in new]
+        added = [x for x in new if x not in old]
+        if removed or added:
+            parts = [f"{change.field}:"]
+            parts += [f"  - {x}" for x in removed]
+            parts += [f"  + {x}" for x in added]
+            return parts
+        return [f"{change.field}: order changed: {_fmt(old)} -> {_fmt(new)}"]
+    return [f"{change.field}: {_fmt(old)} -> {_fmt(new)}"]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + " ".join(str(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)

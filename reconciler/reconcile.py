@@ -1,0 +1,180 @@
+"""One pass: desired state -> observe -> plan -> (audit, execute).
+
+The glue between the pure core and the shell. Used by the CLI's ``plan`` and
+``apply`` and by the controller loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from desired_state.load import Loaded
+from desired_state.render import render
+from desired_state.secrets import check_secrets
+from desired_state.spec import DesiredFleet, Endpoint
+from reconciler.audit import AuditLog
+from reconciler.engines import Connections
+from reconciler.execute import ApplyResult, ExecOptions, Executor
+from reconciler.observe import observe_fleet
+from reconciler.observed import ObservedFleet
+from reconciler.plan import DEFAULT_MAX_REMOVALS, Change, Kind, Plan, make_plan
+
+log = logging.getLogger("consul_reconciler.pass")
+
+
+@dataclass
+class PassOptions:
+    max_removals: int = DEFAULT_MAX_REMOVALS
+    adopt: tuple[str, ...] = ()
+    exec: ExecOptions = field(default_factory=ExecOptions)
+
+
+@dataclass
+class PassResult:
+    plan: Plan
+    observed: ObservedFleet
+    run_id: int | None = None
+    applied: ApplyResult | None = None
+    refused: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Converged: nothing refused, failed, unreachable or blocked."""
+        if self.refused or self.plan.unreachable:
+            return False
+        if any(a.kind is Kind.BLOCKED for a in self.plan.actions):
+            return False
+        return self.applied is None or not self.applied.failed
+
+    @property
+    def status(self) -> str:
+        if self.refused:
+            return "refused"
+        return "succeeded" if self.ok else "failed"
+
+
+def controller_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def endpoints_to_observe(desired: DesiredFleet, audit: AuditLog | None) -> dict[str, Endpoint]:
+    """The desired hosts, plus hosts we applied to before that left the topology
+    (so their containers can be removed)."""
+    endpoints = {h.name: h.endpoint for h in desired.hosts}
+    if audit is not None:
+        for host, data in audit.known_hosts(desired.cluster).items():
+            if host not in endpoints:
+                try:
+                    endpoints[host] = Endpoint.from_dict(data)
+                except (KeyError, TypeError, ValueError):
+                    log.warning("known host %s has an unreadable endpoint record; ignoring it", host)
+    return endpoints
+
+
+def compute_plan(
+    loaded: Loaded,
+    connections: Connections,
+    audit: AuditLog | None,
+    options: PassOptions,
+) -> tuple[DesiredFleet, ObservedFleet, Plan]:
+    desired = render(loaded.topology)
+    endpoints = endpoints_to_observe(desired, audit)
+    wanted = {h.name: [s.name for s in h.specs] for h in desired.hosts}
+    observed = observe_fleet(connections, endpoints, wanted)
+    plan = make_plan(desired, observed, max_removals=options.max_removals, adopt=options.adopt)
+    return desired, observed, plan
+
+
+def run_pass(
+    loaded: Loaded,
+    *,
+    source: str,
+    connections: Connections,
+    audit: AuditLog,
+    options: PassOptions,
+    trigger: str = "cli",
+    environ: Mapping[str, str] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> PassResult:
+    desired, observed, plan = compute_plan(loaded, connections, audit, options)
+    cluster = desired.cluster
+    run_id = audit.start_run(
+        cluster_id=cluster,
+        trigger=trigger,
+        source=source,
+        digest=loaded.digest,
+        controller=controller_identity(),
+    )
+    seq = 1000  # rows about the pass itself (unreachable, blocked) sort after the actions
+    for host, error in sorted(plan.unreachable.items()):
+        seq += 1
+        audit.record_action(
+            run_id,
+            seq=seq,
+            host=host,
+            kind="observe",
+            status="failed",
+            error=error,
+            reason=[{"message": "host could not be observed; nothing done on it"}],
+        )
+    for action in plan.actions:
+        if action.kind is Kind.BLOCKED:
+            seq += 1
+            audit.record_action(
+                run_id,
+                seq=seq,
+                host=action.host,
+                kind=action.kind.value,
+                node=action.node,
+                role=action.role,
+                container=action.name,
+                reason=[c.to_dict() for c in action.reasons],
+                status="skipped",
+                container_id=action.observed.id if action.observed else None,
+                image=action.image,
+                error="blocked: name held by a container that is not ours",
+            )
+    refused = plan.refused or _secret_problems(loaded, environ or options.exec.environ)
+    if refused:
+        audit.finish_run(run_id, status="refused", error=refused, summary=plan.counts())
+        log.error("pass refused: %s", refused)
+        return PassResult(plan, observed, run_id, None, refused)
+
+    reachable = {h.name for h in observed.hosts if h.reachable}
+    for host in desired.hosts:
+        if host.name in reachable:
+            audit.remember_host(cluster, host.name, host.endpoint.to_dict())
+    endpoints = {h.name: h.endpoint for h in observed.hosts}
+    executor = Executor(connections, endpoints, audit, run_id, cluster, options.exec, should_stop)
+    applied = executor.apply(plan)
+    for host in plan.retired_hosts:
+        if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
+            audit.forget_host(cluster, host)
+    result = PassResult(plan, observed, run_id, applied)
+    summary: dict[str, object] = {
+        "planned": plan.counts(),
+        "succeeded": applied.count("succeeded"),
+        "failed": applied.count("failed"),
+        "skipped": applied.count("skipped"),
+        "unreachable": sorted(plan.unreachable),
+    }
+    error = "; ".join(r.error or "" for r in applied.failed) or None
+    if plan.unreachable:
+        error = "; ".join(filter(None, [error, *(f"host {h}: {e}" for h, e in plan.unreachable.items())]))
+    audit.finish_run(run_id, status=result.status, summary=summary, error=error)
+    return result
+
+
+def _secret_problems(loaded: Loaded, environ: Mapping[str, str] | None) -> str | None:
+    issues = check_secrets(loaded.topology, environ)
+    if not issues:
+        return None
+    return "secret references do not resolve, nothing done: " + "; ".join(str(i) for i in issues)
+
+
+def reasons_text(reasons: Iterable[Change]) -> str:
+    return "; ".join(str(r) for r in reasons)
