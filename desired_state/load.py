@@ -22,6 +22,7 @@ from desired_state.model import Topology
 
 MAX_DOCUMENT_BYTES = 1 << 20  # 1 MiB: a topology of a thousand hosts is ~200 KiB
 MAX_DEPTH = 32
+_SECRET_FIELDS = frozenset({"encrypt"})  # fields whose values are never shown in an error
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,11 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _compose_node(self: _StrictLoader, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
     if self.check_event(yaml.AliasEvent):
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         raise yaml.constructor.ConstructorError(
             None, None, "aliases (*name) are not allowed in a topology; write the value out", event.start_mark
         )
-    return yaml.SafeLoader.compose_node(self, parent, index)  # type: ignore[no-any-return]
+    return yaml.SafeLoader.compose_node(self, parent, index)
 
 
 _StrictLoader.compose_node = _compose_node  # type: ignore[method-assign,assignment]
@@ -218,14 +219,19 @@ def _issues_from(exc: ValidationError, lines: LineMap) -> list[Issue]:
         if (not path and "\n" in message) or (not path and ": " in message):
             issues.extend(_issue_from_line(line, lines) for line in message.split("\n"))
             continue
+        # a value under a secret field may be the secret itself, written inline by mistake
+        shown = "(redacted)" if any(p in _SECRET_FIELDS for p in loc) else _show(error.get("input"))
         if kind == "extra_forbidden":
             message = "unknown field" + _suggest(loc, message)
         elif kind == "missing":
             message = "required field is missing"
+        elif kind == "invalid_key":  # the last part of loc is the key itself, not a field or an index
+            path = format_path(loc[:-1])
+            message = f"key {shown} is not a string (write it in quotes)"
         elif kind.endswith("_type") or kind.endswith("_parsing") or kind == "enum":
-            message = f"{message}, got {_show(error.get('input'))}"
+            message = f"{message}, got {shown}"
         elif kind == "string_pattern_mismatch":
-            message = f"{_show(error.get('input'))} is not allowed here ({_pattern_hint(loc)})"
+            message = f"{shown} is not allowed here ({_pattern_hint(loc)})"
         issues.append(Issue(path, message, _line_for(path, lines)))
     return issues
 

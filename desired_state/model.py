@@ -113,24 +113,31 @@ def _check_extra_args(values: tuple[str, ...]) -> tuple[str, ...]:
             raise ValueError(f"item {index}: {arg!r} must be a flag starting with '-' (write '-flag=value')")
         if any(ch in arg for ch in ("\0", "\n")):
             raise ValueError(f"item {index}: {arg!r} contains a newline or NUL")
-        if arg.split("=", 1)[0].lstrip("-") in ("encrypt", "server", "bootstrap-expect", "node", "advertise"):
+        flag = re.split(r"[=\s]", arg, maxsplit=1)[0]  # the value may be a secret: never echo it
+        if flag.lstrip("-") in ("encrypt", "server", "bootstrap-expect", "node", "advertise"):
             raise ValueError(
-                f"item {index}: {arg!r} is set by the topology itself; use its own field instead"
+                f"item {index}: {flag!r} is set by the topology itself; use its own field instead"
             )
     return values
 
 
 class ConsulSettings(_Strict):
     image: str = DEFAULT_CONSUL_IMAGE
+    server_image: str | None = Field(default=None, description="Overrides 'image' for servers")
+    client_image: str | None = Field(default=None, description="Overrides 'image' for clients")
     ui: bool = True
     client_address: str = "0.0.0.0"
     encrypt: SecretRef | None = None
     extra_args: tuple[str, ...] = ()
 
-    @field_validator("image")
+    @field_validator("image", "server_image", "client_image")
     @classmethod
-    def _image(cls, value: str) -> str:
-        return check_image_reference(value)
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else check_image_reference(value)
+
+    def image_for(self, role: Role) -> str:
+        override = self.server_image if role is Role.SERVER else self.client_image
+        return override or self.image
 
     @field_validator("client_address")
     @classmethod

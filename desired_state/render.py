@@ -101,7 +101,7 @@ def agent_spec(topology: Topology, host: Host) -> ContainerSpec:
         name=topology.names.agent,
         role=host.role.value,
         node=host.node_name,
-        image=consul.image,
+        image=consul.image_for(host.role),
         command=tuple(command),
         bootstrap_only=frozenset(bootstrap),
         mounts=(Mount(host.data_dir, CONSUL_DATA),),
@@ -132,7 +132,8 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
         command += ["-deregister", settings.deregister]
     if settings.tags:
         command += ["-tags", ",".join(settings.tags)]
-    command.append(f"consul://{address}:{HTTP_PORT}")
+    host_part = f"[{address}]" if ":" in address else address  # an IPv6 address needs brackets in a URL
+    command.append(f"consul://{host_part}:{HTTP_PORT}")
     return ContainerSpec(
         host=host.name,
         name=topology.names.registrator,

@@ -42,6 +42,8 @@ def resolve(
         value = read_file(ref.file)
     except OSError as exc:
         raise SecretError(f"cannot read secret file {ref.file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SecretError(f"secret file {ref.file} is not UTF-8 text") from None
     if not value.strip():
         raise SecretError(f"secret file {ref.file} is empty")
     return value.strip()

@@ -14,7 +14,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from desired_state.load import Loaded, TopologyError, load_topology
 from desired_state.render import render as render_fleet
@@ -25,7 +24,7 @@ from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
 from reconciler.logs import setup_logging
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
-from reconciler.present import docker_run_line, format_plan
+from reconciler.present import docker_run_line, format_plan, text_table
 from reconciler.reconcile import PassOptions, compute_plan, run_pass
 
 app = typer.Typer(
@@ -363,19 +362,23 @@ def audit_cmd(
             if as_json:
                 _emit_json([r.to_dict() for r in run_rows])
                 return
-            table = Table(title="runs (newest first)", show_lines=False)
-            for col in ("run", "started", "status", "trigger", "digest", "summary / error"):
-                table.add_column(col, overflow="fold")
-            for r in run_rows:
-                table.add_row(
-                    str(r.id),
-                    _time(r.started_at),
-                    r.status,
-                    r.trigger,
-                    (r.digest or "")[:12],
-                    r.error or json.dumps(r.summary or {}),
-                )
-            out.print(table)
+            out.print(
+                text_table(
+                    ["run", "started", "status", "trigger", "digest", "summary / error"],
+                    [
+                        [
+                            str(r.id),
+                            _time(r.started_at),
+                            r.status,
+                            r.trigger,
+                            (r.digest or "")[:12],
+                            r.error or json.dumps(r.summary or {}),
+                        ]
+                        for r in run_rows
+                    ],
+                ),
+                markup=False,
+            )
             return
         rows = log_db.actions(
             ActionFilter(
@@ -387,25 +390,27 @@ def audit_cmd(
     if as_json:
         _emit_json([r.to_dict() for r in rows])
         return
-    table = Table(title=f"actions (newest first, {len(rows)} shown)")
-    for col in ("id", "run", "started", "host", "container", "kind", "status", "ms", "reason / error"):
-        table.add_column(col, overflow="fold")
+    table_rows: list[list[str]] = []
     for a in rows:
         why = "; ".join(_reason_text(r) for r in (a.reason or []))
         if a.error:
             why = f"{why} | {a.error}" if why else a.error
-        table.add_row(
-            str(a.id),
-            str(a.run_id),
-            _time(a.started_at),
-            a.host,
-            a.container or "",
-            a.kind,
-            a.status,
-            f"{a.duration_ms:.0f}" if a.duration_ms is not None else "",
-            why,
+        ms = f"{a.duration_ms:.0f}" if a.duration_ms is not None else ""
+        table_rows.append(
+            [
+                str(a.id),
+                str(a.run_id),
+                _time(a.started_at),
+                a.host,
+                a.container or "",
+                a.kind,
+                a.status,
+                ms,
+                why,
+            ]
         )
-    out.print(table)
+    headers = ["id", "run", "started", "host", "container", "kind", "status", "ms", "reason / error"]
+    out.print(text_table(headers, table_rows) if table_rows else "no matching actions", markup=False)
 
 
 def _reason_text(reason: dict[str, Any]) -> str:

@@ -57,7 +57,11 @@ def format_plan(plan: Plan) -> str:
         return "\n".join(lines)
     lines.append(f"cluster {plan.cluster}: {summary or 'no changes'}")
     current_host = None
+    host_order: dict[str, int] = {}
     for action in plan.actions:
+        host_order.setdefault(action.host, len(host_order))
+    by_host = sorted(enumerate(plan.actions), key=lambda pair: (host_order[pair[1].host], pair[0]))
+    for _, action in by_host:
         if action.host != current_host:
             current_host = action.host
             note = "  (no longer in the topology)" if action.host in plan.retired_hosts else ""
@@ -99,3 +103,17 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return "[" + " ".join(str(v) for v in value) + "]"
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns sized to their content; the last column is never cut or wrapped."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: list[str]) -> str:
+        head = "  ".join(c.ljust(widths[i]) for i, c in enumerate(cells[:-1]))
+        return f"{head}  {cells[-1]}".rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])

@@ -138,16 +138,23 @@ def run_pass(
                 image=action.image,
                 error="blocked: name held by a container that is not ours",
             )
-    refused = plan.refused or _secret_problems(loaded, environ or options.exec.environ)
+    needs_secrets = any(
+        a.desired is not None and a.desired.secret_files
+        for a in plan.actions
+        if a.kind in (Kind.CREATE, Kind.REPLACE, Kind.ADOPT)
+    )
+    refused = plan.refused or (
+        _secret_problems(loaded, environ or options.exec.environ) if needs_secrets else None
+    )
     if refused:
         audit.finish_run(run_id, status="refused", error=refused, summary=plan.counts())
         log.error("pass refused: %s", refused)
         return PassResult(plan, observed, run_id, None, refused)
 
     reachable = {h.name for h in observed.hosts if h.reachable}
-    for host in desired.hosts:
-        if host.name in reachable:
-            audit.remember_host(cluster, host.name, host.endpoint.to_dict())
+    for wanted in desired.hosts:
+        if wanted.name in reachable:
+            audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
     endpoints = {h.name: h.endpoint for h in observed.hosts}
     executor = Executor(connections, endpoints, audit, run_id, cluster, options.exec, should_stop)
     applied = executor.apply(plan)
@@ -162,10 +169,10 @@ def run_pass(
         "skipped": applied.count("skipped"),
         "unreachable": sorted(plan.unreachable),
     }
-    error = "; ".join(r.error or "" for r in applied.failed) or None
-    if plan.unreachable:
-        error = "; ".join(filter(None, [error, *(f"host {h}: {e}" for h, e in plan.unreachable.items())]))
-    audit.finish_run(run_id, status=result.status, summary=summary, error=error)
+    problems = [r.error or "" for r in applied.failed]
+    problems += [f"host {h}: {e}" for h, e in sorted(plan.unreachable.items())]
+    run_error = "; ".join(problems) or None
+    audit.finish_run(run_id, status=result.status, summary=summary, error=run_error)
     return result
 
 

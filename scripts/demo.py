@@ -1,0 +1,134 @@
+"""The demo: converge a local three-host Consul fleet, then show the plan, the containers and the audit log.
+
+Run through ``bash scripts/demo.sh`` (which installs what is missing first). Hosts are local Docker
+engines started here (tests/fleet.py), or the engines named in ``DEMO_DOCKER_HOSTS`` (comma-separated
+``unix://``/``tcp://`` URLs, the first one becomes the server). The real images are pulled when a
+registry can be reached; otherwise offline stand-ins are built and the demo says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import docker.errors
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fleet import (  # noqa: E402  (the path is set up just above)
+    STANDIN_CONSUL_1,
+    STANDIN_REGISTRATOR_1,
+    ensure_engines,
+    ensure_standin_images,
+)
+
+REAL_CONSUL = "hashicorp/consul:1.20"
+REAL_REGISTRATOR = "gliderlabs/registrator:latest"
+STATE = ROOT / ".state" / "demo"
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"\n==> {text}", flush=True)
+
+
+def cli(*args: str, check: bool = False) -> int:
+    print(f"$ consul-reconciler {' '.join(args)}", flush=True)
+    code = subprocess.call([sys.executable, "-m", "reconciler.cli", *args])
+    if check and code != 0:
+        sys.exit(f"demo: `consul-reconciler {' '.join(args)}` exited {code}")
+    return code
+
+
+def hosts() -> list[tuple[str, str, str]]:
+    """(name, docker URL, advertise address) per host."""
+    given = [u.strip() for u in os.environ.get("DEMO_DOCKER_HOSTS", "").split(",") if u.strip()]
+    if given:
+        return [(f"node{i}", url, f"127.0.20.{i}") for i, url in enumerate(given, 1)]
+    say("starting three local Docker engines (one per demo host; reused if already running)")
+    engines = ensure_engines(3)
+    for e in engines:
+        print(f"  {e.name}: {e.url}  advertise {e.address}")
+    return [(f"node{e.index}", e.url, e.address) for e in engines]
+
+
+def images(urls: list[str]) -> tuple[str, str]:
+    say(f"getting the images ({REAL_CONSUL}, {REAL_REGISTRATOR})")
+    try:
+        for url in urls:
+            client = docker.DockerClient(base_url=url, timeout=60, version="1.41")
+            with contextlib.closing(client):
+                for image in (REAL_CONSUL, REAL_REGISTRATOR):
+                    client.images.pull(image)
+        print("  pulled the real images")
+        return REAL_CONSUL, REAL_REGISTRATOR
+    except docker.errors.DockerException as exc:
+        reason = str(exc).splitlines()[0][:160]
+        print(f"  no registry reachable ({reason})")
+        print("  OFFLINE: building stand-in images from busybox instead. They accept the same command")
+        print("  lines and keep running, so everything the controller does is real except Consul itself.")
+        from tests.fleet import Engine
+
+        engines = [Engine.at(int(u.split("/host")[1].split("/")[0])) for u in urls if "/crfleet/host" in u]
+        if len(engines) != len(urls):
+            sys.exit("demo: offline stand-ins can only be built on the demo's own engines")
+        ensure_standin_images(engines)
+        return STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1
+
+
+def main() -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    os.environ["CONSUL_RECONCILER_DB"] = str(STATE / "audit.db")
+    fleet = hosts()
+    consul_image, registrator_image = images([url for _, url, _ in fleet])
+    topology = {
+        "cluster": "demo",
+        "datacenter": "dc1",
+        "consul": {"image": consul_image, "ui": True},
+        "registrator": {"image": registrator_image, "internal": True},
+        "hosts": [
+            {
+                "name": name,
+                "docker": url,
+                "advertise": addr,
+                "role": "server" if i == 0 else "client",
+                "data_dir": str(STATE / f"data-{name}"),
+            }
+            for i, (name, url, addr) in enumerate(fleet)
+        ],
+    }
+    path = STATE / "topology.yaml"
+    path.write_text(yaml.safe_dump(topology, sort_keys=False))
+    say(f"the desired topology ({path})")
+    print(path.read_text())
+    say("what it means, as the docker run lines of the blog recipe")
+    cli("render", str(path), check=True)
+    say("the plan (exit 2: changes pending; 0: nothing to do)")
+    cli("plan", str(path))
+    say("apply: converge every host")
+    cli("apply", str(path), check=True)
+    say("plan again: nothing to do")
+    cli("plan", str(path), check=True)
+    say("the containers on each host")
+    for name, url, _ in fleet:
+        client = docker.DockerClient(base_url=url, version="1.41")
+        with contextlib.closing(client):
+            for c in client.containers.list(all=True, filters={"label": "io.consul-reconciler.managed-by"}):
+                print(
+                    f"  {name}: {c.name:<12} {c.status:<8} {c.image.tags[0] if c.image.tags else c.image.id}"
+                )
+    say("the audit log")
+    cli("audit", "--limit", "10")
+    cli("audit", "--runs", "--limit", "5")
+    say("done")
+    print(f"Edit {path} and run `.venv/bin/consul-reconciler apply {path}` to change the fleet;")
+    print("`.venv/bin/python -m tests.fleet down` stops the demo engines.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: a fleet of real, local Docker engines (see tests/fleet.py).
+
+Tests under tests/integration are marked ``integration`` automatically. Nothing is ever skipped:
+if the engines cannot be brought up, every test that needs them fails with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fleet import Engine, FleetError, ensure_engines, ensure_standin_images, reset_engines
+
+FLEET_SIZE = 3
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION_DIR in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def fleet() -> list[Engine]:
+    """Three running Docker engines (host1..host3) with the stand-in images, reused across sessions."""
+    try:
+        engines = ensure_engines(FLEET_SIZE)
+        ensure_standin_images(engines)
+    except FleetError as error:
+        pytest.fail(f"the Docker test fleet could not be brought up: {error}", pytrace=False)
+    return engines
+
+
+@pytest.fixture
+def clean_fleet(fleet: list[Engine]) -> list[Engine]:
+    """The fleet with every engine running (a stopped one is started again) and no containers."""
+    try:
+        reset_engines(fleet)
+    except FleetError as error:
+        pytest.fail(f"the Docker test fleet could not be reset: {error}", pytrace=False)
+    return fleet
