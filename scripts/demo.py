@@ -20,10 +20,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crdemo")  # the demo's engines, apart from the tests'
 
 from tests.fleet import (  # noqa: E402  (the path is set up just above)
     STANDIN_CONSUL_1,
     STANDIN_REGISTRATOR_1,
+    Engine,
     ensure_engines,
     ensure_standin_images,
 )
@@ -45,19 +47,19 @@ def cli(*args: str, check: bool = False) -> int:
     return code
 
 
-def hosts() -> list[tuple[str, str, str]]:
-    """(name, docker URL, advertise address) per host."""
+def hosts() -> tuple[list[tuple[str, str, str]], list[Engine]]:
+    """(name, docker URL, advertise address) per host, and the engines the demo started."""
     given = [u.strip() for u in os.environ.get("DEMO_DOCKER_HOSTS", "").split(",") if u.strip()]
     if given:
-        return [(f"node{i}", url, f"127.0.20.{i}") for i, url in enumerate(given, 1)]
+        return [(f"node{i}", url, f"127.0.20.{i}") for i, url in enumerate(given, 1)], []
     say("starting three local Docker engines (one per demo host; reused if already running)")
     engines = ensure_engines(3)
     for e in engines:
         print(f"  {e.name}: {e.url}  advertise {e.address}")
-    return [(f"node{e.index}", e.url, e.address) for e in engines]
+    return [(f"node{e.index}", e.url, e.address) for e in engines], engines
 
 
-def images(urls: list[str]) -> tuple[str, str]:
+def images(urls: list[str], engines: list[Engine]) -> tuple[str, str]:
     say(f"getting the images ({REAL_CONSUL}, {REAL_REGISTRATOR})")
     try:
         for url in urls:
@@ -72,11 +74,8 @@ def images(urls: list[str]) -> tuple[str, str]:
         print(f"  no registry reachable ({reason})")
         print("  OFFLINE: building stand-in images from busybox instead. They accept the same command")
         print("  lines and keep running, so everything the controller does is real except Consul itself.")
-        from tests.fleet import Engine
-
-        engines = [Engine.at(int(u.split("/host")[1].split("/")[0])) for u in urls if "/crfleet/host" in u]
-        if len(engines) != len(urls):
-            sys.exit("demo: offline stand-ins can only be built on the demo's own engines")
+        if not engines:
+            sys.exit("demo: no registry reachable, and stand-ins are only built on the demo's own engines")
         ensure_standin_images(engines)
         return STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1
 
@@ -84,8 +83,8 @@ def images(urls: list[str]) -> tuple[str, str]:
 def main() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     os.environ["CONSUL_RECONCILER_DB"] = str(STATE / "audit.db")
-    fleet = hosts()
-    consul_image, registrator_image = images([url for _, url, _ in fleet])
+    fleet, engines = hosts()
+    consul_image, registrator_image = images([url for _, url, _ in fleet], engines)
     topology = {
         "cluster": "demo",
         "datacenter": "dc1",
@@ -127,7 +126,8 @@ def main() -> None:
     cli("audit", "--runs", "--limit", "5")
     say("done")
     print(f"Edit {path} and run `.venv/bin/consul-reconciler apply {path}` to change the fleet;")
-    print("`.venv/bin/python -m tests.fleet down` stops the demo engines.")
+    root = os.environ["CR_FLEET_ROOT"]
+    print(f"`CR_FLEET_ROOT={root} .venv/bin/python -m tests.fleet down` stops the demo engines.")
 
 
 if __name__ == "__main__":
