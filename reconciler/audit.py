@@ -62,6 +62,7 @@ __all__ = [
     "ActionFilter",
     "ActionRow",
     "AuditLog",
+    "HostState",
     "RunRow",
     "default_database_url",
     "normalize_url",
@@ -227,6 +228,21 @@ class ActionModel(Base):
     duration_ms: Mapped[float | None] = mapped_column(Float)
 
 
+class HostStateModel(Base):
+    """The controller's view of each host after its last pass: ok, backoff, degraded, unreachable."""
+
+    __tablename__ = "host_states"
+
+    cluster_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32))
+    failures: Mapped[int] = mapped_column(Integer)
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    drift: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class KnownHostModel(Base):
     __tablename__ = "known_hosts"
 
@@ -366,6 +382,20 @@ class RunRow:
             summary=json.loads(m.summary) if m.summary else None,
             error=m.error,
         )
+
+
+@dataclass(frozen=True)
+class HostState:
+    host: str
+    state: str  # ok | backoff | degraded | unreachable
+    failures: int
+    retry_at: datetime | None
+    drift: int
+    detail: str | None
+    updated_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _row_dict(self)
 
 
 # --------------------------------------------------------------------------- the log
@@ -845,6 +875,59 @@ class AuditLog:
         )
         with self._read() as session:
             return {host: json.loads(endpoint) for host, endpoint in session.execute(stmt)}
+
+    # -- host states (written by the controller after each pass, read by `status`)
+
+    def set_host_states(self, cluster_id: str, states: list[HostState]) -> None:
+        now = self._now()
+        with self._write() as session:
+            for item in states:
+                session.execute(
+                    delete(HostStateModel)
+                    .where(HostStateModel.cluster_id == cluster_id, HostStateModel.host == item.host)
+                    .execution_options(synchronize_session=False)
+                )
+                session.add(
+                    HostStateModel(
+                        cluster_id=cluster_id,
+                        host=item.host,
+                        state=item.state,
+                        failures=item.failures,
+                        retry_at=item.retry_at,
+                        drift=item.drift,
+                        detail=item.detail,
+                        updated_at=now,
+                    )
+                )
+
+    def host_states(self, cluster_id: str) -> dict[str, HostState]:
+        stmt = select(HostStateModel).where(HostStateModel.cluster_id == cluster_id)
+        with self._read() as session:
+            return {
+                m.host: HostState(m.host, m.state, m.failures, m.retry_at, m.drift, m.detail, m.updated_at)
+                for m in session.scalars(stmt)
+            }
+
+    # -- retention
+
+    def prune(self, older_than: datetime) -> int:
+        """Delete finished runs (and their actions) that started before ``older_than``.
+
+        Returns the number of action rows deleted. Running runs are never pruned."""
+        cutoff = _as_utc(older_than)
+        old_runs = select(RunModel.id).where(RunModel.started_at < cutoff, RunModel.status != "running")
+        with self._write() as session:
+            deleted = session.execute(
+                delete(ActionModel)
+                .where(ActionModel.run_id.in_(old_runs))
+                .execution_options(synchronize_session=False)
+            )
+            session.execute(
+                delete(RunModel)
+                .where(RunModel.started_at < cutoff, RunModel.status != "running")
+                .execution_options(synchronize_session=False)
+            )
+            return int(getattr(deleted, "rowcount", 0) or 0)
 
 
 # --------------------------------------------------------------------------- --since parsing

@@ -80,7 +80,7 @@ def sqlite_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
 def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Path) -> None:
     assert db_path.is_file()  # parent directory "state/" was created
     insp = inspect(log.engine)
-    assert set(insp.get_table_names()) == {"alembic_version", "runs", "actions", "known_hosts"}
+    assert set(insp.get_table_names()) == {"alembic_version", "runs", "actions", "known_hosts", "host_states"}
 
     assert {c["name"] for c in insp.get_columns("runs")} == {
         "id", "cluster_id", "started_at", "finished_at", "status", "trigger", "source",
@@ -122,6 +122,7 @@ def test_alembic_head_is_the_version_stored_in_the_database(log: AuditLog, db_pa
     assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(head,)]
     # The first migration is the base of a single, linear history.
     assert [rev.revision for rev in script.walk_revisions()][-1] == "0001"
+    assert head == HEAD_REVISION
     assert len(script.get_heads()) == 1
 
 
@@ -141,7 +142,7 @@ def test_second_open_is_a_noop_upgrade(db_path: Path) -> None:
     try:
         after = sqlite_rows(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
         assert after == before
-        assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
         run = second.get_run(run_id)
         assert run is not None and run.source == "a.yaml"
     finally:
@@ -171,7 +172,7 @@ def test_concurrent_first_opens_migrate_once(db_path: Path) -> None:
     for audit in logs:
         audit.close()
     assert errors == []
-    assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
 
 
 def test_concurrent_first_opens_from_several_processes(db_path: Path) -> None:
@@ -202,7 +203,7 @@ def test_concurrent_first_opens_from_several_processes(db_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
         results.append((proc.returncode, err))
     assert [code for code, _ in results] == [0] * 4, [err for _, err in results]
-    assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
     assert sqlite_rows(db_path, "SELECT count(*) FROM runs") == [(4,)]
 
 
@@ -227,7 +228,7 @@ def test_concurrent_opens_of_different_files(tmp_path: Path) -> None:
     assert errors == []
     for n in range(6):
         path = tmp_path / f"db{n}" / "audit.db"
-        assert sqlite_rows(path, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert sqlite_rows(path, "SELECT version_num FROM alembic_version") == [(HEAD_REVISION,)]
         assert sqlite_rows(path, "SELECT cluster_id FROM runs") == [(f"dc{n}",)]
 
 
@@ -697,6 +698,7 @@ def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- parse_since
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+HEAD_REVISION = "0002"
 
 
 @pytest.mark.parametrize(
@@ -747,3 +749,38 @@ def test_parse_since_errors_name_the_accepted_forms(value: str) -> None:
 def test_parse_since_overflow_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="too far"):
         parse_since("999999999w", now=NOW)
+
+
+def test_host_states_replace_per_host_and_read_back(log: AuditLog) -> None:
+    from reconciler.audit import HostState
+
+    retry = datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
+    log.set_host_states(
+        "c1", [HostState("h1", "ok", 0, None, 0, None), HostState("h2", "backoff", 2, retry, 3, "x")]
+    )
+    log.set_host_states("c1", [HostState("h1", "degraded", 4, retry, 1, "crash loop")])
+    log.set_host_states("c2", [HostState("h1", "ok", 0, None, 0, None)])
+    states = log.host_states("c1")
+    assert sorted(states) == ["h1", "h2"]
+    assert (states["h1"].state, states["h1"].failures, states["h1"].detail) == ("degraded", 4, "crash loop")
+    assert states["h2"].retry_at == retry and states["h2"].drift == 3
+    assert log.host_states("c2")["h1"].state == "ok"
+
+
+def test_prune_deletes_old_finished_runs_and_their_actions_only(db_path: Path) -> None:
+    clock = {"now": NOW - timedelta(days=10)}
+    log = AuditLog(str(db_path), clock=lambda: clock["now"])
+    try:
+        old = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
+        log.start_action(old, seq=1, host="h", kind="create")
+        log.finish_run(old, status="succeeded")
+        still_running = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
+        clock["now"] = NOW
+        new = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
+        log.start_action(new, seq=1, host="h", kind="create")
+        assert log.prune(NOW - timedelta(days=7)) == 1
+        assert log.get_run(old) is None
+        assert log.get_run(still_running) is not None
+        assert [a.run_id for a in log.actions()] == [new]
+    finally:
+        log.close()
