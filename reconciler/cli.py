@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -331,6 +333,170 @@ def apply(
         extra = f", {blocked} blocked" if blocked else ""
         out.print(f"\nrun {result.run_id}: {result.status} ({verdict}{extra})", markup=False)
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _duration(text: str, option: str) -> timedelta:
+    try:
+        return datetime.now(UTC) - parse_since(text)
+    except ValueError as exc:
+        _fail(f"{option}: {exc}")
+
+
+@app.command()
+def run(
+    source: SourceArg,
+    db: DbOpt = None,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between full resyncs (jittered).")
+    ] = 30.0,
+    jitter: Annotated[
+        float, typer.Option(min=0, max=1, help="Resync jitter, a fraction of the interval.")
+    ] = 0.1,
+    http: Annotated[
+        str, typer.Option(help="ADDRESS:PORT for /healthz, /readyz, /metrics; 'off' for none.")
+    ] = "127.0.0.1:9321",
+    http_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the bearer token required on a non-loopback --http address "
+            "(or $CONSUL_RECONCILER_HTTP_TOKEN)."
+        ),
+    ] = None,
+    max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
+    prune_after: Annotated[
+        str | None, typer.Option(help="Delete audit rows older than this (e.g. 30d); off by default.")
+    ] = None,
+    backoff_base: Annotated[
+        float, typer.Option(min=0.01, help="First backoff delay after a host fails (s).")
+    ] = 1.0,
+    backoff_max: Annotated[float, typer.Option(min=0.01, help="Longest backoff delay (s).")] = 300.0,
+    crashloop_attempts: Annotated[
+        int,
+        typer.Option(min=1, help="Repairs of one container within the window that mark its host degraded."),
+    ] = 3,
+    crashloop_window: Annotated[float, typer.Option(min=1, help="Crash-loop window (s).")] = 300.0,
+    stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
+    events: Annotated[
+        bool, typer.Option("--events/--no-events", help="Watch Docker events for drift.")
+    ] = True,
+) -> None:
+    """Run the controller: converge now, then keep converging for ever.
+
+    A pass runs every --interval seconds, and at once when the topology file changes, when a managed
+    container dies, stops or disappears on any host, or when an engine comes back. SIGTERM/SIGINT
+    finish the action in flight, record the run as interrupted and exit 0.
+    """
+    from reconciler.backoff import BackoffPolicy
+    from reconciler.controller import Controller, ControllerOptions
+    from reconciler.sources import FileSource
+
+    token = None
+    if http_token_file is not None:
+        try:
+            token = http_token_file.read_text().strip()
+        except OSError as exc:
+            _fail(f"--http-token-file {http_token_file}: {exc.strerror or exc}")
+    token = token or os.environ.get("CONSUL_RECONCILER_HTTP_TOKEN") or None
+    options = ControllerOptions(
+        interval=interval,
+        jitter=jitter,
+        http=None if http == "off" else http,
+        http_token=token,
+        prune_after=_duration(prune_after, "--prune-after") if prune_after else None,
+        backoff=BackoffPolicy(base=backoff_base, cap=backoff_max),
+        crashloop_attempts=crashloop_attempts,
+        crashloop_window=crashloop_window,
+        watch_events=events,
+        passes=PassOptions(max_removals=max_removals, exec=ExecOptions(stop_timeout=stop_timeout)),
+    )
+    audit = _audit(db)
+    try:
+        controller = Controller(FileSource(source), audit, options)
+        code = controller.run()
+    except ValueError as exc:  # e.g. a non-loopback --http without a token
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start the HTTP endpoint on {http}: {exc.strerror or exc}")
+    finally:
+        audit.close()
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(source: SourceArg, as_json: JsonOpt = False, db: DbOpt = None) -> None:
+    """Per host: desired vs observed containers, drift, last action and its outcome, backoff state."""
+    loaded = _load(source)
+    audit = _audit(db)
+    connections = Connections()
+    try:
+        desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
+        states = audit.host_states(desired.cluster)
+        hosts: list[dict[str, Any]] = []
+        names = [h.name for h in desired.hosts] + [
+            o.name for o in observed.hosts if desired.host(o.name) is None
+        ]
+        for name in names:
+            wanted = desired.host(name)
+            seen = observed.host(name)
+            last = audit.actions(ActionFilter(host=name, limit=1))
+            state = states.get(name)
+            hosts.append(
+                {
+                    "host": name,
+                    "reachable": seen.reachable if seen else None,
+                    "error": seen.error if seen else None,
+                    "desired": [s.name for s in wanted.specs] if wanted else [],
+                    "observed": {
+                        c.name: c.state
+                        for c in (seen.managed if seen else ())
+                        if c.managed_by == desired.cluster
+                    },
+                    "drift": [f"{a.kind.value} {a.name}" for a in the_plan.actions if a.host == name],
+                    "last_action": last[0].to_dict() if last else None,
+                    "controller_state": state.to_dict() if state else None,
+                }
+            )
+    finally:
+        connections.close()
+        audit.close()
+    if as_json:
+        _emit_json({"cluster": desired.cluster, "digest": loaded.digest, "hosts": hosts})
+        return
+    rows = []
+    for h in hosts:
+        observed_text = " ".join(f"{n}:{st}" for n, st in sorted(h["observed"].items())) or "-"
+        if h["reachable"] is False:
+            observed_text = f"UNREACHABLE ({h['error']})"
+        last = h["last_action"]
+        last_text = (
+            f"{last['kind']} {last['container'] or ''} {last['status']} {_time_iso(last['started_at'])}"
+            if last
+            else "-"
+        )
+        st = h["controller_state"]
+        state_text = (
+            "-"
+            if st is None
+            else st["state"]
+            + (f" (failures {st['failures']}, retry {_time_iso(st['retry_at'])})" if st["failures"] else "")
+        )
+        rows.append(
+            [
+                h["host"],
+                " ".join(h["desired"]) or "-",
+                observed_text,
+                ", ".join(h["drift"]) or "none",
+                state_text,
+                last_text,
+            ]
+        )
+    out.print(
+        text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows), markup=False
+    )
+
+
+def _time_iso(value: str | None) -> str:
+    return value.replace("T", " ")[:19] if value else ""
 
 
 @app.command("audit")

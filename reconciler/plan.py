@@ -18,7 +18,7 @@ order in the topology; hosts that left it come after, by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -113,6 +113,7 @@ class Plan:
     unreachable: dict[str, str] = field(default_factory=dict)  # host -> error
     retired_hosts: tuple[str, ...] = ()  # hosts that left the topology but still run our containers
     refused: str | None = None  # set when the pass must not run at all
+    deferred: dict[str, str] = field(default_factory=dict)  # host -> why it is left alone this pass
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -137,6 +138,7 @@ class Plan:
             "unreachable": dict(self.unreachable),
             "retired_hosts": list(self.retired_hosts),
             "refused": self.refused,
+            "deferred": dict(self.deferred),
         }
 
 
@@ -146,8 +148,11 @@ def make_plan(
     *,
     max_removals: int = DEFAULT_MAX_REMOVALS,
     adopt: Iterable[str] = (),
+    deferred: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Compare and order. ``adopt`` holds "HOST/NAME" strings the operator allowed us to take over."""
+    """Compare and order. ``adopt`` holds "HOST/NAME" strings the operator allowed us to take over;
+    ``deferred`` hosts (backing off after failures) get no actions this pass."""
+    deferred = dict(deferred or {})
     if not desired.hosts:
         return Plan(desired.cluster, (), refused="the topology has no hosts; refusing to plan a pass")
     adopt_set = frozenset(adopt)
@@ -157,6 +162,8 @@ def make_plan(
     retired: list[str] = []
 
     for host in desired.hosts:
+        if host.name in deferred:
+            continue
         seen = observed.host(host.name)
         if seen is None or not seen.reachable:
             unreachable[host.name] = seen.error if seen and seen.error else "not observed"
@@ -164,7 +171,7 @@ def make_plan(
         actions += _host_actions(desired.cluster, host.specs, seen, adopt_set)
 
     for seen in sorted(observed.hosts, key=lambda h: h.name):
-        if seen.name in order:
+        if seen.name in order or seen.name in deferred:
             continue
         if not seen.reachable:
             unreachable[seen.name] = seen.error or "not observed"
@@ -184,7 +191,7 @@ def make_plan(
             f"this pass would remove {removals} containers, more than the limit of {max_removals}; "
             "check the topology, then raise --max-removals if this is intended"
         )
-    return Plan(desired.cluster, tuple(actions), unreachable, tuple(retired), refused)
+    return Plan(desired.cluster, tuple(actions), unreachable, tuple(retired), refused, deferred)
 
 
 def _host_actions(

@@ -50,10 +50,14 @@ class PassResult:
             return False
         return self.applied is None or not self.applied.failed
 
+    interrupted: bool = False
+
     @property
     def status(self) -> str:
         if self.refused:
             return "refused"
+        if self.interrupted:
+            return "interrupted"
         return "succeeded" if self.ok else "failed"
 
 
@@ -80,12 +84,16 @@ def compute_plan(
     connections: Connections,
     audit: AuditLog | None,
     options: PassOptions,
+    deferred: Mapping[str, str] | None = None,
 ) -> tuple[DesiredFleet, ObservedFleet, Plan]:
     desired = render(loaded.topology)
-    endpoints = endpoints_to_observe(desired, audit)
+    deferred = dict(deferred or {})
+    endpoints = {h: e for h, e in endpoints_to_observe(desired, audit).items() if h not in deferred}
     wanted = {h.name: [s.name for s in h.specs] for h in desired.hosts}
     observed = observe_fleet(connections, endpoints, wanted)
-    plan = make_plan(desired, observed, max_removals=options.max_removals, adopt=options.adopt)
+    plan = make_plan(
+        desired, observed, max_removals=options.max_removals, adopt=options.adopt, deferred=deferred
+    )
     return desired, observed, plan
 
 
@@ -99,8 +107,10 @@ def run_pass(
     trigger: str = "cli",
     environ: Mapping[str, str] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    deferred: Mapping[str, str] | None = None,
+    controller: str | None = None,
 ) -> PassResult:
-    desired, observed, plan = compute_plan(loaded, connections, audit, options)
+    desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     cluster = desired.cluster
     run_id = audit.start_run(
         cluster_id=cluster,
@@ -162,6 +172,9 @@ def run_pass(
         if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
             audit.forget_host(cluster, host)
     result = PassResult(plan, observed, run_id, applied)
+    result.interrupted = should_stop() and any(
+        r.status == "skipped" and (r.error or "").endswith("stopping") for r in applied.results
+    )
     summary: dict[str, object] = {
         "planned": plan.counts(),
         "succeeded": applied.count("succeeded"),

@@ -1,0 +1,85 @@
+"""Per-host exponential backoff with jitter, and crash-loop detection (pure; the clock is given)."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BackoffPolicy:
+    base: float = 1.0  # seconds after the first failure
+    factor: float = 2.0
+    cap: float = 300.0
+    jitter: float = 0.2  # +- this fraction of the delay
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        raw = min(self.cap, self.base * self.factor ** max(0, failures - 1))
+        return max(0.0, raw * (1 + rng.uniform(-self.jitter, self.jitter)))
+
+
+@dataclass
+class HostBackoff:
+    failures: int = 0
+    retry_at: float = 0.0  # monotonic time before which the host is left alone
+    last_error: str | None = None
+    degraded: bool = False
+
+
+@dataclass
+class BackoffTable:
+    policy: BackoffPolicy = field(default_factory=BackoffPolicy)
+    rng: random.Random = field(default_factory=random.Random)
+    hosts: dict[str, HostBackoff] = field(default_factory=dict)
+
+    def get(self, host: str) -> HostBackoff:
+        return self.hosts.setdefault(host, HostBackoff())
+
+    def failed(self, host: str, now: float, error: str, *, degraded: bool = False) -> float:
+        """Record a failure; returns the delay until the host may be tried again."""
+        state = self.get(host)
+        state.failures += 1
+        state.last_error = error
+        state.degraded = state.degraded or degraded
+        delay = self.policy.delay(state.failures, self.rng)
+        state.retry_at = now + delay
+        return delay
+
+    def succeeded(self, host: str) -> None:
+        self.hosts[host] = HostBackoff()
+
+    def waiting(self, now: float) -> dict[str, HostBackoff]:
+        """Hosts still inside their backoff window."""
+        return {h: s for h, s in self.hosts.items() if s.failures and s.retry_at > now}
+
+    def next_retry(self, now: float) -> float | None:
+        pending = [s.retry_at for s in self.hosts.values() if s.failures and s.retry_at > now]
+        return min(pending) if pending else None
+
+
+@dataclass
+class CrashLoopDetector:
+    """A container we (re)created or started that is being repaired again and again.
+
+    Every successful create/start/replace of (host, container) is noted. When the same
+    container needs repair ``attempts`` times within ``window`` seconds, its host is
+    reported as crash-looping: the controller marks it degraded and backs off instead of
+    recreating it in a tight loop.
+    """
+
+    attempts: int = 3
+    window: float = 300.0
+    _history: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
+
+    def repaired(self, host: str, container: str, now: float) -> bool:
+        """Note one repair; True when this container is now crash-looping."""
+        times = self._history.setdefault((host, container), deque())
+        times.append(now)
+        while times and times[0] < now - self.window:
+            times.popleft()
+        return len(times) >= self.attempts
+
+    def forget_host(self, host: str) -> None:
+        for key in [k for k in self._history if k[0] == host]:
+            del self._history[key]

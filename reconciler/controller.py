@@ -1,0 +1,455 @@
+"""The long-running controller: passes for ever, level-triggered.
+
+- An APScheduler interval job (the periodic full resync, with jitter) and the
+  triggers (desired-state file changed, a Docker event on one of our containers,
+  an engine back after an outage, a host's backoff expired) all only *ask* for a
+  pass; one pass thread runs them, so two passes never overlap and a burst of
+  requests becomes one pass.
+- A pass acts only on what it observes then (reconciler.reconcile.run_pass).
+- Per-host exponential backoff after failures; crash-loop detection marks a host
+  degraded instead of recreating a container in a tight loop.
+- Bad or missing desired state never tears anything down: the last valid
+  document stays enforced and the rejection is audited (once per document).
+- SIGTERM/SIGINT: the action in flight finishes, no new one starts, the run is
+  recorded as interrupted, exit 0.
+- Start-up: rows a killed controller left "started" become "interrupted", and the
+  first pass repairs what they left (it is level-triggered: the plan sees it).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from desired_state.load import Loaded, TopologyError, digest_of, load_topology
+from desired_state.render import render
+from desired_state.spec import Endpoint
+from reconciler.audit import AuditLog, HostState
+from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
+from reconciler.engines import Connections
+from reconciler.httpserver import StatusServer
+from reconciler.metrics import Metrics
+from reconciler.plan import Kind
+from reconciler.reconcile import PassOptions, PassResult, controller_identity, run_pass
+from reconciler.sources import FileSource, SourceError
+from reconciler.triggers import EventWatcher, FileWatcher, PassRequests, Request
+
+log = logging.getLogger("consul_reconciler.controller")
+
+REPAIR_KINDS = (Kind.CREATE, Kind.START)
+
+
+@dataclass
+class ControllerOptions:
+    interval: float = 30.0
+    jitter: float = 0.1  # fraction of the interval
+    http: str | None = "127.0.0.1:9321"
+    http_token: str | None = None
+    health_factor: float = 3.0  # /healthz fails when no pass ended within this many intervals
+    prune_after: timedelta | None = None
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    crashloop_attempts: int = 3
+    crashloop_window: float = 300.0
+    watch_events: bool = True
+    watch_file: bool = True
+    passes: PassOptions = field(default_factory=PassOptions)
+
+
+class Controller:
+    def __init__(
+        self,
+        source: FileSource,
+        audit: AuditLog,
+        options: ControllerOptions | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.source = source
+        self.audit = audit
+        self.options = options or ControllerOptions()
+        self.environ = environ
+        self.metrics = Metrics()
+        self.identity = controller_identity()
+        self.requests = PassRequests()
+        self.connections = Connections()
+        self.backoff = BackoffTable(self.options.backoff)
+        self.crashloops = CrashLoopDetector(self.options.crashloop_attempts, self.options.crashloop_window)
+        self._stopping = threading.Event()
+        self._scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}, timezone=UTC
+        )
+        self._watchers: dict[str, EventWatcher] = {}
+        self._file_watcher: FileWatcher | None = None
+        self._http: StatusServer | None = None
+        self._last_valid: Loaded | None = None
+        self._rejected_digest: str | None = None
+        self._recovered: set[str] = set()  # clusters whose interrupted rows were marked
+        self._started = time.monotonic()
+        self._pass_started: float | None = None
+        self._last_pass_end: float | None = None
+        self._last_result: PassResult | None = None
+        self._lock = threading.Lock()
+        self.passes_run = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start_background()
+        try:
+            while not self._stopping.is_set():
+                request = self.requests.wait(timeout=1.0)
+                if request is not None and not self._stopping.is_set():
+                    self.run_pass(request)
+        finally:
+            self.shutdown()
+        log.info("controller stopped")
+        return 0
+
+    def start_background(self) -> None:
+        if self.options.http:
+            self._http = StatusServer(
+                self.options.http,
+                self.metrics.registry,
+                self.healthz,
+                self.readyz,
+                self.status_document,
+                token=self.options.http_token,
+            )
+            self._http.start()
+            log.info("serving /healthz, /readyz, /metrics on http://%s", self.options.http)
+        interval = self.options.interval
+        self._scheduler.add_job(
+            self._request,
+            "interval",
+            args=["interval"],
+            seconds=interval,
+            jitter=max(0.0, interval * self.options.jitter),
+            id="resync",
+        )
+        if self.options.prune_after is not None:
+            self._scheduler.add_job(
+                self._prune, "interval", hours=1, id="prune", next_run_time=datetime.now(UTC)
+            )
+        self._scheduler.start()
+        if self.options.watch_file:
+            self._file_watcher = FileWatcher(self.source.path, lambda: self._request("file"))
+            self._file_watcher.start()
+        self._request("startup")
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stopping: finishing the action in flight, starting no new one")
+        self._stopping.set()
+        self.requests.close()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        self.stop()
+
+    def shutdown(self) -> None:
+        self._scheduler.shutdown(wait=False)
+        if self._file_watcher is not None:
+            self._file_watcher.stop()
+        for watcher in self._watchers.values():
+            watcher.stop()
+        if self._http is not None:
+            self._http.stop()
+        self.connections.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # --- triggers ----------------------------------------------------------------------------------
+
+    def _request(self, reason: str) -> None:
+        self.metrics.triggers.labels(reason.split(":", 1)[0]).inc()
+        self.requests.request(reason)
+
+    def _on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
+        if action == "reconnected":
+            log.info("event stream of %s is back; looking at it now", host)
+            self._request(f"engine-back:{host}")
+            return
+        name = (event.get("Actor") or {}).get("Attributes", {}).get("name", "?")
+        log.debug("docker event %s on %s/%s", action, host, name)
+        self._request(f"event:{host}")
+
+    def _sync_event_watchers(self, loaded: Loaded) -> None:
+        if not self.options.watch_events:
+            return
+        cluster = loaded.topology.cluster
+        wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in render(loaded.topology).hosts}
+        for host, watcher in list(self._watchers.items()):
+            if wanted.get(host) != watcher.endpoint:
+                watcher.stop()
+                del self._watchers[host]
+        for host, endpoint in wanted.items():
+            if host not in self._watchers:
+                watcher = EventWatcher(host, endpoint, cluster, self._on_event)
+                watcher.start()
+                self._watchers[host] = watcher
+
+    # --- one pass ----------------------------------------------------------------------------------
+
+    def run_pass(self, request: Request) -> PassResult | None:
+        started = time.monotonic()
+        with self._lock:
+            self._pass_started = started
+        try:
+            return self._run_pass(request, started)
+        finally:
+            with self._lock:
+                self._pass_started = None
+                self._last_pass_end = time.monotonic()
+            self.passes_run += 1
+
+    def _run_pass(self, request: Request, started: float) -> PassResult | None:
+        loaded = self._load()
+        if loaded is None:
+            self.metrics.passes.labels("no-desired-state").inc()
+            return None
+        cluster = loaded.topology.cluster
+        if cluster not in self._recovered:
+            found = self.audit.mark_interrupted(cluster_id=cluster)
+            if found:
+                log.warning(
+                    "found %d action(s) a previous controller left unfinished; marked interrupted; "
+                    "this pass repairs what they left",
+                    found,
+                )
+            self._recovered.add(cluster)
+        self._sync_event_watchers(loaded)
+        now = time.monotonic()
+        deferred = {
+            host: f"backing off after {s.failures} failure(s); next try in {s.retry_at - now:.1f}s"
+            + (" (degraded: crash loop)" if s.degraded else "")
+            for host, s in self.backoff.waiting(now).items()
+        }
+        log.debug(
+            "pass (%s), %.1f ms after the first request", request.label(), (started - request.first) * 1e3
+        )
+        result = run_pass(
+            loaded,
+            source=self.source.describe(),
+            connections=self.connections,
+            audit=self.audit,
+            options=self.options.passes,
+            trigger=request.label(),
+            environ=self.environ,
+            should_stop=self._stopping.is_set,
+            deferred=deferred,
+            controller=self.identity,
+        )
+        self._after_pass(result, loaded, time.monotonic() - started)
+        return result
+
+    def _load(self) -> Loaded | None:
+        """The desired state to enforce: the file's if valid, else the last valid one."""
+        try:
+            data = self.source.read()
+        except SourceError as exc:
+            self._reject(digest_of(str(exc).encode()), str(exc))
+            return self._last_valid
+        try:
+            loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
+        except TopologyError as exc:
+            self._reject(digest_of(data), "; ".join(str(i) for i in exc.issues))
+            return self._last_valid
+        if self._last_valid is None or loaded.digest != self._last_valid.digest:
+            log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
+        self._last_valid = loaded
+        self._rejected_digest = None
+        self.metrics.desired_state_valid.set(1)
+        return loaded
+
+    def _reject(self, digest: str, reason: str) -> None:
+        self.metrics.desired_state_valid.set(0)
+        keeping = (
+            f"keeping the last valid state (digest {self._last_valid.digest[:12]})"
+            if self._last_valid
+            else "no valid state yet: nothing is enforced"
+        )
+        if digest == self._rejected_digest:
+            return  # audited once per distinct document
+        self._rejected_digest = digest
+        log.error("desired state rejected: %s; %s", reason, keeping)
+        cluster = self._last_valid.topology.cluster if self._last_valid else "(unknown)"
+        run_id = self.audit.start_run(
+            cluster_id=cluster,
+            trigger="desired-state",
+            source=self.source.describe(),
+            digest=digest,
+            controller=self.identity,
+        )
+        self.audit.finish_run(run_id, status="refused", error=f"desired state rejected: {reason}; {keeping}")
+
+    def _after_pass(self, result: PassResult, loaded: Loaded, duration: float) -> None:
+        now = time.monotonic()
+        m = self.metrics
+        m.passes.labels(result.status).inc()
+        m.pass_duration.observe(duration)
+        failed_hosts: dict[str, str] = {}
+        repaired: dict[str, list[str]] = {}
+        for r in result.applied.results if result.applied else []:
+            m.actions.labels(r.action.kind.value, r.status).inc()
+            if r.status == "failed":
+                failed_hosts.setdefault(r.action.host, r.error or "action failed")
+            elif r.status == "succeeded" and r.action.kind in REPAIR_KINDS:
+                repaired.setdefault(r.action.host, []).append(r.action.name)
+        for host, error in result.plan.unreachable.items():
+            failed_hosts.setdefault(host, error)
+
+        drift: dict[str, int] = {}
+        for action in result.plan.actions:
+            drift[action.host] = drift.get(action.host, 0) + 1
+        observed_hosts = {h.name for h in result.observed.hosts}
+        for host in sorted(observed_hosts | set(drift)):
+            m.drift.labels(host).set(drift.get(host, 0))
+
+        seq = 2000
+        looping_hosts: set[str] = set()
+        for host, names in repaired.items():
+            looping = [n for n in names if self.crashloops.repaired(host, n, now)]
+            if looping:
+                looping_hosts.add(host)
+                why = (
+                    f"crash loop: {', '.join(looping)} needed repair {self.crashloops.attempts} times "
+                    f"within {self.crashloops.window:.0f}s"
+                )
+                delay = self.backoff.failed(host, now, why, degraded=True)
+                seq += 1
+                self._audit_host(
+                    result, seq, host, "degraded", f"{why}; host degraded, next try in {delay:.1f}s"
+                )
+        for host, error in failed_hosts.items():
+            if host in looping_hosts:
+                continue
+            delay = self.backoff.failed(host, now, error)
+            seq += 1
+            failures = self.backoff.get(host).failures
+            self._audit_host(result, seq, host, "backoff", f"failure {failures}: next try in {delay:.1f}s")
+        for host in observed_hosts - set(failed_hosts) - looping_hosts:
+            self.backoff.succeeded(host)  # a clean pass: backoff and degraded state reset
+
+        waiting = self.backoff.waiting(now)
+        m.hosts_unreachable.set(len(result.plan.unreachable))
+        m.hosts_degraded.set(sum(1 for s in self.backoff.hosts.values() if s.degraded))
+        m.hosts_backoff.set(len(waiting))
+        if result.ok and not waiting:
+            m.last_success.set(time.time())
+        self._schedule_retry(now)
+        self._last_result = result
+        self._write_host_states(loaded, result, drift)
+        log.info(
+            "pass %s: %s in %.0f ms (%s)",
+            result.run_id,
+            result.status,
+            duration * 1e3,
+            ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v) or "no changes",
+        )
+
+    def _audit_host(self, result: PassResult, seq: int, host: str, kind: str, message: str) -> None:
+        if result.run_id is None:
+            return
+        self.audit.record_action(
+            result.run_id, seq=seq, host=host, kind=kind, status="skipped", reason=[{"message": message}]
+        )
+
+    def _schedule_retry(self, now: float) -> None:
+        next_retry = self.backoff.next_retry(now)
+        if next_retry is None or self._stopping.is_set():
+            return
+        when = datetime.now(UTC) + timedelta(seconds=max(0.0, next_retry - now) + 0.01)
+        self._scheduler.add_job(
+            self._request,
+            "date",
+            args=["backoff-retry"],
+            run_date=when,
+            id="backoff-retry",
+            replace_existing=True,
+        )
+
+    def _write_host_states(self, loaded: Loaded, result: PassResult, drift: dict[str, int]) -> None:
+        now_wall = datetime.now(UTC)
+        now = time.monotonic()
+        states: list[HostState] = []
+        hosts = {h.name for h in loaded.topology.hosts} | {h.name for h in result.observed.hosts}
+        for host in sorted(hosts):
+            b = self.backoff.hosts.get(host)
+            if b is not None and b.failures:
+                state = (
+                    "degraded"
+                    if b.degraded
+                    else ("unreachable" if host in result.plan.unreachable else "backoff")
+                )
+                retry_at = now_wall + timedelta(seconds=max(0.0, b.retry_at - now))
+                states.append(HostState(host, state, b.failures, retry_at, drift.get(host, 0), b.last_error))
+            else:
+                states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
+        self.audit.set_host_states(loaded.topology.cluster, states)
+
+    def _prune(self) -> None:
+        if self.options.prune_after is None:
+            return
+        deleted = self.audit.prune(datetime.now(UTC) - self.options.prune_after)
+        if deleted:
+            log.info("pruned %d audit action row(s) older than %s", deleted, self.options.prune_after)
+
+    # --- probes ------------------------------------------------------------------------------------
+
+    def healthz(self) -> tuple[bool, dict[str, object]]:
+        now = time.monotonic()
+        limit = self.options.health_factor * self.options.interval
+        with self._lock:
+            running_since, last_end = self._pass_started, self._last_pass_end
+        if running_since is not None and now - running_since > limit:
+            return False, {
+                "reason": f"a pass has been running for {now - running_since:.0f}s (limit {limit:.0f}s)"
+            }
+        reference = last_end if last_end is not None else self._started
+        if running_since is None and now - reference > limit:
+            return False, {"reason": f"no pass ended in the last {now - reference:.0f}s (limit {limit:.0f}s)"}
+        return True, {"last_pass_ended_ago": None if last_end is None else round(now - last_end, 3)}
+
+    def readyz(self) -> tuple[bool, dict[str, object]]:
+        if self._last_valid is None:
+            return False, {"reason": "no valid desired state yet"}
+        if self._last_pass_end is None:
+            return False, {"reason": "the first pass has not finished"}
+        return True, {"digest": self._last_valid.digest}
+
+    def status_document(self) -> dict[str, object]:
+        now = time.monotonic()
+        return {
+            "controller": self.identity,
+            "source": self.source.describe(),
+            "desired_digest": self._last_valid.digest if self._last_valid else None,
+            "desired_state_valid": self._rejected_digest is None,
+            "passes": self.passes_run,
+            "last_run": self._last_result.run_id if self._last_result else None,
+            "last_status": self._last_result.status if self._last_result else None,
+            "hosts": {
+                h: {
+                    "failures": s.failures,
+                    "degraded": s.degraded,
+                    "error": s.last_error,
+                    "retry_in": round(max(0.0, s.retry_at - now), 3),
+                }
+                for h, s in self.backoff.hosts.items()
+                if s.failures
+            },
+        }

@@ -1,0 +1,105 @@
+"""/healthz, /readyz and /metrics for the controller.
+
+Bound to 127.0.0.1 by default. On any other address a bearer token is required for
+everything but /healthz (the controller refuses to start without one there).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("consul_reconciler.http")
+
+Probe = Callable[[], tuple[bool, dict[str, object]]]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not ADDRESS:PORT (e.g. 127.0.0.1:9321)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class StatusServer:
+    def __init__(
+        self,
+        address: str,
+        registry: CollectorRegistry,
+        healthz: Probe,
+        readyz: Probe,
+        status: Callable[[], dict[str, object]],
+        token: str | None = None,
+    ) -> None:
+        host, port = parse_address(address)
+        if not is_loopback(host) and not token:
+            raise ValueError(
+                f"the HTTP endpoint on non-loopback address {host} needs a bearer token "
+                "(--http-token-file or CONSUL_RECONCILER_HTTP_TOKEN)"
+            )
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("http %s", format % args)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path != "/healthz" and not server._authorized(self.headers.get("Authorization")):
+                    self._send(401, b'{"error": "a bearer token is required"}\n', "application/json")
+                    return
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, detail = (healthz if path == "/healthz" else readyz)()
+                    body = json.dumps({"ok": ok, **detail}, default=str).encode() + b"\n"
+                    self._send(200 if ok else 503, body, "application/json")
+                elif path == "/status":
+                    self._send(200, json.dumps(status(), default=str).encode() + b"\n", "application/json")
+                else:
+                    self._send(404, b'{"error": "not found"}\n', "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._token = token
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def _authorized(self, header: str | None) -> bool:
+        if not self._token:
+            return True
+        expected = f"Bearer {self._token}"
+        return header is not None and hmac.compare_digest(header.encode(), expected.encode())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the controller (its own registry, served on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.passes = Counter(
+            "consul_reconciler_passes", "Reconcile passes by outcome", ["outcome"], registry=r
+        )
+        self.pass_duration = Histogram(
+            "consul_reconciler_pass_duration_seconds", "Duration of a reconcile pass",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r,
+        )
+        self.actions = Counter(
+            "consul_reconciler_actions", "Actions by kind and final status", ["kind", "status"], registry=r
+        )
+        self.drift = Gauge(
+            "consul_reconciler_drift", "Planned changes per host at the last pass", ["host"], registry=r
+        )
+        self.hosts_unreachable = Gauge(
+            "consul_reconciler_hosts_unreachable", "Hosts whose engine could not be reached", registry=r
+        )
+        self.hosts_degraded = Gauge(
+            "consul_reconciler_hosts_degraded", "Hosts marked degraded (crash loop)", registry=r
+        )
+        self.hosts_backoff = Gauge(
+            "consul_reconciler_hosts_backoff", "Hosts waiting out a backoff", registry=r
+        )
+        self.last_success = Gauge(
+            "consul_reconciler_last_success_timestamp_seconds", "Unix time the last successful pass ended",
+            registry=r,
+        )
+        self.triggers = Counter(
+            "consul_reconciler_triggers", "Requests for a pass, by source", ["source"], registry=r
+        )
+        self.desired_state_valid = Gauge(
+            "consul_reconciler_desired_state_valid", "1 if the last read of the desired state was valid",
+            registry=r,
+        )
