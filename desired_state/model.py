@@ -38,7 +38,7 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 # An image reference: [registry[:port]/]path[:tag][@digest], lower-case path.
 _IMAGE_REF = re.compile(
-    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
+    r"^(?:(?P<registry>[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?)/)?"
     r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>[a-z0-9]+:[a-fA-F0-9]{32,}))?$"
@@ -208,7 +208,7 @@ class Host(_Strict):
                 f"{value!r} has unsupported scheme {parts.scheme!r} "
                 f"(supported: {', '.join(s + '://' for s in DOCKER_URL_SCHEMES)})"
             )
-        if parts.scheme == "unix" and not parts.path.startswith("/"):
+        if parts.scheme == "unix" and (parts.netloc or not parts.path.startswith("/")):
             raise ValueError(f"{value!r}: a unix:// endpoint needs an absolute socket path (unix:///path)")
         if parts.scheme in ("tcp", "ssh") and not parts.hostname:
             raise ValueError(f"{value!r}: a {parts.scheme}:// endpoint needs a host name or address")
