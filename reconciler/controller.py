@@ -46,6 +46,7 @@ from reconciler.triggers import EventWatcher, FileWatcher, PassRequests, Request
 log = logging.getLogger("consul_reconciler.controller")
 
 REPAIR_KINDS = (Kind.CREATE, Kind.START)
+EVENT_RECHECK_DELAY = 0.1  # seconds
 
 
 @dataclass
@@ -98,6 +99,7 @@ class Controller:
         self._last_pass_end: float | None = None
         self._last_result: PassResult | None = None
         self._lock = threading.Lock()
+        self._recheck: threading.Timer | None = None
         self.passes_run = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -187,6 +189,16 @@ class Controller:
         name = (event.get("Actor") or {}).get("Attributes", {}).get("name", "?")
         log.debug("docker event %s on %s/%s", action, host, name)
         self._request(f"event:{host}")
+        # Docker publishes an event a moment before its container list shows the new state
+        # (measured: "die" arrives while the list still says "running"). Look now, and once
+        # more shortly after, so the state the event announced is seen either way.
+        with self._lock:
+            if self._recheck is None or not self._recheck.is_alive():
+                self._recheck = threading.Timer(
+                    EVENT_RECHECK_DELAY, self._request, args=[f"event-recheck:{host}"]
+                )
+                self._recheck.daemon = True
+                self._recheck.start()
 
     def _sync_event_watchers(self, loaded: Loaded) -> None:
         if not self.options.watch_events:

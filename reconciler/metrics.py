@@ -13,8 +13,10 @@ class Metrics:
             "consul_reconciler_passes", "Reconcile passes by outcome", ["outcome"], registry=r
         )
         self.pass_duration = Histogram(
-            "consul_reconciler_pass_duration_seconds", "Duration of a reconcile pass",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r,
+            "consul_reconciler_pass_duration_seconds",
+            "Duration of a reconcile pass",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
         )
         self.actions = Counter(
             "consul_reconciler_actions", "Actions by kind and final status", ["kind", "status"], registry=r
@@ -32,13 +34,15 @@ class Metrics:
             "consul_reconciler_hosts_backoff", "Hosts waiting out a backoff", registry=r
         )
         self.last_success = Gauge(
-            "consul_reconciler_last_success_timestamp_seconds", "Unix time the last successful pass ended",
+            "consul_reconciler_last_success_timestamp_seconds",
+            "Unix time the last successful pass ended",
             registry=r,
         )
         self.triggers = Counter(
             "consul_reconciler_triggers", "Requests for a pass, by source", ["source"], registry=r
         )
         self.desired_state_valid = Gauge(
-            "consul_reconciler_desired_state_valid", "1 if the last read of the desired state was valid",
+            "consul_reconciler_desired_state_valid",
+            "1 if the last read of the desired state was valid",
             registry=r,
         )

@@ -219,10 +219,10 @@ def _host_actions(
 def _compare(spec: ContainerSpec, current: ObservedContainer) -> Action | None:
     if current.spec_hash != spec.spec_hash() or current.hash_version != HASH_VERSION:
         return _action(Kind.REPLACE, spec, current, tuple(field_changes(current.record(), spec.record())))
-    if current.state in ("dead", "removing"):
-        return _action(Kind.REPLACE, spec, current, (Change(message=f"container is {current.state}"),))
-    if current.state in ("running", "restarting"):
-        return None
+    if current.state == "dead":
+        return _action(Kind.REPLACE, spec, current, (Change(message="container is dead"),))
+    if current.state in ("running", "restarting", "removing"):
+        return None  # fine, or Docker is already handling it (a removal triggers another pass when done)
     return _action(Kind.START, spec, current, (Change(message=f"container is {current.state}"),))
 
 

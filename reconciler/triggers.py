@@ -155,8 +155,11 @@ class EventWatcher(threading.Thread):
         # No read timeout: the stream is idle for as long as nothing happens.
         client = connect(self.host, Endpoint(**{**self.endpoint.to_dict(), "timeout": 10.0}))
         client.api.timeout = None
-        filters = {"type": ["container"], "label": [f"{L.MANAGED_BY}={self._cluster}"],
-                   "event": list(WATCHED_EVENTS)}
+        filters = {
+            "type": ["container"],
+            "label": [f"{L.MANAGED_BY}={self._cluster}"],
+            "event": list(WATCHED_EVENTS),
+        }
         stream = client.api.events(decode=True, filters=filters)
         with self._lock:
             self._client, self._stream = client, stream

@@ -1,0 +1,147 @@
+"""Running the real controller (`consul-reconciler run`) as a process against the test engines."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.fleet import STANDIN_CONSUL_1, Engine
+
+SLOWSTOP_IMAGE = "consul-reconciler-standin/consul:slowstop"
+
+# An agent stand-in that ignores SIGTERM, so `docker stop` takes the whole stop timeout: a
+# replacement of it stays in flight long enough to kill or signal the controller in the middle.
+_SLOWSTOP_DOCKERFILE = f"""FROM {STANDIN_CONSUL_1}
+COPY slow-entrypoint /slow-entrypoint
+ENTRYPOINT ["/slow-entrypoint"]
+"""
+_SLOWSTOP_SCRIPT = """#!/bin/sh
+echo "$*"
+trap '' TERM
+while :; do sleep 1; done
+"""
+
+
+def ensure_slowstop_image(engines: Sequence[Engine]) -> None:
+    for engine in engines:
+        client = engine.client()
+        try:
+            if any(SLOWSTOP_IMAGE in image.tags for image in client.images.list()):
+                continue
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                for name, text, mode in (
+                    ("Dockerfile", _SLOWSTOP_DOCKERFILE, 0o644),
+                    ("slow-entrypoint", _SLOWSTOP_SCRIPT, 0o755),
+                ):
+                    data = text.encode()
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode = len(data), mode
+                    tar.addfile(info, io.BytesIO(data))
+            buffer.seek(0)
+            client.images.build(fileobj=buffer, custom_context=True, tag=SLOWSTOP_IMAGE, rm=True)
+        finally:
+            client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class ControllerProcess:
+    def __init__(
+        self, topology: Path, db: Path, log: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()/wait()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler.cli",
+                "run",
+                str(topology),
+                "--db",
+                str(db),
+                "--http",
+                f"127.0.0.1:{self.port}",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or dict(os.environ),
+        )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_for(lambda: (self.alive() and self.get("/readyz")[0] == 200) or self._died(), timeout, "/readyz")
+        assert self.alive(), f"controller exited early:\n{self.log()}"
+
+    def _died(self) -> bool:
+        return not self.alive()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def audit_rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Read the audit database directly (a second reader, as an operator's query would)."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return list(connection.execute(sql, params))
+    except sqlite3.OperationalError:
+        return []  # not migrated yet
+    finally:
+        connection.close()

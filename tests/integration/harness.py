@@ -1,0 +1,93 @@
+"""The CLI and the engines, for integration tests: a topology over the test engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.fleet import STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1, Engine
+
+LABEL = "io.consul-reconciler"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class Fleet:
+    """A topology over the test engines plus helpers to run the CLI and look at the engines."""
+
+    def __init__(self, engines: Sequence[Engine], tmp: Path, cluster: str = "itest") -> None:
+        self.engines = list(engines)
+        self.tmp = tmp
+        self.db = tmp / "audit.db"
+        self.file = tmp / "topology.yaml"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_RECONCILER")}
+        self.doc: dict[str, Any] = {
+            "cluster": cluster,
+            "consul": {"image": STANDIN_CONSUL_1},
+            "registrator": {"image": STANDIN_REGISTRATOR_1},
+            "hosts": [
+                {
+                    "name": e.name,
+                    "docker": e.url,
+                    "advertise": e.address,
+                    "role": "server" if i == 0 else "client",
+                    "data_dir": str(tmp / f"data-{e.name}"),
+                    "timeout": 5,
+                }
+                for i, e in enumerate(self.engines)
+            ],
+        }
+        self.write()
+
+    def write(self) -> None:
+        self.file.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+
+    def cli(self, *args: str) -> Run:
+        proc = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=180,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def apply(self, *extra: str) -> Run:
+        return self.cli(
+            "apply", str(self.file), "--db", str(self.db), "--json", "--stop-timeout", "5", *extra
+        )
+
+    def plan(self, *extra: str) -> Run:
+        return self.cli("plan", str(self.file), "--db", str(self.db), "--json", *extra)
+
+    def audit(self, *extra: str) -> list[dict[str, Any]]:
+        run = self.cli("audit", "--db", str(self.db), "--json", "--limit", "1000", *extra)
+        assert run.code == 0, run.stderr
+        rows: list[dict[str, Any]] = run.json()
+        return rows
+
+    def containers(self, engine: Engine) -> dict[str, dict[str, Any]]:
+        client = engine.client()
+        try:
+            return {c.name: c.attrs for c in client.containers.list(all=True)}
+        finally:
+            client.close()
+
+    def ids(self) -> dict[tuple[str, str], str]:
+        return {(e.name, n): a["Id"] for e in self.engines for n, a in self.containers(e).items()}

@@ -1,0 +1,330 @@
+"""The long-running controller (`consul-reconciler run`) on real engines.
+
+The resync interval is set to minutes, so anything repaired within seconds was repaired
+by a trigger (a Docker event, the file watcher, an engine coming back), not by the clock.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine
+from tests.integration.controller_harness import (
+    SLOWSTOP_IMAGE,
+    ControllerProcess,
+    audit_rows,
+    ensure_slowstop_image,
+    wait_for,
+)
+from tests.integration.harness import LABEL, Fleet
+
+LONG_INTERVAL = "600"
+
+
+@pytest.fixture
+def fleet3(clean_fleet: list[Engine], tmp_path: Path) -> Fleet:
+    return Fleet(clean_fleet, tmp_path, cluster="ctl")
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Any:
+    started: list[ControllerProcess] = []
+
+    def start(fleet: Fleet, *args: str) -> ControllerProcess:
+        proc = ControllerProcess(
+            fleet.file, fleet.db, tmp_path / f"controller-{len(started)}.log", *args, env=fleet.env
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def running(fleet: Fleet, engine: Engine, name: str, image: str | None = None) -> dict[str, Any] | None:
+    attrs = fleet.containers(engine).get(name)
+    if attrs is None or not attrs["State"]["Running"]:
+        return None
+    if image is not None and attrs["Config"]["Image"] != image:
+        return None
+    return attrs
+
+
+def all_running(fleet: Fleet, image: str = STANDIN_CONSUL_1) -> bool:
+    return all(running(fleet, e, "consul", image) and running(fleet, e, "registrator") for e in fleet.engines)
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += sample.value
+    return total
+
+
+def test_drift_repaired_at_once_and_file_edits_followed(fleet3: Fleet, controllers: Any) -> None:
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL)
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    host2, host3 = fleet3.engines[1], fleet3.engines[2]
+
+    client = host2.client()
+    try:
+        client.containers.get("registrator").remove(force=True)
+    finally:
+        client.close()
+    wait_for(lambda: running(fleet3, host2, "registrator"), 10, "the removed registrator to be recreated")
+
+    client = host3.client()
+    try:
+        killed_id = client.containers.get("consul").id
+        client.containers.get("consul").kill()
+    finally:
+        client.close()
+    back = wait_for(lambda: running(fleet3, host3, "consul"), 10, "the killed agent to run again")
+    assert back["Id"] == killed_id  # started again, not replaced
+
+    fleet3.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    fleet3.write()
+    for engine in fleet3.engines[1:]:
+        wait_for(
+            lambda e=engine: running(fleet3, e, "consul", STANDIN_CONSUL_2), 15, "the file edit to apply"
+        )
+    assert running(fleet3, fleet3.engines[0], "consul", STANDIN_CONSUL_1)  # the server keeps its image
+    kinds = {(r[0], r[1], r[2]) for r in audit_rows(fleet3.db, "SELECT kind, host, container FROM actions")}
+    assert {
+        ("create", "host2", "registrator"),
+        ("start", "host3", "consul"),
+        ("replace", "host2", "consul"),
+        ("replace", "host3", "consul"),
+    } <= kinds
+    triggers = {r[0] for r in audit_rows(fleet3.db, "SELECT trigger FROM runs")}
+    assert any("event" in t for t in triggers) and any("file" in t for t in triggers)
+    assert "interval" not in ",".join(triggers)
+
+
+def test_invalid_file_keeps_the_last_valid_state_enforced(fleet3: Fleet, controllers: Any) -> None:
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL)
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    before = fleet3.ids()
+    fleet3.file.write_text("cluster: ctl\nhosts: [ {name: 'bad name'} ]\n")
+    wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT error FROM runs WHERE status = 'refused'"),
+        10,
+        "the rejection to be audited",
+    )
+    [(error,)] = audit_rows(fleet3.db, "SELECT error FROM runs WHERE status = 'refused'")
+    assert "hosts[0].name" in error and "keeping the last valid state" in error
+    client = fleet3.engines[1].client()
+    try:
+        client.containers.get("registrator").remove(force=True)  # drift while the file is bad
+    finally:
+        client.close()
+    wait_for(
+        lambda: running(fleet3, fleet3.engines[1], "registrator"), 10, "repair from the last valid state"
+    )
+    after = fleet3.ids()
+    assert {k: v for k, v in after.items() if k != ("host2", "registrator")} == {
+        k: v for k, v in before.items() if k != ("host2", "registrator")
+    }
+    assert metric_value(ctl.get("/metrics")[1], "consul_reconciler_desired_state_valid") == 0
+
+
+def test_engine_down_backs_off_then_converges_when_back(fleet3: Fleet, controllers: Any) -> None:
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--backoff-base", "0.2", "--backoff-max", "1")
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    down = fleet3.engines[2]
+    down.stop()
+    fleet3.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    fleet3.write()
+    wait_for(
+        lambda: running(fleet3, fleet3.engines[1], "consul", STANDIN_CONSUL_2),
+        15,
+        "the reachable client to follow the edit",
+    )
+    backoff = wait_for(
+        lambda: audit_rows(
+            fleet3.db, "SELECT error, reason FROM actions WHERE host='host3' AND kind='backoff'"
+        ),
+        10,
+        "the backoff of host3 to be audited",
+    )
+    assert "next try in" in backoff[0][1]
+    status = fleet3.cli("status", str(fleet3.file), "--db", str(fleet3.db), "--json")
+    host3 = next(h for h in status.json()["hosts"] if h["host"] == "host3")
+    assert host3["reachable"] is False
+    assert host3["controller_state"]["state"] in ("unreachable", "backoff")
+    down.start()
+    wait_for(
+        lambda: running(fleet3, down, "consul", STANDIN_CONSUL_2),
+        30,
+        "host3 to converge once its engine is back",
+    )
+    assert ctl.alive()
+    states = audit_rows(fleet3.db, "SELECT state FROM host_states WHERE host='host3'")
+    wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT state FROM host_states WHERE host='host3'") == [("ok",)],
+        10,
+        f"host3's state to be ok again (was {states})",
+    )
+
+
+def test_sigkill_mid_replacement_then_restart_converges(fleet3: Fleet, controllers: Any) -> None:
+    ensure_slowstop_image(fleet3.engines[:1])
+    fleet3.doc["hosts"] = fleet3.doc["hosts"][:1]
+    fleet3.doc["consul"]["image"] = SLOWSTOP_IMAGE
+    fleet3.write()
+    assert fleet3.apply().code == 0
+    host1 = fleet3.engines[0]
+    old_id = fleet3.containers(host1)["consul"]["Id"]
+
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--stop-timeout", "20")
+    ctl.wait_ready()
+    fleet3.doc["consul"]["image"] = STANDIN_CONSUL_2
+    fleet3.write()
+    # the replacement is in flight: its row is "started" and the temporary container exists
+    wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT id FROM actions WHERE kind='replace' AND status='started'"),
+        15,
+        "the replacement to start",
+    )
+    wait_for(lambda: any("-next-" in n for n in fleet3.containers(host1)), 10, "the new container")
+    ctl.signal(signal.SIGKILL)
+    ctl.wait(10)
+
+    restarted = controllers(fleet3, "--interval", LONG_INTERVAL, "--stop-timeout", "1")
+    restarted.wait_ready(60)
+    wait_for(
+        lambda: (
+            running(fleet3, host1, "consul", STANDIN_CONSUL_2)
+            and set(fleet3.containers(host1)) == {"consul", "registrator"}
+        ),
+        60,
+        "convergence after the restart",
+    )
+    names = sorted(fleet3.containers(host1))
+    assert names == ["consul", "registrator"]  # no duplicate, no leftover temporary
+    assert fleet3.containers(host1)["consul"]["Id"] != old_id
+    interrupted = audit_rows(
+        fleet3.db, "SELECT kind, container, error FROM actions WHERE status='interrupted'"
+    )
+    assert [(k, c) for k, c, _ in interrupted] == [("replace", "consul")]
+    assert "found unfinished" in interrupted[0][2]
+    assert audit_rows(fleet3.db, "SELECT count(*) FROM actions WHERE status='started'") == [(0,)]
+
+
+def test_sigterm_mid_pass_finishes_the_action_and_exits_zero(fleet3: Fleet, controllers: Any) -> None:
+    ensure_slowstop_image(fleet3.engines)
+    fleet3.doc["consul"]["image"] = SLOWSTOP_IMAGE
+    fleet3.write()
+    assert fleet3.apply().code == 0
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--stop-timeout", "3")
+    ctl.wait_ready()
+    fleet3.doc["consul"]["image"] = STANDIN_CONSUL_2
+    fleet3.write()
+    wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT id FROM actions WHERE kind='replace' AND status='started'"),
+        15,
+        "the first replacement to start",
+    )
+    ctl.signal(signal.SIGTERM)
+    assert ctl.wait(30) == 0
+    runs = audit_rows(fleet3.db, "SELECT status FROM runs ORDER BY id DESC LIMIT 1")
+    assert runs == [("interrupted",)]
+    rows = audit_rows(fleet3.db, "SELECT host, status, error FROM actions WHERE kind='replace' ORDER BY id")
+    assert rows[0][:2] == ("host1", "succeeded")  # the server's replacement in flight was finished
+    assert all(status == "skipped" and "stopping" in (error or "") for _, status, error in rows[1:])
+    assert len(rows) == 3
+    assert running(fleet3, fleet3.engines[0], "consul", STANDIN_CONSUL_2)
+    assert audit_rows(fleet3.db, "SELECT count(*) FROM actions WHERE status='started'") == [(0,)]
+
+
+def test_healthz_503_when_wedged_and_metrics_move(fleet3: Fleet, controllers: Any) -> None:
+    ensure_slowstop_image(fleet3.engines[:1])
+    fleet3.doc["hosts"] = fleet3.doc["hosts"][:1]
+    fleet3.doc["consul"]["image"] = SLOWSTOP_IMAGE
+    fleet3.write()
+    ctl = controllers(fleet3, "--interval", "1", "--stop-timeout", "30")
+    ctl.wait_ready()
+    assert ctl.get("/healthz")[0] == 200
+    metrics = ctl.get("/metrics")[1]
+    created = metric_value(
+        metrics, "consul_reconciler_actions_total", {"kind": "create", "status": "succeeded"}
+    )
+    assert created == 2
+    assert metric_value(metrics, "consul_reconciler_passes_total", {"outcome": "succeeded"}) >= 1
+    assert metric_value(metrics, "consul_reconciler_last_success_timestamp_seconds") > 0
+    assert metric_value(metrics, "consul_reconciler_pass_duration_seconds_count") >= 1
+
+    fleet3.doc["consul"]["image"] = STANDIN_CONSUL_2  # the replacement blocks on a 30 s stop
+    fleet3.write()
+    _code, body = wait_for(lambda: (r := ctl.get("/healthz"))[0] == 503 and r, 15, "/healthz to turn 503")
+    assert "running for" in body
+    wait_for(lambda: ctl.get("/healthz")[0] == 200, 45, "/healthz to recover after the pass ends")
+    metrics = ctl.get("/metrics")[1]
+    assert (
+        metric_value(metrics, "consul_reconciler_actions_total", {"kind": "replace", "status": "succeeded"})
+        == 1
+    )
+    assert metric_value(metrics, "consul_reconciler_drift", {"host": "host1"}) == 0
+
+
+def test_crash_loop_marks_the_host_degraded_instead_of_a_tight_loop(fleet3: Fleet, controllers: Any) -> None:
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--crashloop-attempts", "3", "--backoff-base", "5")
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    host2 = fleet3.engines[1]
+    # attempts count (re)creations: created at convergence, then removed and recreated twice
+    for _ in range(2):
+        agent = wait_for(lambda: running(fleet3, host2, "registrator"), 10, "the registrator to be back")
+        client = host2.client()
+        try:
+            client.containers.get(agent["Id"]).remove(force=True)
+        finally:
+            client.close()
+    degraded = wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT reason FROM actions WHERE kind='degraded' AND host='host2'"),
+        10,
+        "host2 to be marked degraded",
+    )
+    assert "crash loop" in degraded[0][0]
+    wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT state FROM host_states WHERE host='host2'") == [("degraded",)],
+        10,
+        "host2's state to read degraded",
+    )
+    # within the backoff the container is not recreated again (no tight loop)...
+    creates = audit_rows(
+        fleet3.db,
+        "SELECT count(*) FROM actions WHERE host='host2' AND kind='create' AND container='registrator'",
+    )
+    assert creates == [(3,)]
+    client = host2.client()
+    try:
+        client.containers.get("registrator").remove(force=True)
+    finally:
+        client.close()
+    time.sleep(1.5)  # passes run on the removal's events, but the host is deferred
+    status, body = ctl.get("/status")
+    assert status == 200 and '"degraded": true' in body
+    assert (
+        audit_rows(
+            fleet3.db,
+            "SELECT count(*) FROM actions WHERE host='host2' AND kind='create' AND container='registrator'",
+        )
+        == creates
+    )
+    assert metric_value(ctl.get("/metrics")[1], "consul_reconciler_hosts_degraded") == 1
+    # ...and it is, once the backoff has passed
+    wait_for(lambda: running(fleet3, host2, "registrator"), 20, "the retry after the backoff")
+    assert fleet3.containers(fleet3.engines[0])["consul"]["Config"]["Labels"][f"{LABEL}.managed-by"] == "ctl"
