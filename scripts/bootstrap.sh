@@ -16,6 +16,8 @@ else
   [ -x /bin/busybox ] || missing+=(busybox-static)
 fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# tests/baseimage.py makes the Debian + Python base of the controller's image with debootstrap.
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi

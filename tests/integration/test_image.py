@@ -1,0 +1,280 @@
+"""The controller's own image: built from the repository's Dockerfile, run against a real engine.
+
+No registry is reachable, so the image is built ``FROM`` a local Debian 12 + Python base made with
+debootstrap (tests/baseimage.py; cached, about 40 s the first time) instead of python:3.11-slim.
+The build's ``pip install`` fetches the dependencies from PyPI: the engines run with
+``--bridge=none``, so the build uses the host's network (``network_mode="host"``).
+
+The container then does what it does in production: it gets the engine's socket mounted at
+/var/run/docker.sock, host networking and a topology file at /etc/consul-reconciler/topology.yaml
+whose host is that same engine, reached through the mounted socket. The assertions are on the
+engine's own state, not on the controller's word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import yaml
+
+from tests.baseimage import BASE_IMAGE, ensure_base_image
+from tests.fleet import STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1, Engine, FleetError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "consul-reconciler-test/controller:dev"
+BUILD_STAGE = "build"  # the Dockerfile's first stage (the venv, before it is copied out)
+BUILD_STAGE_TAG = "consul-reconciler-test/controller:build-stage"
+LABEL = "io.consul-reconciler"
+CLUSTER = "imgtest"
+APP_UID = 10001
+STATE_DIR = "/var/lib/consul-reconciler"
+CONTAINER_TOPOLOGY = "/etc/consul-reconciler/topology.yaml"
+CONTAINER_SOCKET = "/var/run/docker.sock"
+CONTROLLER_NAME = "consul-reconciler-controller"
+HEALTHCHECK_TEST = [
+    "CMD",
+    "python3",
+    "-c",
+    "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9321/healthz', timeout=3)",
+]
+
+# What the controller container is told to do (the image's ENTRYPOINT is consul-reconciler).
+# ``apply`` is one pass: the test waits for the container to exit and wants exit code 0. Once the
+# long-running controller exists, set this to ("run", CONTAINER_TOPOLOGY): the test then waits for
+# HEALTHZ_URL (the container shares the host's network, and ``run`` serves 127.0.0.1:9321 unless
+# told otherwise) and for the engine to converge, and stops the container at the end.
+CONTROLLER_COMMAND: tuple[str, ...] = ("apply", CONTAINER_TOPOLOGY)
+HEALTHZ_URL = "http://127.0.0.1:9321/healthz"
+BUILD_TIMEOUT = 600
+CONVERGE_TIMEOUT = 120.0
+
+
+def _long_client(engine: Engine) -> docker.DockerClient:
+    return docker.DockerClient(base_url=engine.url, timeout=BUILD_TIMEOUT)
+
+
+def build_controller_image(engine: Engine, base: str = BASE_IMAGE, tag: str = IMAGE) -> dict[str, Any]:
+    """``docker build --build-arg BASE=... --network host -t TAG .`` of the repository; the image's attrs.
+
+    The Dockerfile's ``build`` stage is built first under a tag of its own (BUILD_STAGE_TAG; the
+    full build then takes it from the cache), so that images a rebuild replaces, of either stage,
+    are known by id and removed: repeated runs do not pile up images on the engine.
+    """
+    with contextlib.closing(_long_client(engine)) as client:
+        stages = ((BUILD_STAGE, BUILD_STAGE_TAG), (None, tag))
+        previous: dict[str, str] = {}
+        for _, stage_tag in stages:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                previous[stage_tag] = client.images.get(stage_tag).id
+        for target, stage_tag in stages:
+            output: list[str] = []
+            for chunk in client.api.build(
+                path=str(REPO_ROOT),  # the SDK applies .dockerignore, as the CLI does
+                dockerfile="Dockerfile",
+                tag=stage_tag,
+                target=target,
+                buildargs={"BASE": base},
+                network_mode="host",
+                rm=True,
+                forcerm=True,
+                decode=True,
+            ):
+                if "error" in chunk:
+                    raise FleetError(
+                        f"building {stage_tag} failed: {chunk['error']}\n{''.join(output)[-4000:]}"
+                    )
+                output.append(str(chunk.get("stream", "")))
+        for stage_tag, old_id in previous.items():
+            if client.images.get(stage_tag).id != old_id:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(old_id)
+        return dict(client.images.get(tag).attrs)
+
+
+@pytest.fixture(scope="module")
+def controller_image(fleet: list[Engine]) -> dict[str, Any]:
+    """The controller image, built on host1 from the local base; its ``docker inspect`` attrs."""
+    engine = fleet[0]
+    try:
+        ensure_base_image([engine])
+        return build_controller_image(engine)
+    except (FleetError, docker.errors.DockerException) as error:
+        pytest.fail(f"the controller image could not be built on {engine.name}: {error}", pytrace=False)
+
+
+def test_image_config_healthcheck_user_entrypoint(controller_image: dict[str, Any]) -> None:
+    config = controller_image["Config"]
+    assert config["Healthcheck"]["Test"] == HEALTHCHECK_TEST
+    assert config["User"] == f"{APP_UID}:{APP_UID}"
+    assert config["Entrypoint"] == ["consul-reconciler"]
+    assert config["Cmd"] == ["run", CONTAINER_TOPOLOGY]
+    assert "9321/tcp" in config["ExposedPorts"]
+    assert STATE_DIR in config["Volumes"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["CONSUL_RECONCILER_DB"] == f"{STATE_DIR}/audit.db"
+    assert env["PATH"].startswith("/opt/consul-reconciler/bin:")
+
+
+def test_image_runs_as_reconciler_without_sources(
+    fleet: list[Engine], controller_image: dict[str, Any]
+) -> None:
+    script = (
+        "id; stat -c '%u:%g %a' " + STATE_DIR + "; "
+        "test ! -e /src && echo no-src; "
+        "test ! -e /opt/consul-reconciler/bin/pip && echo no-pip; "
+        "consul-reconciler version"
+    )
+    with contextlib.closing(fleet[0].client()) as client:
+        output = client.containers.run(
+            IMAGE, entrypoint=["/bin/sh", "-c"], command=[script], network_mode="none", remove=True
+        ).decode()
+    lines = output.splitlines()
+    assert lines[0].startswith(f"uid={APP_UID}(reconciler) gid={APP_UID}(reconciler)"), output
+    assert lines[1] == f"{APP_UID}:{APP_UID} 750", output
+    assert lines[2:4] == ["no-src", "no-pip"], output
+    assert lines[4].strip(), output  # the version
+
+
+# --------------------------------------------------------------------------------------------------
+# The controller in a container, managing the engine it runs on
+
+
+def _topology(engine: Engine, data_dir: Path) -> dict[str, Any]:
+    return {
+        "cluster": CLUSTER,
+        "consul": {"image": STANDIN_CONSUL_1},
+        "registrator": {"image": STANDIN_REGISTRATOR_1},
+        "hosts": [
+            {
+                "name": engine.name,
+                # The engine's socket as the container sees it (mounted from the engine's host).
+                "docker": f"unix://{CONTAINER_SOCKET}",
+                "advertise": engine.address,
+                "role": "server",
+                "data_dir": str(data_dir),
+                "timeout": 5,
+            }
+        ],
+    }
+
+
+def wait_for_healthz(url: str = HEALTHZ_URL, timeout: float = 60.0) -> None:
+    """Poll ``url`` (loopback only) until it answers 2xx; raise AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if 200 <= response.status < 300:
+                    return
+                last = response.status
+        except (urllib.error.URLError, OSError) as error:
+            last = error
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer 2xx within {timeout:.0f} s (last: {last})")
+
+
+def _managed(engine: Engine) -> dict[str, dict[str, Any]]:
+    with contextlib.closing(engine.client()) as client:
+        return {
+            c.name: c.attrs
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL}.managed-by"})
+        }
+
+
+def wait_converged(engine: Engine, timeout: float) -> dict[str, dict[str, Any]]:
+    """The managed containers once ``consul`` and ``registrator`` both run (or the last seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _managed(engine)
+        running = {name for name, attrs in found.items() if attrs["State"]["Running"]}
+        if {"consul", "registrator"} <= running or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def controller_container(engine: Engine, tmp: Path) -> Iterator[tuple[Any, Path]]:
+    """The controller container on ``engine``, started with CONTROLLER_COMMAND; removed on exit.
+
+    Yields the container and the host folder mounted as its state volume (the audit database).
+    """
+    topology = tmp / "topology.yaml"
+    topology.write_text(yaml.safe_dump(_topology(engine, tmp / f"data-{engine.name}"), sort_keys=False))
+    topology.chmod(0o644)
+    state = tmp / "state"
+    state.mkdir()
+    os.chown(state, APP_UID, APP_UID)  # the image's user writes the audit database here
+    # The container runs as the image's non-root user (uid 10001), given the group of the engine's
+    # socket (root:docker, or root:root, mode 0660 here), exactly as the Dockerfile documents for
+    # production: docker run --group-add "$(stat -c %g /var/run/docker.sock)". `--user 0` would
+    # work as well; either way the socket makes the controller root-equivalent on that host.
+    socket_gid = engine.socket_path.stat().st_gid
+    client = engine.client()
+    container = client.containers.run(
+        IMAGE,
+        command=list(CONTROLLER_COMMAND),
+        name=CONTROLLER_NAME,
+        detach=True,
+        network_mode="host",
+        group_add=[str(socket_gid)],
+        volumes={
+            str(engine.socket_path): {"bind": CONTAINER_SOCKET, "mode": "rw"},
+            str(topology): {"bind": CONTAINER_TOPOLOGY, "mode": "ro"},
+            str(state): {"bind": STATE_DIR, "mode": "rw"},
+        },
+    )
+    try:
+        yield container, state
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True, v=True)
+        client.close()
+
+
+def test_controller_container_converges_its_engine(
+    clean_fleet: list[Engine], controller_image: dict[str, Any], tmp_path: Path
+) -> None:
+    engine = clean_fleet[0]
+    with controller_container(engine, tmp_path) as (container, state):
+        if CONTROLLER_COMMAND[0] == "run":
+            wait_for_healthz()
+            found = wait_converged(engine, CONVERGE_TIMEOUT)
+            container.reload()
+            assert container.status == "running", container.logs().decode(errors="replace")
+        else:
+            status = container.wait(timeout=CONVERGE_TIMEOUT)
+            logs = container.logs().decode(errors="replace")
+            assert status["StatusCode"] == 0, f"{' '.join(CONTROLLER_COMMAND)} exited {status}:\n{logs}"
+            found = _managed(engine)
+        logs = container.logs().decode(errors="replace")
+        # The controller's own container is left alone: the topology does not manage it.
+        with contextlib.closing(engine.client()) as client:
+            names = {c.name for c in client.containers.list(all=True)}
+        assert names == {"consul", "registrator", CONTROLLER_NAME}, logs
+
+    assert set(found) == {"consul", "registrator"}, logs
+    for name, attrs in found.items():
+        assert attrs["State"]["Running"] is True, (name, attrs["State"], logs)
+        assert attrs["HostConfig"]["NetworkMode"] == "host"
+        labels = attrs["Config"]["Labels"]
+        assert labels[f"{LABEL}.managed-by"] == CLUSTER
+        assert labels[f"{LABEL}.host"] == engine.name
+    assert found["consul"]["Config"]["Image"] == STANDIN_CONSUL_1
+    assert found["registrator"]["Config"]["Image"] == STANDIN_REGISTRATOR_1
+    args = found["consul"]["Args"]
+    assert args[args.index("-advertise") + 1] == engine.address
+    # The audit log went where the image's CONSUL_RECONCILER_DB points: the state volume.
+    audit_db = state / "audit.db"
+    assert audit_db.is_file(), sorted(p.name for p in state.iterdir())
+    assert audit_db.read_bytes()[:16] == b"SQLite format 3\0"
