@@ -331,7 +331,10 @@ def apply(
         blocked = sum(1 for a in result.plan.actions if a.kind is Kind.BLOCKED)
         verdict = "converged" if result.ok else "NOT converged"
         extra = f", {blocked} blocked" if blocked else ""
-        out.print(f"\nrun {result.run_id}: {result.status} ({verdict}{extra})", markup=False)
+        if result.run_id is None:
+            out.print("\nconverged: nothing was done, so no run was recorded", markup=False)
+        else:
+            out.print(f"\nrun {result.run_id}: {result.status} ({verdict}{extra})", markup=False)
     raise typer.Exit(0 if result.ok else 1)
 
 

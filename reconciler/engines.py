@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 from urllib.parse import urlsplit
 
 import docker
@@ -84,6 +85,7 @@ class Connections:
     def __init__(self) -> None:
         self._clients: dict[str, tuple[Endpoint, docker.DockerClient]] = {}
         self._lock = threading.Lock()
+        self.api_calls: dict[tuple[str, str, str], int] = {}  # (host, method, path) -> requests
 
     def get(self, host: str, endpoint: Endpoint) -> docker.DockerClient:
         with self._lock:
@@ -93,8 +95,28 @@ class Connections:
             if cached is not None:
                 cached[1].close()
             client = connect(host, endpoint)
+            client.api.hooks["response"].append(self._counter(host))
             self._clients[host] = (endpoint, client)
             return client
+
+    def _counter(self, host: str) -> Any:
+        def count(response: Any, *args: Any, **kwargs: Any) -> None:
+            method = getattr(response.request, "method", "?")
+            path = urlsplit(getattr(response.request, "path_url", "")).path
+            key = (host, method, path.rsplit("/", 1)[-1] if "/containers/" in path else path)
+            with self._lock:
+                self.api_calls[key] = self.api_calls.get(key, 0) + 1
+
+        return count
+
+    def calls(self, host: str | None = None) -> int:
+        """Docker API requests made so far (all hosts, or one)."""
+        with self._lock:
+            return sum(n for (h, _, _), n in self.api_calls.items() if host is None or h == host)
+
+    def reset_calls(self) -> None:
+        with self._lock:
+            self.api_calls.clear()
 
     def drop(self, host: str) -> None:
         with self._lock:

@@ -166,7 +166,12 @@ class Executor:
                 action.host,
                 action.name,
                 message,
-                extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+                extra={
+                    "host": action.host,
+                    "container": action.name,
+                    "kind": action.kind.value,
+                    "reason": reason,
+                },
             )
             return ActionResult(action, "failed", message, audit_id=row)
         self._audit.finish_action(row, status="succeeded", container_id=container_id)
@@ -177,7 +182,12 @@ class Executor:
             action.name,
             "; ".join(str(c) for c in action.reasons),
             time.monotonic() - started,
-            extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+            extra={
+                "host": action.host,
+                "container": action.name,
+                "kind": action.kind.value,
+                "reason": reason,
+            },
         )
         return ActionResult(action, "succeeded", container_id=container_id, audit_id=row)
 

@@ -112,6 +112,14 @@ def run_pass(
 ) -> PassResult:
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     cluster = desired.cluster
+    if plan.is_noop and not plan.deferred:
+        # Nothing to do and nothing wrong: no run row (a controller's resync would otherwise write
+        # one every interval for ever). Remember the hosts on first sight only.
+        known = audit.known_hosts(cluster)
+        for wanted in desired.hosts:
+            if known.get(wanted.name) != wanted.endpoint.to_dict():
+                audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+        return PassResult(plan, observed, None, ApplyResult())
     run_id = audit.start_run(
         cluster_id=cluster,
         trigger=trigger,
