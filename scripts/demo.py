@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -56,6 +62,10 @@ def hosts() -> tuple[list[tuple[str, str, str]], list[Engine]]:
     engines = ensure_engines(3)
     for e in engines:
         print(f"  {e.name}: {e.url}  advertise {e.address}")
+        client = e.client()
+        with contextlib.closing(client):
+            for container in client.containers.list(all=True):
+                container.remove(force=True)  # the demo's own engines: start from empty every time
     return [(f"node{e.index}", e.url, e.address) for e in engines], engines
 
 
@@ -80,8 +90,63 @@ def images(urls: list[str], engines: list[Engine]) -> tuple[str, str]:
         return STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    sys.exit(f"demo: timed out waiting for {what}; see {STATE / 'controller.log'}")
+
+
+def _running(client: docker.DockerClient, name: str) -> bool:
+    try:
+        return bool(client.containers.get(name).status == "running")
+    except docker.errors.NotFound:
+        return False
+
+
+def _all_running(fleet: list[tuple[str, str, str]]) -> bool:
+    for _, url, _ in fleet:
+        client = docker.DockerClient(base_url=url, version="1.41")
+        with contextlib.closing(client):
+            if not (_running(client, "consul") and _running(client, "registrator")):
+                return False
+    return True
+
+
+def _show_containers(fleet: list[tuple[str, str, str]]) -> None:
+    for name, url, _ in fleet:
+        client = docker.DockerClient(base_url=url, version="1.41")
+        with contextlib.closing(client):
+            for c in client.containers.list(all=True, filters={"label": "io.consul-reconciler.managed-by"}):
+                print(
+                    f"  {name}: {c.name:<12} {c.status:<8} {c.image.tags[0] if c.image.tags else c.image.id}"
+                )
+
+
 def main() -> None:
-    STATE.mkdir(parents=True, exist_ok=True)
+    if STATE.exists():
+        import shutil
+
+        shutil.rmtree(STATE)
+    STATE.mkdir(parents=True)
     os.environ["CONSUL_RECONCILER_DB"] = str(STATE / "audit.db")
     fleet, engines = hosts()
     consul_image, registrator_image = images([url for _, url, _ in fleet], engines)
@@ -109,23 +174,47 @@ def main() -> None:
     cli("render", str(path), check=True)
     say("the plan (exit 2: changes pending; 0: nothing to do)")
     cli("plan", str(path))
-    say("apply: converge every host")
-    cli("apply", str(path), check=True)
-    say("plan again: nothing to do")
-    cli("plan", str(path), check=True)
-    say("the containers on each host")
-    for name, url, _ in fleet:
+    say("run the controller in the background: it converges every host, then keeps watching")
+    db = os.environ["CONSUL_RECONCILER_DB"]
+    port = _free_port()
+    log = open(STATE / "controller.log", "w")  # noqa: SIM115 - closed below
+    print(f"$ consul-reconciler run {path} --http 127.0.0.1:{port}   (log: {STATE / 'controller.log'})")
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "run", str(path), "--http", f"127.0.0.1:{port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait(lambda: _get(port, "/readyz") == 200, 60, "the controller to be ready")
+        _wait(lambda: _all_running(fleet), 60, "every host to converge")
+        print(f"  ready: http://127.0.0.1:{port}/healthz, /readyz, /metrics")
+        say("plan again: nothing to do")
+        cli("plan", str(path), check=True)
+        say("the containers on each host")
+        _show_containers(fleet)
+        name, url, _ = fleet[1]
+        say(f"drift: remove the registrator on {name} by hand; the controller puts it back at once")
         client = docker.DockerClient(base_url=url, version="1.41")
         with contextlib.closing(client):
-            for c in client.containers.list(all=True, filters={"label": "io.consul-reconciler.managed-by"}):
-                print(
-                    f"  {name}: {c.name:<12} {c.status:<8} {c.image.tags[0] if c.image.tags else c.image.id}"
-                )
-    say("the audit log")
+            started = time.monotonic()
+            client.containers.get("registrator").remove(force=True)
+            _wait(lambda: _running(client, "registrator"), 30, "the registrator to come back")
+            print(f"  back and running after {(time.monotonic() - started) * 1000:.0f} ms")
+        say("status: desired vs observed, drift, last action, backoff")
+        cli("status", str(path))
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        code = controller.wait(60)
+        log.close()
+        print(f"\n(controller stopped with SIGTERM, exit code {code})")
+    say("the audit log (every action, written before it happened)")
     cli("audit", "--limit", "10")
     cli("audit", "--runs", "--limit", "5")
+    print(f"\naudit database: {db}")
     say("done")
-    print(f"Edit {path} and run `.venv/bin/consul-reconciler apply {path}` to change the fleet;")
+    print(
+        f"Keep it converging: .venv/bin/consul-reconciler run {path}  (then edit the file: the fleet follows)"
+    )
     root = os.environ["CR_FLEET_ROOT"]
     print(f"`CR_FLEET_ROOT={root} .venv/bin/python -m tests.fleet down` stops the demo engines.")
 
