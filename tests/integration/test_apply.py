@@ -313,3 +313,14 @@ def test_docker_errors_name_the_host(fleet3: Fleet) -> None:
     assert "host2" in run.json()["plan"]["unreachable"]
     with pytest.raises(docker.errors.NotFound):
         fleet3.engines[1].client().containers.get("consul")
+
+
+def test_json_logs_one_line_per_action_with_fields(fleet3: Fleet) -> None:
+    run = fleet3.cli("--log-format", "json", "apply", str(fleet3.file), "--db", str(fleet3.db))
+    assert run.code == 0, run.stderr
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.strip()]
+    actions = [line for line in lines if "kind" in line]
+    assert sorted((a["host"], a["container"], a["kind"]) for a in actions) == sorted(
+        (e.name, name, "create") for e in fleet3.engines for name in ("consul", "registrator")
+    )
+    assert all(a["reason"] == [{"message": "container is missing"}] and a["level"] == "info" for a in actions)

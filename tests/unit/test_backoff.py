@@ -1,0 +1,65 @@
+"""Backoff, crash-loop detection and the coalescing pass mailbox (pure, clock given)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
+from reconciler.triggers import PassRequests
+
+
+def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
+    policy = BackoffPolicy(base=1.0, factor=2.0, cap=10.0, jitter=0.2)
+    rng = random.Random(7)
+    delays = [policy.delay(n, rng) for n in range(1, 8)]
+    for n, delay in enumerate(delays, start=1):
+        nominal = min(10.0, 2.0 ** (n - 1))
+        assert nominal * 0.8 <= delay <= nominal * 1.2
+    assert max(delays) <= 12.0
+    assert len({round(policy.delay(3, rng), 6) for _ in range(20)}) > 1  # jitter spreads retries
+
+
+def test_backoff_table_waits_then_resets_on_success() -> None:
+    table = BackoffTable(BackoffPolicy(base=2.0, jitter=0.0))
+    assert table.failed("h1", now=100.0, error="down") == 2.0
+    assert table.failed("h1", now=101.0, error="down") == 4.0
+    assert set(table.waiting(now=102.0)) == {"h1"}
+    assert table.next_retry(now=102.0) == 105.0
+    assert table.waiting(now=105.5) == {}
+    table.succeeded("h1")
+    assert table.get("h1").failures == 0 and not table.get("h1").degraded
+    assert table.next_retry(now=0.0) is None
+
+
+def test_crash_loop_needs_attempts_within_the_window() -> None:
+    detector = CrashLoopDetector(attempts=3, window=60.0)
+    assert not detector.repaired("h", "registrator", 0.0)
+    assert not detector.repaired("h", "registrator", 10.0)
+    assert not detector.repaired("h", "consul", 11.0)  # another container counts apart
+    assert detector.repaired("h", "registrator", 20.0)
+    slow = CrashLoopDetector(attempts=3, window=60.0)
+    assert not any(slow.repaired("h", "c", t) for t in (0.0, 50.0, 120.0, 190.0))  # spread out: fine
+
+
+def test_pass_requests_coalesce_a_burst_into_one() -> None:
+    requests = PassRequests(settle=0.05)
+    for i in range(50):
+        requests.request(f"event:h{i % 3}")
+    got = requests.wait(timeout=1.0)
+    assert got is not None and set(got.reasons) == {"event:h0", "event:h1", "event:h2"}
+    assert got.label() == "event"
+    assert requests.wait(timeout=0.05) is None  # nothing left
+
+
+def test_pass_requests_wake_a_waiter_and_close() -> None:
+    requests = PassRequests(settle=0.0)
+    threading.Timer(0.1, requests.request, args=["file"]).start()
+    started = time.monotonic()
+    got = requests.wait(timeout=5.0)
+    assert got is not None and got.label() == "file"
+    assert time.monotonic() - started < 2.0
+    requests.close()
+    requests.request("interval")
+    assert requests.wait(timeout=0.1) is None
