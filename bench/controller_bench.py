@@ -38,7 +38,7 @@ from reconciler.controller import Controller, ControllerOptions  # noqa: E402
 from reconciler.engines import Connections  # noqa: E402
 from reconciler.reconcile import PassOptions, run_pass  # noqa: E402
 from reconciler.sources import FileSource  # noqa: E402
-from tests.fleet import STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1, ensure_engines, ensure_standin_images  # noqa: E402
+from tests.fleet import STANDIN_CONSUL_1, ensure_engines, ensure_standin_images, fleet_topology  # noqa: E402
 
 TARGET_DETECTION_MS = 200.0
 
@@ -63,21 +63,7 @@ def main() -> None:
             container.remove(force=True)
         client.close()
     tmp = Path(tempfile.mkdtemp(prefix="crbench-"))
-    topology = {
-        "cluster": "bench",
-        "consul": {"image": STANDIN_CONSUL_1},
-        "registrator": {"image": STANDIN_REGISTRATOR_1},
-        "hosts": [
-            {
-                "name": e.name,
-                "docker": e.url,
-                "advertise": e.address,
-                "role": "server" if i == 0 else "client",
-                "data_dir": str(tmp / f"data-{e.name}"),
-            }
-            for i, e in enumerate(engines)
-        ],
-    }
+    topology = fleet_topology(engines, tmp, "bench")
     path = tmp / "topology.yaml"
     path.write_text(yaml.safe_dump(topology))
     audit = AuditLog(str(tmp / "audit.db"))

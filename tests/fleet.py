@@ -849,3 +849,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def fleet_topology(
+    engines: Sequence[Engine],
+    data_root: Path,
+    cluster: str,
+    *,
+    servers: int = 1,
+    consul_image: str = STANDIN_CONSUL_1,
+    registrator_image: str = STANDIN_REGISTRATOR_1,
+) -> dict[str, object]:
+    """A topology document over these engines: the first ``servers`` are servers, the rest clients."""
+    return {
+        "cluster": cluster,
+        "consul": {"image": consul_image},
+        "registrator": {"image": registrator_image},
+        "hosts": [
+            {
+                "name": e.name,
+                "docker": e.url,
+                "advertise": e.address,
+                "role": "server" if i < servers else "client",
+                "data_dir": str(data_root / f"data-{e.name}"),
+                "timeout": 5,
+            }
+            for i, e in enumerate(engines)
+        ],
+    }

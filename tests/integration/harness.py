@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.fleet import STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1, Engine
+from tests.fleet import Engine, fleet_topology
 
 LABEL = "io.consul-reconciler"
 
@@ -37,22 +37,7 @@ class Fleet:
         self.db = tmp / "audit.db"
         self.file = tmp / "topology.yaml"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_RECONCILER")}
-        self.doc: dict[str, Any] = {
-            "cluster": cluster,
-            "consul": {"image": STANDIN_CONSUL_1},
-            "registrator": {"image": STANDIN_REGISTRATOR_1},
-            "hosts": [
-                {
-                    "name": e.name,
-                    "docker": e.url,
-                    "advertise": e.address,
-                    "role": "server" if i == 0 else "client",
-                    "data_dir": str(tmp / f"data-{e.name}"),
-                    "timeout": 5,
-                }
-                for i, e in enumerate(self.engines)
-            ],
-        }
+        self.doc: dict[str, Any] = fleet_topology(self.engines, tmp, cluster)
         self.write()
 
     def write(self) -> None:
