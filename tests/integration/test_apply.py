@@ -324,3 +324,26 @@ def test_json_logs_one_line_per_action_with_fields(fleet3: Fleet) -> None:
         (e.name, name, "create") for e in fleet3.engines for name in ("consul", "registrator")
     )
     assert all(a["reason"] == [{"message": "container is missing"}] and a["level"] == "info" for a in actions)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "cluster: itest\nhosts: [ {name: h1, docker: 'unix:///x.sock', advertise: 127.0.10.1, role: boss} ]\n",
+        "cluster: itest\nhosts:\n  - name: [unclosed\n",
+        "cluster: itest\nhosts: []\n",
+    ],
+)
+def test_bad_topology_touches_nothing(fleet3: Fleet, bad: str) -> None:
+    converged(fleet3)
+    before = fleet3.ids()
+    rows = len(fleet3.audit())
+    fleet3.file.write_text(bad)
+    for command in (fleet3.apply, fleet3.plan):
+        run = command()
+        assert run.code == 1
+        assert "is not a valid topology" in run.stderr and run.stdout == ""
+    assert fleet3.ids() == before
+    assert len(fleet3.audit()) == rows
+    for engine in fleet3.engines:
+        assert all(a["State"]["Running"] for a in fleet3.containers(engine).values())
