@@ -62,6 +62,7 @@ __all__ = [
     "ActionFilter",
     "ActionRow",
     "AuditLog",
+    "DocumentRow",
     "HostState",
     "RunRow",
     "default_database_url",
@@ -197,6 +198,26 @@ class RunModel(Base):
     controller: Mapped[str] = mapped_column(String(255))
     summary: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    lock_holder: Mapped[str | None] = mapped_column(String(255))
+    lock_index: Mapped[int | None] = mapped_column(_BigId)
+
+
+class DocumentModel(Base):
+    """Every valid desired document the controller applied: the last known good state."""
+
+    __tablename__ = "desired_documents"
+    __table_args__ = (
+        Index("ix_desired_documents_source_digest", "source", "digest", unique=True),
+        Index("ix_desired_documents_source_last_applied", "source", "last_applied"),
+    )
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    digest: Mapped[str] = mapped_column(String(128))
+    cluster_id: Mapped[str] = mapped_column(String(255))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_applied: Mapped[datetime] = mapped_column(UTCDateTime())
+    document: Mapped[str] = mapped_column(Text)
 
 
 class ActionModel(Base):
@@ -362,6 +383,8 @@ class RunRow:
     controller: str
     summary: dict[str, Any] | None = field(default=None)
     error: str | None = None
+    lock_holder: str | None = None
+    lock_index: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (times as ISO 8601 strings)."""
@@ -381,7 +404,26 @@ class RunRow:
             controller=m.controller,
             summary=json.loads(m.summary) if m.summary else None,
             error=m.error,
+            lock_holder=m.lock_holder,
+            lock_index=m.lock_index,
         )
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    id: int
+    source: str
+    digest: str
+    cluster_id: str
+    first_seen: datetime
+    last_applied: datetime
+    document: str
+
+    def to_dict(self, *, with_document: bool = False) -> dict[str, Any]:
+        data = _row_dict(self)
+        if not with_document:
+            data.pop("document", None)
+        return data
 
 
 @dataclass(frozen=True)
@@ -560,8 +602,12 @@ class AuditLog:
         source: str,
         digest: str | None,
         controller: str | None = None,
+        lock_holder: str | None = None,
+        lock_index: int | None = None,
     ) -> int:
-        """Record a new run with status ``running``; returns its id (committed)."""
+        """Record a new run with status ``running``; returns its id (committed).
+
+        ``lock_holder`` and ``lock_index`` (the fencing token) name the leader lock this run acted under."""
         run = RunModel(
             cluster_id=cluster_id,
             started_at=self._now(),
@@ -573,6 +619,8 @@ class AuditLog:
             controller=controller or default_controller(),
             summary=None,
             error=None,
+            lock_holder=lock_holder,
+            lock_index=lock_index,
         )
         with self._write() as session:
             session.add(run)
@@ -908,6 +956,67 @@ class AuditLog:
                 for m in session.scalars(stmt)
             }
 
+    # -- desired documents (last known good)
+
+    def keep_document(self, *, source: str, digest: str, cluster_id: str, document: str) -> None:
+        """Remember a valid document that was applied (secrets are references in it, never values)."""
+        now = self._now()
+        with self._write() as session:
+            found = session.scalars(
+                select(DocumentModel).where(DocumentModel.source == source, DocumentModel.digest == digest)
+            ).first()
+            if found is None:
+                session.add(
+                    DocumentModel(
+                        source=source,
+                        digest=digest,
+                        cluster_id=cluster_id,
+                        first_seen=now,
+                        last_applied=now,
+                        document=document,
+                    )
+                )
+            else:
+                found.last_applied = now
+
+    def last_document(self, source: str) -> DocumentRow | None:
+        """The most recently applied valid document of ``source``."""
+        stmt = (
+            select(DocumentModel)
+            .where(DocumentModel.source == source)
+            .order_by(DocumentModel.last_applied.desc(), DocumentModel.id.desc())
+            .limit(1)
+        )
+        with self._read() as session:
+            found = session.scalars(stmt).first()
+            return None if found is None else _document(found)
+
+    def documents(self, source: str | None = None, limit: int = 50) -> list[DocumentRow]:
+        """Kept documents, newest first."""
+        stmt = select(DocumentModel).order_by(DocumentModel.first_seen.desc(), DocumentModel.id.desc())
+        if source is not None:
+            stmt = stmt.where(DocumentModel.source == source)
+        with self._read() as session:
+            return [_document(m) for m in session.scalars(stmt.limit(limit))]
+
+    def find_document(self, ref: str) -> DocumentRow:
+        """A kept document by id (``12``) or digest prefix (``3fa2c1``); KeyError names what was wrong."""
+        with self._read() as session:
+            if ref.isdigit():
+                found = session.get(DocumentModel, int(ref))
+                if found is not None:
+                    return _document(found)
+            if len(ref) < 4:
+                raise KeyError(f"no kept document with id {ref} (give an id or at least 4 digest characters)")
+            matches = list(session.scalars(select(DocumentModel).where(DocumentModel.digest.startswith(ref))))
+            if not matches:
+                raise KeyError(f"no kept document with id or digest {ref!r}")
+            if len({m.digest for m in matches}) > 1:
+                raise KeyError(
+                    f"digest prefix {ref!r} is ambiguous ({len(matches)} documents); give more of it"
+                )
+            return _document(matches[0])
+
     # -- retention
 
     def prune(self, older_than: datetime) -> int:
@@ -928,6 +1037,10 @@ class AuditLog:
                 .execution_options(synchronize_session=False)
             )
             return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+def _document(m: DocumentModel) -> DocumentRow:
+    return DocumentRow(m.id, m.source, m.digest, m.cluster_id, m.first_seen, m.last_applied, m.document)
 
 
 # --------------------------------------------------------------------------- --since parsing

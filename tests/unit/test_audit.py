@@ -80,11 +80,18 @@ def sqlite_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
 def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Path) -> None:
     assert db_path.is_file()  # parent directory "state/" was created
     insp = inspect(log.engine)
-    assert set(insp.get_table_names()) == {"alembic_version", "runs", "actions", "known_hosts", "host_states"}
+    assert set(insp.get_table_names()) == {
+        "alembic_version",
+        "runs",
+        "actions",
+        "known_hosts",
+        "host_states",
+        "desired_documents",
+    }
 
     assert {c["name"] for c in insp.get_columns("runs")} == {
         "id", "cluster_id", "started_at", "finished_at", "status", "trigger", "source",
-        "digest", "controller", "summary", "error",
+        "digest", "controller", "summary", "error", "lock_holder", "lock_index",
     }  # fmt: skip
     assert {c["name"] for c in insp.get_columns("actions")} == {
         "id", "run_id", "seq", "host", "node", "role", "container", "kind", "reason",
@@ -698,7 +705,7 @@ def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- parse_since
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 @pytest.mark.parametrize(
@@ -782,5 +789,35 @@ def test_prune_deletes_old_finished_runs_and_their_actions_only(db_path: Path) -
         assert log.get_run(old) is None
         assert log.get_run(still_running) is not None
         assert [a.run_id for a in log.actions()] == [new]
+    finally:
+        log.close()
+
+
+def test_kept_documents_last_known_good_history_and_lookup(db_path: Path) -> None:
+    clock = {"now": NOW}
+    log = AuditLog(str(db_path), clock=lambda: clock["now"])
+    try:
+        log.keep_document(source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1")
+        clock["now"] = NOW + timedelta(minutes=1)
+        log.keep_document(source="consul://a/k", digest="bbbb2222", cluster_id="c", document="v2")
+        log.keep_document(source="file:/x", digest="cccc3333", cluster_id="c", document="other source")
+        clock["now"] = NOW + timedelta(minutes=2)
+        log.keep_document(
+            source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1"
+        )  # re-applied
+        last = log.last_document("consul://a/k")
+        assert last is not None and (last.digest, last.document) == ("aaaa1111", "v1")
+        assert last.first_seen == NOW and last.last_applied == NOW + timedelta(minutes=2)
+        assert [d.digest for d in log.documents("consul://a/k")] == ["bbbb2222", "aaaa1111"]
+        assert log.find_document("bbbb").document == "v2"
+        assert log.find_document(str(last.id)).digest == "aaaa1111"
+        with pytest.raises(KeyError, match="no kept document"):
+            log.find_document("ffff")
+        assert log.last_document("consul://other/k") is None
+        run = log.start_run(
+            cluster_id="c", trigger="t", source="s", digest=None, lock_holder="sess-1", lock_index=7
+        )
+        row = log.get_run(run)
+        assert row is not None and (row.lock_holder, row.lock_index) == ("sess-1", 7)
     finally:
         log.close()

@@ -1,0 +1,201 @@
+"""Every call the controller makes to Consul's HTTP API, behind one small module (py-consul).
+
+Addresses: ``consul://HOST:PORT/KEY`` (HTTP) or ``consul+https://HOST:PORT/KEY`` (HTTPS, verified
+against the system CAs or ``ca``). The ACL token comes from an option or ``CONSUL_HTTP_TOKEN`` and
+is sent as a header, never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import consul
+import requests.exceptions
+
+DEFAULT_PORT = 8500
+SCHEMES = {"consul": "http", "consul+http": "http", "consul+https": "https"}
+
+
+class ConsulError(Exception):
+    """Consul could not be reached or refused the request; the message says which and why."""
+
+
+class ConsulUnreachable(ConsulError):
+    pass
+
+
+@dataclass(frozen=True)
+class ConsulAddress:
+    scheme: str  # http | https
+    host: str
+    port: int
+    key: str
+    ca: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, *, ca: str | None = None, token: str | None = None) -> ConsulAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise ValueError(
+                f"{url!r}: a Consul source is consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY"
+            )
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: no Consul host")
+        key = parts.path.lstrip("/")
+        if not key or key.endswith("/"):
+            raise ValueError(f"{url!r}: no KV key after the address (consul://HOST:PORT/path/to/key)")
+        return cls(
+            scheme=SCHEMES[parts.scheme],
+            host=parts.hostname,
+            port=parts.port or DEFAULT_PORT,
+            key=key,
+            ca=ca,
+            token=token if token is not None else os.environ.get("CONSUL_HTTP_TOKEN") or None,
+        )
+
+    def url(self) -> str:
+        prefix = "consul+https" if self.scheme == "https" else "consul"
+        return f"{prefix}://{self.host}:{self.port}/{self.key}"
+
+    def with_key(self, key: str) -> ConsulAddress:
+        return ConsulAddress(self.scheme, self.host, self.port, key, self.ca, self.token)
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    key: str
+    value: bytes | None
+    modify_index: int
+    lock_index: int
+    flags: int
+    session: str | None
+
+
+class Consul:
+    def __init__(self, address: ConsulAddress, timeout: float = 10.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        verify: bool | str = address.ca if address.ca else True
+        self._client = consul.Consul(
+            host=address.host,
+            port=address.port,
+            scheme=address.scheme,
+            verify=verify,
+            token=address.token,
+            connections_timeout=timeout,
+        )
+
+    def where(self) -> str:
+        return f"Consul at {self.address.scheme}://{self.address.host}:{self.address.port}"
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except requests.exceptions.ConnectionError:
+            raise ConsulUnreachable(f"{self.where()} is unreachable ({what})") from None
+        except requests.exceptions.Timeout:
+            raise ConsulUnreachable(f"{self.where()} did not answer in time ({what})") from None
+        except consul.ACLPermissionDenied:
+            raise ConsulError(
+                f"{self.where()} denied {what}: permission denied (check the ACL token)"
+            ) from None
+        except consul.ConsulException as exc:
+            text = str(exc).strip() or type(exc).__name__
+            raise ConsulError(f"{self.where()} failed {what}: {text[:300]}") from None
+
+    # --- KV -----------------------------------------------------------------------------------------
+
+    def get(
+        self, key: str, *, index: int | None = None, wait: str | None = None
+    ) -> tuple[int, KVEntry | None]:
+        """Read one key; with ``index`` this is a blocking query (up to ``wait``, e.g. "10s")."""
+        extra: dict[str, Any] = {}
+        if index:
+            extra = {
+                "index": index,
+                "wait": wait or "10s",
+                "connections_timeout": self.timeout + _seconds(wait or "10s") * 17 / 16,
+            }
+        raw_index, data = self._call(f"reading {key}", self._client.kv.get, key, **extra)
+        return int(raw_index or 0), None if data is None else _entry(data)
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        cas: int | None = None,
+        acquire: str | None = None,
+        release: str | None = None,
+    ) -> bool:
+        return bool(
+            self._call(
+                f"writing {key}", self._client.kv.put, key, value, cas=cas, acquire=acquire, release=release
+            )
+        )
+
+    def release(self, key: str, session: str) -> bool:
+        return bool(self._call(f"releasing {key}", self._client.kv.put, key, None, release=session))
+
+    def delete(self, key: str, *, cas: int | None = None) -> bool:
+        return bool(self._call(f"deleting {key}", self._client.kv.delete, key, cas=cas))
+
+    # --- sessions -----------------------------------------------------------------------------------
+
+    def create_session(self, name: str, ttl: float, lock_delay: float, behavior: str = "release") -> str:
+        return str(
+            self._call(
+                "creating a session",
+                self._client.session.create,
+                name=name,
+                ttl=int(ttl),
+                lock_delay=int(lock_delay),
+                behavior=behavior,
+                checks=[],
+            )
+        )
+
+    def renew_session(self, session: str) -> bool:
+        """True while the session lives; False once Consul no longer knows it."""
+        try:
+            result = self._client.session.renew(session)
+        except consul.NotFound:
+            return False
+        except Exception:
+            # not a verdict on the session: Consul did not answer (or answered an error)
+            return bool(self._call("renewing the session", self._client.session.renew, session))
+        return result is not None
+
+    def destroy_session(self, session: str) -> None:
+        self._call("destroying the session", self._client.session.destroy, session)
+
+    # --- status -------------------------------------------------------------------------------------
+
+    def leader(self) -> str:
+        return str(self._call("asking for the leader", self._client.status.leader))
+
+
+def _entry(data: dict[str, Any]) -> KVEntry:
+    value = data.get("Value")
+    if isinstance(value, str):
+        value = value.encode()
+    return KVEntry(
+        key=str(data.get("Key", "")),
+        value=value,
+        modify_index=int(data.get("ModifyIndex", 0)),
+        lock_index=int(data.get("LockIndex", 0)),
+        flags=int(data.get("Flags", 0)),
+        session=data.get("Session") or None,
+    )
+
+
+def _seconds(wait: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for suffix in ("ms", "s", "m", "h"):
+        if wait.endswith(suffix):
+            return float(wait[: -len(suffix)]) * units[suffix]
+    return float(wait)
