@@ -57,6 +57,7 @@ class Loaded:
     topology: Topology
     warnings: list[Issue]
     digest: str  # sha256 of the document's bytes: which version was applied
+    text: str = ""  # the document itself (secrets appear in it only as references)
 
 
 def digest_of(data: bytes) -> str:
@@ -97,7 +98,7 @@ def load_topology(data: bytes, *, source: str = "", fmt: str | None = None) -> L
     except ValidationError as exc:
         raise TopologyError(_issues_from(exc, lines), source) from None
     warnings = [_issue_from_line(text_line, lines) for text_line in topology.warnings()]
-    return Loaded(topology=topology, warnings=warnings, digest=digest_of(data))
+    return Loaded(topology=topology, warnings=warnings, digest=digest_of(data), text=text)
 
 
 # --- parsing -----------------------------------------------------------------------------------------

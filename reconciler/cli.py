@@ -24,10 +24,12 @@ from reconciler import __version__
 from reconciler.audit import ActionFilter, AuditLog, default_database_url, normalize_url, parse_since
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
+from reconciler.kvcli import kv_app
 from reconciler.logs import setup_logging
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
 from reconciler.present import docker_run_line, format_plan, text_table
 from reconciler.reconcile import PassOptions, compute_plan, run_pass
+from reconciler.sources import ConsulSource, FileSource, SourceError, open_source
 
 app = typer.Typer(
     name="consul-reconciler",
@@ -45,12 +47,18 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SourceArg = Annotated[
-    Path,
+    str | None,
     typer.Argument(
-        help="Topology file (YAML or JSON). Default: $CONSUL_RECONCILER_SOURCE.",
+        help="The desired state: a topology file (YAML or JSON) or consul://HOST:PORT/KEY "
+        "(consul+https://... with $CONSUL_CACERT; token from $CONSUL_HTTP_TOKEN). "
+        "Default: $CONSUL_RECONCILER_SOURCE.",
         envvar="CONSUL_RECONCILER_SOURCE",
         show_default=False,
     ),
+]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option("--source", help="The same as the SOURCE argument (give either).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
 DbOpt = Annotated[
@@ -81,20 +89,31 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _load(path: Path) -> Loaded:
+def _source(arg: str | None, opt: str | None = None) -> FileSource | ConsulSource:
+    spec = opt or arg
+    if arg and opt and arg != opt:
+        _fail(f"two sources given ({arg} and --source {opt}); give one")
+    if not spec:
+        _fail(
+            "no desired state given: pass a topology file or consul://HOST:PORT/KEY (or set "
+            "$CONSUL_RECONCILER_SOURCE)"
+        )
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        _fail(f"{path}: no such file")
-    except IsADirectoryError:
-        _fail(f"{path}: is a directory; give the topology file")
-    except OSError as exc:
-        _fail(f"{path}: cannot read: {exc.strerror or exc}")
-    fmt = "json" if path.suffix.lower() == ".json" else None
+        return open_source(spec, ca=os.environ.get("CONSUL_CACERT") or None)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _load(arg: str | None, opt: str | None = None) -> Loaded:
+    src = _source(arg, opt)
     try:
-        return load_topology(data, source=str(path), fmt=fmt)
+        data = src.read()
+    except SourceError as exc:
+        _fail(str(exc))
+    try:
+        return load_topology(data, source=src.describe(), fmt=src.fmt)
     except TopologyError as exc:
-        err.print(f"error: {path} is not a valid topology:", markup=False)
+        err.print(f"error: {src.describe()} is not a valid topology:", markup=False)
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False)
         raise typer.Exit(1) from None
@@ -146,15 +165,14 @@ def version() -> None:
 
 
 @app.command()
-def validate(source: SourceArg, as_json: JsonOpt = False) -> None:
+def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: SourceOpt = None) -> None:
     """Check a topology file: every error with its place, secret references resolved. Exit 1 on errors."""
     data_issues: list[dict[str, Any]] = []
+    src = _source(source, source_opt)
     try:
-        loaded = load_topology(
-            source.read_bytes(), source=str(source), fmt="json" if source.suffix.lower() == ".json" else None
-        )
-    except OSError as exc:
-        _fail(f"{source}: cannot read: {exc.strerror or exc}")
+        loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
+    except SourceError as exc:
+        _fail(str(exc))
     except TopologyError as exc:
         if as_json:
             _emit_json({"valid": False, "errors": [i.to_dict() for i in exc.issues], "warnings": []})
@@ -182,7 +200,7 @@ def validate(source: SourceArg, as_json: JsonOpt = False) -> None:
         if not secret_issues:
             t = loaded.topology
             out.print(
-                f"{source}: valid: cluster {t.cluster}, datacenter {t.datacenter}, "
+                f"{src.describe()}: valid: cluster {t.cluster}, datacenter {t.datacenter}, "
                 f"{len(t.servers)} server(s), {len(t.hosts) - len(t.servers)} client(s)",
                 markup=False,
             )
@@ -192,17 +210,19 @@ def validate(source: SourceArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def render(
-    source: SourceArg,
+    source: SourceArg = None,
     host: Annotated[str | None, typer.Option("--host", help="Only this host.")] = None,
+    source_opt: SourceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show each host's containers as the equivalent `docker run` lines (no engine is contacted)."""
-    loaded = _load(source)
+    loaded = _load(source, source_opt)
     _print_warnings(loaded)
     fleet = render_fleet(loaded.topology)
     hosts = [h for h in fleet.hosts if host is None or h.name == host]
     if host is not None and not hosts:
-        _fail(f"no host named {host!r} in {source} (hosts: {', '.join(h.name for h in fleet.hosts)})")
+        names = ", ".join(h.name for h in fleet.hosts)
+        _fail(f"no host named {host!r} in {source or source_opt} (hosts: {names})")
     if as_json:
         _emit_json(
             {
@@ -239,7 +259,8 @@ def render(
 
 @app.command()
 def plan(
-    source: SourceArg,
+    source: SourceArg = None,
+    source_opt: SourceOpt = None,
     as_json: JsonOpt = False,
     db: DbOpt = None,
     max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
@@ -249,7 +270,7 @@ def plan(
 
     Exit 0 when nothing is to do, 2 when changes are pending, 1 on error.
     """
-    loaded = _load(source)
+    loaded = _load(source, source_opt)
     _print_warnings(loaded)
     audit = _audit(db)
     connections = Connections()
@@ -271,7 +292,8 @@ def plan(
 
 @app.command()
 def apply(
-    source: SourceArg,
+    source: SourceArg = None,
+    source_opt: SourceOpt = None,
     as_json: JsonOpt = False,
     db: DbOpt = None,
     max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
@@ -284,7 +306,7 @@ def apply(
     Exit 0 when every host converged; 1 when an action failed, a host was unreachable, a name was
     blocked by an unmanaged container, or the pass was refused.
     """
-    loaded = _load(source)
+    loaded = _load(source, source_opt)
     _print_warnings(loaded)
     audit = _audit(db)
     connections = Connections()
@@ -294,7 +316,13 @@ def apply(
         exec=ExecOptions(pull=pull, stop_timeout=stop_timeout),
     )
     try:
-        result = run_pass(loaded, source=str(source), connections=connections, audit=audit, options=options)
+        result = run_pass(
+            loaded,
+            source=_source(source, source_opt).describe(),
+            connections=connections,
+            audit=audit,
+            options=options,
+        )
     finally:
         connections.close()
         audit.close()
@@ -347,7 +375,8 @@ def _duration(text: str, option: str) -> timedelta:
 
 @app.command()
 def run(
-    source: SourceArg,
+    source: SourceArg = None,
+    source_opt: SourceOpt = None,
     db: DbOpt = None,
     interval: Annotated[
         float, typer.Option(min=0.05, help="Seconds between full resyncs (jittered).")
@@ -382,6 +411,27 @@ def run(
     events: Annotated[
         bool, typer.Option("--events/--no-events", help="Watch Docker events for drift.")
     ] = True,
+    consul_ca: Annotated[
+        Path | None, typer.Option(help="CA file for a consul+https:// source (default $CONSUL_CACERT).")
+    ] = None,
+    consul_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the Consul ACL token (default $CONSUL_HTTP_TOKEN).")
+    ] = None,
+    lock_ttl: Annotated[
+        float, typer.Option(min=1, help="Consul source: TTL of the leader session (s); renewed every TTL/4.")
+    ] = 15.0,
+    lock_delay: Annotated[
+        float, typer.Option(min=0, help="Consul source: lock-delay after a holder's session ends (s).")
+    ] = 15.0,
+    leader_election: Annotated[
+        bool,
+        typer.Option(
+            "--leader-election/--no-leader-election", help="Consul source: only the lock holder acts."
+        ),
+    ] = True,
+    status_prefix: Annotated[
+        str, typer.Option(help="Consul source: KV prefix for per-host status documents ('' for none).")
+    ] = "consul-reconciler/status",
 ) -> None:
     """Run the controller: converge now, then keep converging for ever.
 
@@ -391,7 +441,6 @@ def run(
     """
     from reconciler.backoff import BackoffPolicy
     from reconciler.controller import Controller, ControllerOptions
-    from reconciler.sources import FileSource
 
     token = None
     if http_token_file is not None:
@@ -412,9 +461,27 @@ def run(
         watch_events=events,
         passes=PassOptions(max_removals=max_removals, exec=ExecOptions(stop_timeout=stop_timeout)),
     )
+    consul_token = None
+    if consul_token_file is not None:
+        try:
+            consul_token = consul_token_file.read_text().strip()
+        except OSError as exc:
+            _fail(f"--consul-token-file {consul_token_file}: {exc.strerror or exc}")
+    spec = source_opt or source
+    if not spec:
+        _source(source, source_opt)  # fails with the message
+    try:
+        src = open_source(
+            str(spec), ca=str(consul_ca) if consul_ca else os.environ.get("CONSUL_CACERT"), token=consul_token
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    options.lock_ttl, options.lock_delay = lock_ttl, lock_delay
+    options.leader_election = leader_election
+    options.status_prefix = status_prefix or None
     audit = _audit(db)
     try:
-        controller = Controller(FileSource(source), audit, options)
+        controller = Controller(src, audit, options)
         code = controller.run()
     except ValueError as exc:  # e.g. a non-loopback --http without a token
         _fail(str(exc))
@@ -426,9 +493,11 @@ def run(
 
 
 @app.command()
-def status(source: SourceArg, as_json: JsonOpt = False, db: DbOpt = None) -> None:
+def status(
+    source: SourceArg = None, as_json: JsonOpt = False, db: DbOpt = None, source_opt: SourceOpt = None
+) -> None:
     """Per host: desired vs observed containers, drift, last action and its outcome, backoff state."""
-    loaded = _load(source)
+    loaded = _load(source, source_opt)
     audit = _audit(db)
     connections = Connections()
     try:
@@ -590,6 +659,9 @@ def _reason_text(reason: dict[str, Any]) -> str:
 
 def _time(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+app.add_typer(kv_app, name="kv")
 
 
 def main() -> None:

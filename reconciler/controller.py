@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -35,13 +36,15 @@ from desired_state.render import render
 from desired_state.spec import Endpoint
 from reconciler.audit import AuditLog, HostState
 from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
+from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
+from reconciler.leader import LeaderLock
 from reconciler.metrics import Metrics
 from reconciler.plan import Kind
 from reconciler.reconcile import PassOptions, PassResult, controller_identity, run_pass
-from reconciler.sources import FileSource, SourceError
-from reconciler.triggers import EventWatcher, FileWatcher, PassRequests, Request
+from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
+from reconciler.triggers import EventWatcher, PassRequests, Request
 
 log = logging.getLogger("consul_reconciler.controller")
 
@@ -61,14 +64,19 @@ class ControllerOptions:
     crashloop_attempts: int = 3
     crashloop_window: float = 300.0
     watch_events: bool = True
-    watch_file: bool = True
+    watch_file: bool = True  # watch the source (file or KV key) for changes
+    leader_election: bool = True  # with a Consul source: only the holder of the lock acts
+    lock_key: str | None = None  # default: the source key + ".leader"
+    lock_ttl: float = 15.0
+    lock_delay: float = 15.0
+    status_prefix: str | None = "consul-reconciler/status"  # with a Consul source: per-host status docs
     passes: PassOptions = field(default_factory=PassOptions)
 
 
 class Controller:
     def __init__(
         self,
-        source: FileSource,
+        source: FileSource | ConsulSource,
         audit: AuditLog,
         options: ControllerOptions | None = None,
         *,
@@ -89,7 +97,12 @@ class Controller:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}, timezone=UTC
         )
         self._watchers: dict[str, EventWatcher] = {}
-        self._file_watcher: FileWatcher | None = None
+        self._file_watcher: Watcher | None = None
+        self.lock: LeaderLock | None = None
+        self._source_error: str | None = None
+        self._enforcing_kept: str | None = None  # digest of a kept document enforced since start-up
+        self._kept_digest: str | None = None
+        self._status_written: dict[str, str] = {}
         self._http: StatusServer | None = None
         self._last_valid: Loaded | None = None
         self._rejected_digest: str | None = None
@@ -147,8 +160,20 @@ class Controller:
             )
         self._scheduler.start()
         if self.options.watch_file:
-            self._file_watcher = FileWatcher(self.source.path, lambda: self._request("file"))
+            kind = "file" if isinstance(self.source, FileSource) else "kv"
+            self._file_watcher = self.source.watcher(lambda: self._request(kind))
             self._file_watcher.start()
+        if isinstance(self.source, ConsulSource) and self.options.leader_election:
+            key = self.options.lock_key or f"{self.source.address.key}.leader"
+            self.lock = LeaderLock(
+                Consul(self.source.address.with_key(key), timeout=min(5.0, self.options.lock_ttl / 3)),
+                key,
+                self.identity,
+                ttl=self.options.lock_ttl,
+                lock_delay=self.options.lock_delay,
+                on_change=self._on_leadership,
+            )
+            self.lock.start()
         self._request("startup")
 
     def stop(self) -> None:
@@ -165,6 +190,9 @@ class Controller:
         self._scheduler.shutdown(wait=False)
         if self._file_watcher is not None:
             self._file_watcher.stop()
+        if self.lock is not None:
+            self.lock.stop()
+            self.lock.join(timeout=10)
         for watcher in self._watchers.values():
             watcher.stop()
         if self._http is not None:
@@ -180,6 +208,15 @@ class Controller:
     def _request(self, reason: str) -> None:
         self.metrics.triggers.labels(reason.split(":", 1)[0]).inc()
         self.requests.request(reason)
+
+    def _on_leadership(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        if leading:
+            self._request("leader")
+
+    def _acting(self) -> bool:
+        """May this controller start an action now? (not stopping, and the leader if electing)"""
+        return not self._stopping.is_set() and (self.lock is None or self.lock.is_leader())
 
     def _on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
         if action == "reconnected":
@@ -230,6 +267,9 @@ class Controller:
             self.passes_run += 1
 
     def _run_pass(self, request: Request, started: float) -> PassResult | None:
+        if self.lock is not None and not self.lock.is_leader():
+            self.metrics.passes.labels("standby").inc()
+            return None  # a standby: observes nothing, acts on nothing
         loaded = self._load()
         if loaded is None:
             self.metrics.passes.labels("no-desired-state").inc()
@@ -270,22 +310,46 @@ class Controller:
         return result
 
     def _load(self) -> Loaded | None:
-        """The desired state to enforce: the file's if valid, else the last valid one."""
+        """The desired state to enforce: the source's if readable and valid, else the last valid one
+        (from memory, or the kept document in the database when the controller just started)."""
         try:
             data = self.source.read()
         except SourceError as exc:
+            self._source_error = str(exc)
+            self.metrics.desired_state_source_up.set(0)
             self._reject(digest_of(str(exc).encode()), str(exc))
-            return self._last_valid
+            return self._last_valid or self._kept()
+        self._source_error = None
+        self.metrics.desired_state_source_up.set(1)
         try:
             loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
         except TopologyError as exc:
             self._reject(digest_of(data), "; ".join(str(i) for i in exc.issues))
-            return self._last_valid
+            return self._last_valid or self._kept()
         if self._last_valid is None or loaded.digest != self._last_valid.digest:
             log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
         self._last_valid = loaded
+        self._enforcing_kept = None
         self._rejected_digest = None
         self.metrics.desired_state_valid.set(1)
+        return loaded
+
+    def _kept(self) -> Loaded | None:
+        row = self.audit.last_document(self.source.describe())
+        if row is None:
+            return None
+        try:
+            loaded = load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}")
+        except TopologyError:
+            log.error("the kept document %s no longer validates; nothing is enforced", row.digest[:12])
+            return None
+        log.warning(
+            "enforcing the kept document %s (applied %s) until the source is readable and valid",
+            row.digest[:12],
+            row.last_applied.isoformat(timespec="seconds"),
+        )
+        self._last_valid = loaded
+        self._enforcing_kept = loaded.digest
         return loaded
 
     def _reject(self, digest: str, reason: str) -> None:
@@ -297,6 +361,10 @@ class Controller:
         )
         if digest == self._rejected_digest:
             return  # audited once per distinct document
+        if self.lock is not None and not self.lock.is_leader():
+            self._rejected_digest = digest
+            log.error("desired state rejected: %s (a standby: not audited)", reason)
+            return
         self._rejected_digest = digest
         log.error("desired state rejected: %s; %s", reason, keeping)
         cluster = self._last_valid.topology.cluster if self._last_valid else "(unknown)"
@@ -414,6 +482,43 @@ class Controller:
                 states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
         self.audit.set_host_states(loaded.topology.cluster, states)
 
+    def _write_status(self, loaded: Loaded, result: PassResult) -> None:
+        """Per-host status documents in Consul KV, readable in Consul's own UI (written on change)."""
+        if not isinstance(self.source, ConsulSource) or not self.options.status_prefix:
+            return
+        prefix = f"{self.options.status_prefix.rstrip('/')}/{loaded.topology.cluster}"
+        states = self.audit.host_states(loaded.topology.cluster)
+        consul = self.source.consul
+        for host in render(loaded.topology).hosts:
+            seen = result.observed.host(host.name)
+            state = states.get(host.name)
+            doc = {
+                "host": host.name,
+                "desired": {s.name: s.spec_hash() for s in host.specs},
+                "observed": {
+                    c.name: c.state
+                    for c in (seen.managed if seen else ())
+                    if c.managed_by == loaded.topology.cluster
+                },
+                "reachable": None if seen is None else seen.reachable,
+                "drift": [f"{a.kind.value} {a.name}" for a in result.plan.actions if a.host == host.name],
+                "state": state.state if state else "unknown",
+                "failures": state.failures if state else 0,
+                "detail": state.detail if state else None,
+                "desired_digest": loaded.digest,
+                "controller": self.identity,
+            }
+            text = json.dumps(doc, sort_keys=True)
+            key = f"{prefix}/{host.name}"
+            if self._status_written.get(key) == text:
+                continue
+            try:
+                consul.put(key, text.encode())
+                self._status_written[key] = text
+            except ConsulError as exc:
+                log.warning("could not write status %s: %s", key, exc)
+                return
+
     def _prune(self) -> None:
         if self.options.prune_after is None:
             return
@@ -451,6 +556,18 @@ class Controller:
             "source": self.source.describe(),
             "desired_digest": self._last_valid.digest if self._last_valid else None,
             "desired_state_valid": self._rejected_digest is None,
+            "source_error": self._source_error,
+            "enforcing": (
+                None
+                if self._last_valid is None
+                else {
+                    "digest": self._last_valid.digest,
+                    "from": "kept document" if self._enforcing_kept else "source",
+                    "why": self._source_error if self._rejected_digest else None,
+                }
+            ),
+            "leader": None if self.lock is None else self.lock.is_leader(),
+            "lock_index": None if self.lock is None else self.lock.fencing()[1],
             "passes": self.passes_run,
             "last_run": self._last_result.run_id if self._last_result else None,
             "last_status": self._last_result.status if self._last_result else None,

@@ -41,6 +41,16 @@ class Metrics:
         self.triggers = Counter(
             "consul_reconciler_triggers", "Requests for a pass, by source", ["source"], registry=r
         )
+        self.desired_state_source_up = Gauge(
+            "consul_reconciler_desired_state_source_up",
+            "1 if the desired state source could be read",
+            registry=r,
+        )
+        self.leader = Gauge(
+            "consul_reconciler_leader",
+            "1 while this controller holds the leader lock (Consul source)",
+            registry=r,
+        )
         self.desired_state_valid = Gauge(
             "consul_reconciler_desired_state_valid",
             "1 if the last read of the desired state was valid",

@@ -109,6 +109,7 @@ def run_pass(
     should_stop: Callable[[], bool] = lambda: False,
     deferred: Mapping[str, str] | None = None,
     controller: str | None = None,
+    lock: tuple[str | None, int | None] | None = None,
 ) -> PassResult:
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     cluster = desired.cluster

@@ -329,7 +329,7 @@ def test_json_logs_one_line_per_action_with_fields(fleet3: Fleet) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        "cluster: itest\nhosts: [ {name: h1, docker: 'unix:///x.sock', advertise: 127.0.10.1, role: boss} ]\n",
+        "cluster: itest\nhosts: [ {name: h1, docker: 'unix:///x', advertise: 127.0.10.1, role: boss} ]\n",
         "cluster: itest\nhosts:\n  - name: [unclosed\n",
         "cluster: itest\nhosts: []\n",
     ],
