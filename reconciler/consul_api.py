@@ -7,6 +7,7 @@ is sent as a header, never logged.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 import consul
 import requests.exceptions
+from consul.callback import CB
 
 DEFAULT_PORT = 8500
 SCHEMES = {"consul": "http", "consul+http": "http", "consul+https": "https"}
@@ -115,11 +117,8 @@ class Consul:
         """Read one key; with ``index`` this is a blocking query (up to ``wait``, e.g. "10s")."""
         extra: dict[str, Any] = {}
         if index:
-            extra = {
-                "index": index,
-                "wait": wait or "10s",
-                "connections_timeout": self.timeout + _seconds(wait or "10s") * 17 / 16,
-            }
+            # py-consul stretches its timeout by the wait (plus Consul's wait/16 jitter) by itself
+            extra = {"index": index, "wait": wait or "10s"}
         raw_index, data = self._call(f"reading {key}", self._client.kv.get, key, **extra)
         return int(raw_index or 0), None if data is None else _entry(data)
 
@@ -147,15 +146,27 @@ class Consul:
     # --- sessions -----------------------------------------------------------------------------------
 
     def create_session(self, name: str, ttl: float, lock_delay: float, behavior: str = "release") -> str:
+        """A session for the leader lock. Consul accepts TTLs of 10 s to 24 h (py-consul asserts that
+        bound before sending, so the request goes through its transport directly: tests use short
+        TTLs against the test double; a real Consul refuses them with a clear 500)."""
+        body = json.dumps(
+            {
+                "Name": name,
+                "TTL": f"{ttl:g}s",
+                "LockDelay": f"{lock_delay:g}s",
+                "Behavior": behavior,
+                "Checks": [],
+            }
+        )
+        headers = self._client.prepare_headers(None)
         return str(
             self._call(
                 "creating a session",
-                self._client.session.create,
-                name=name,
-                ttl=int(ttl),
-                lock_delay=int(lock_delay),
-                behavior=behavior,
-                checks=[],
+                self._client.http.put,
+                CB.json(is_id=True),
+                "/v1/session/create",
+                data=body,
+                headers=headers,
             )
         )
 
@@ -191,11 +202,3 @@ def _entry(data: dict[str, Any]) -> KVEntry:
         flags=int(data.get("Flags", 0)),
         session=data.get("Session") or None,
     )
-
-
-def _seconds(wait: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if wait.endswith(suffix):
-            return float(wait[: -len(suffix)]) * units[suffix]
-    return float(wait)
