@@ -302,12 +302,26 @@ class Controller:
             options=self.options.passes,
             trigger=request.label(),
             environ=self.environ,
-            should_stop=self._stopping.is_set,
+            should_stop=lambda: not self._acting(),
             deferred=deferred,
             controller=self.identity,
+            lock=self.lock.fencing() if self.lock is not None else None,
         )
+        self._keep(loaded)
         self._after_pass(result, loaded, time.monotonic() - started)
+        self._write_status(loaded, result)
         return result
+
+    def _keep(self, loaded: Loaded) -> None:
+        """Remember the applied document: the last known good, even across restarts."""
+        if loaded.digest != self._kept_digest:
+            self.audit.keep_document(
+                source=self.source.describe(),
+                digest=loaded.digest,
+                cluster_id=loaded.topology.cluster,
+                document=loaded.text,
+            )
+            self._kept_digest = loaded.digest
 
     def _load(self) -> Loaded | None:
         """The desired state to enforce: the source's if readable and valid, else the last valid one

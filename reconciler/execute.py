@@ -42,6 +42,9 @@ from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
 log = logging.getLogger("consul_reconciler.execute")
 
 
+STOPPED_ACTING = "skipped: the controller stopped acting (stopping, or no longer the leader)"
+
+
 class ActionError(Exception):
     """An action could not be carried out; the message names host, container and cause."""
 
@@ -146,7 +149,7 @@ class Executor:
         if action.host in self._failed_hosts:
             skip_why = "skipped: an earlier action on this host failed in this pass"
         elif self._should_stop():
-            skip_why = "skipped: the controller is stopping"
+            skip_why = STOPPED_ACTING
         if skip_why is not None:
             row = self._audit.record_action(self._run_id, status="skipped", error=skip_why, **common)
             return ActionResult(action, "skipped", skip_why, audit_id=row)

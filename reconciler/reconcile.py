@@ -18,7 +18,7 @@ from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
 from reconciler.audit import AuditLog
 from reconciler.engines import Connections
-from reconciler.execute import ApplyResult, ExecOptions, Executor
+from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
 from reconciler.observe import observe_fleet
 from reconciler.observed import ObservedFleet
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Change, Kind, Plan, make_plan
@@ -126,7 +126,9 @@ def run_pass(
         trigger=trigger,
         source=source,
         digest=loaded.digest,
-        controller=controller_identity(),
+        controller=controller or controller_identity(),
+        lock_holder=lock[0] if lock else None,
+        lock_index=lock[1] if lock else None,
     )
     seq = 1000  # rows about the pass itself (unreachable, blocked) sort after the actions
     for host, error in sorted(plan.unreachable.items()):
@@ -182,7 +184,7 @@ def run_pass(
             audit.forget_host(cluster, host)
     result = PassResult(plan, observed, run_id, applied)
     result.interrupted = should_stop() and any(
-        r.status == "skipped" and (r.error or "").endswith("stopping") for r in applied.results
+        r.status == "skipped" and r.error == STOPPED_ACTING for r in applied.results
     )
     summary: dict[str, object] = {
         "planned": plan.counts(),

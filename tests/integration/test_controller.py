@@ -244,7 +244,7 @@ def test_sigterm_mid_pass_finishes_the_action_and_exits_zero(fleet3: Fleet, cont
     assert runs == [("interrupted",)]
     rows = audit_rows(fleet3.db, "SELECT host, status, error FROM actions WHERE kind='replace' ORDER BY id")
     assert rows[0][:2] == ("host1", "succeeded")  # the server's replacement in flight was finished
-    assert all(status == "skipped" and "stopping" in (error or "") for _, status, error in rows[1:])
+    assert all(status == "skipped" and "stopped acting" in (error or "") for _, status, error in rows[1:])
     assert len(rows) == 3
     assert running(fleet3, fleet3.engines[0], "consul", STANDIN_CONSUL_2)
     assert audit_rows(fleet3.db, "SELECT count(*) FROM actions WHERE status='started'") == [(0,)]

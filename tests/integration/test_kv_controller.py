@@ -1,0 +1,260 @@
+"""The controller with its desired state in Consul KV (the protocol-level double, over real HTTP),
+on real engines: edits followed at once, bad documents refused, the source's loss survived, and
+two controllers of which exactly one acts.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import consul as pyconsul
+import pytest
+import yaml
+
+from tests.consul_double import ConsulDouble
+from tests.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine
+from tests.integration.controller_harness import ControllerProcess, audit_rows, wait_for
+from tests.integration.harness import Fleet
+
+KEY = "consul-reconciler/topology"
+LONG_INTERVAL = "600"
+FAST_LOCK = ("--lock-ttl", "2", "--lock-delay", "1")
+
+
+@pytest.fixture
+def consul() -> Iterator[ConsulDouble]:
+    double = ConsulDouble(min_ttl=1.0).start()
+    try:
+        yield double
+    finally:
+        double.stop()
+
+
+@pytest.fixture
+def kv_fleet(clean_fleet: list[Engine], tmp_path: Path, consul: ConsulDouble) -> Fleet:
+    fleet = Fleet(clean_fleet, tmp_path, cluster="kv")
+    push(consul, fleet)
+    return fleet
+
+
+def push(consul: ConsulDouble, fleet: Fleet) -> None:
+    consul.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
+
+
+def source(consul: ConsulDouble) -> str:
+    return f"consul://{consul.address}/{KEY}"
+
+
+@pytest.fixture
+def controllers(tmp_path: Path) -> Iterator[Any]:
+    started: list[ControllerProcess] = []
+
+    def start(fleet: Fleet, consul: ConsulDouble, *args: str, db: Path | None = None) -> ControllerProcess:
+        proc = ControllerProcess(
+            source(consul),
+            db or fleet.db,
+            tmp_path / f"controller-{len(started)}.log",
+            *args,
+            env=fleet.env,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def running(fleet: Fleet, engine: Engine, name: str, image: str | None = None) -> bool:
+    attrs = fleet.containers(engine).get(name)
+    return bool(attrs and attrs["State"]["Running"] and (image is None or attrs["Config"]["Image"] == image))
+
+
+def converged(fleet: Fleet, image: str = STANDIN_CONSUL_1) -> bool:
+    return all(running(fleet, e, "consul", image) and running(fleet, e, "registrator") for e in fleet.engines)
+
+
+def status(ctl: ControllerProcess) -> dict[str, Any]:
+    code, body = ctl.get("/status")
+    assert code == 200, body
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def test_kv_edit_replaces_at_once_and_status_is_written_back(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+) -> None:
+    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    ctl.wait_ready()
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge from the KV document")
+    before = kv_fleet.ids()
+    kv_fleet.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    push(consul, kv_fleet)
+    for engine in kv_fleet.engines[1:]:
+        wait_for(
+            lambda e=engine: running(kv_fleet, e, "consul", STANDIN_CONSUL_2), 15, "the KV edit to apply"
+        )
+    assert kv_fleet.ids()[("host1", "consul")] == before[("host1", "consul")]
+    triggers = {r[0] for r in audit_rows(kv_fleet.db, "SELECT trigger FROM runs")}
+    assert "interval" not in ",".join(triggers)
+    # the status documents, readable in Consul's UI
+    reader = kv_client(consul)
+    entry = wait_for(lambda: reader.kv.get("consul-reconciler/status/kv/host2")[1], 10, "the status of host2")
+    doc = json.loads(entry["Value"])
+    assert doc["host"] == "host2" and doc["observed"] == {"consul": "running", "registrator": "running"}
+    # the run rows carry the lock holder and its fencing token
+    rows = audit_rows(kv_fleet.db, "SELECT lock_holder, lock_index FROM runs WHERE lock_holder IS NOT NULL")
+    assert rows and all(index and index >= 1 for _, index in rows)
+
+
+def test_invalid_kv_document_is_refused_and_nothing_torn_down(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+) -> None:
+    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    ctl.wait_ready()
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    good = status(ctl)["desired_digest"]
+    before = kv_fleet.ids()
+    consul.kv_put(KEY, b"cluster: kv\nhosts: []\n")
+    refused = wait_for(
+        lambda: audit_rows(kv_fleet.db, "SELECT error FROM runs WHERE status='refused'"),
+        10,
+        "the rejection to be audited",
+    )
+    assert "hosts" in refused[0][0] and "keeping the last valid state" in refused[0][0]
+    time.sleep(0.5)
+    assert kv_fleet.ids() == before
+    doc = status(ctl)
+    assert doc["desired_digest"] == good and doc["desired_state_valid"] is False
+    assert doc["enforcing"]["digest"] == good
+    client = kv_fleet.engines[2].client()
+    try:
+        client.containers.get("registrator").remove(force=True)
+    finally:
+        client.close()
+    wait_for(
+        lambda: running(kv_fleet, kv_fleet.engines[2], "registrator"), 10, "repair from the last good state"
+    )
+
+
+def test_consul_down_key_deleted_or_empty_keeps_enforcing(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+) -> None:
+    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
+    ctl.wait_ready()
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    host3 = kv_fleet.engines[2]
+    for breakage, what in (
+        (lambda: kv_client(consul).kv.delete(KEY), "does not exist"),
+        (lambda: consul.kv_put(KEY, b""), "is empty"),
+        (consul.take_down, "unreachable"),
+    ):
+        breakage()
+        wait_for(lambda w=what: w in (status(ctl)["source_error"] or ""), 15, f"the source error ({what})")
+        metrics = ctl.get("/metrics")[1]
+        assert "consul_reconciler_desired_state_source_up 0.0" in metrics
+        client = host3.client()
+        try:
+            client.containers.get("consul").remove(force=True)
+        finally:
+            client.close()
+        wait_for(lambda: running(kv_fleet, host3, "consul"), 15, f"repair while the key {what}")
+        if what != "unreachable":
+            push(consul, kv_fleet)
+            wait_for(lambda: status(ctl)["source_error"] is None, 15, "the source to be back")
+    consul.bring_up()
+    wait_for(lambda: status(ctl)["source_error"] is None, 30, "Consul to be back")
+
+
+def test_every_server_down_and_consul_with_them_restart_brings_them_back(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+) -> None:
+    """The desired state lives in the very cluster being managed: with every agent (and so Consul)
+    down, a controller that starts now must still bring them back, from the kept document."""
+    first = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
+    first.wait_ready()
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    consul.take_down()
+    for engine in kv_fleet.engines:
+        client = engine.client()
+        try:
+            for container in client.containers.list(all=True):
+                container.remove(force=True)
+        finally:
+            client.close()
+    second = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
+    wait_for(lambda: converged(kv_fleet), 40, "the fleet to come back from the kept document")
+    doc = status(second)
+    assert doc["enforcing"]["from"] == "kept document"
+    assert "unreachable" in (doc["source_error"] or "")
+
+
+def test_two_controllers_one_acts_and_the_other_takes_over(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any, tmp_path: Path
+) -> None:
+    a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    wait_for(lambda: status(a)["leader"] or status(b)["leader"], 10, "a leader")
+    leader, standby = (a, b) if status(a)["leader"] else (b, a)
+    assert status(standby)["leader"] is False
+    acting = {
+        r[0]
+        for r in audit_rows(
+            kv_fleet.db, "SELECT controller FROM runs WHERE id IN (SELECT run_id FROM actions)"
+        )
+    }
+    assert acting == {f"{_hostname()}:{leader.proc.pid}"}
+    # SIGKILL the leader: the standby takes over after TTL + lock-delay and converges
+    leader.signal(signal.SIGKILL)
+    leader.wait(10)
+    client = kv_fleet.engines[1].client()
+    try:
+        client.containers.get("registrator").remove(force=True)
+    finally:
+        client.close()
+    wait_for(lambda: status(standby)["leader"], 20, "the standby to take the lock")
+    wait_for(lambda: running(kv_fleet, kv_fleet.engines[1], "registrator"), 20, "the new leader to repair")
+    owners = audit_rows(kv_fleet.db, "SELECT DISTINCT lock_index FROM runs WHERE lock_index IS NOT NULL")
+    assert len(owners) == 2  # two holders, two fencing tokens
+
+
+def test_unreachable_consul_leader_stops_acting_standby_never_starts(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+) -> None:
+    a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    wait_for(lambda: status(a)["leader"] or status(b)["leader"], 10, "a leader")
+    consul.take_down()
+    took_down = time.monotonic()
+    wait_for(lambda: not status(a)["leader"] and not status(b)["leader"], 5, "the leader to stop acting")
+    assert time.monotonic() - took_down < 2.0  # within the TTL
+    rows_before = audit_rows(kv_fleet.db, "SELECT count(*) FROM actions")
+    client = kv_fleet.engines[1].client()
+    try:
+        client.containers.get("registrator").remove(force=True)
+    finally:
+        client.close()
+    time.sleep(2.0)
+    assert audit_rows(kv_fleet.db, "SELECT count(*) FROM actions") == rows_before  # nobody acts
+    assert not running(kv_fleet, kv_fleet.engines[1], "registrator")
+    consul.bring_up()
+    wait_for(lambda: running(kv_fleet, kv_fleet.engines[1], "registrator"), 30, "a leader to act again")
+
+
+def kv_client(double: ConsulDouble) -> pyconsul.Consul:
+    return pyconsul.Consul(host="127.0.0.1", port=double.port)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
