@@ -47,7 +47,7 @@ class LeaderLock(threading.Thread):
         self.lock_delay = lock_delay
         self._on_change = on_change
         self._clock = clock
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self.session: str | None = None
         self.lock_index: int | None = None
@@ -69,7 +69,7 @@ class LeaderLock(threading.Thread):
 
     def run(self) -> None:
         delay = 0.5
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 if self.session is None:
                     sent = self._clock()
@@ -85,7 +85,7 @@ class LeaderLock(threading.Thread):
             except ConsulError as exc:
                 log.warning("leader lock %s: %s", self.key, exc)
                 self._check_lapse()
-                if self._stop.wait(delay):
+                if self._halt.wait(delay):
                     break
                 delay = min(self.ttl / 4, delay * 2)
         self._resign()
@@ -109,10 +109,10 @@ class LeaderLock(threading.Thread):
         if entry is not None and entry.session:
             self.consul.get(self.key, index=index, wait=f"{max(1, int(self.ttl / 3))}s")
         else:
-            self._stop.wait(min(1.0, self.lock_delay / 4))  # free, but maybe inside the lock-delay
+            self._halt.wait(min(1.0, self.lock_delay / 4))  # free, but maybe inside the lock-delay
 
     def _hold(self) -> None:
-        if self._stop.wait(self.ttl / 4):
+        if self._halt.wait(self.ttl / 4):
             return
         if not self._renew():
             self._lost("the session was invalidated")
@@ -152,4 +152,4 @@ class LeaderLock(threading.Thread):
             self.session = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

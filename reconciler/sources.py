@@ -120,14 +120,14 @@ class KVWatcher(threading.Thread):
         self._on_change = on_change
         self._wait = wait
         self._max_delay = max_delay
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.healthy = threading.Event()
 
     def run(self) -> None:
         index = 0
         modify: int | None = None
         delay = 0.5
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             asked = time.monotonic()
             try:
                 new_index, entry = self._consul.get(self._key, index=index or None, wait=self._wait)
@@ -136,7 +136,7 @@ class KVWatcher(threading.Thread):
                     log.warning("watching %s: %s; retrying with backoff", self._key, exc)
                 self.healthy.clear()
                 self._on_change()  # a pass notices (and reports) that the source is gone
-                if self._stop.wait(delay * random.uniform(0.8, 1.2)):
+                if self._halt.wait(delay * random.uniform(0.8, 1.2)):
                     return
                 delay = min(self._max_delay, delay * 2)
                 index = 0
@@ -157,7 +157,7 @@ class KVWatcher(threading.Thread):
                 modify = current
                 self._on_change()
             elif unchanged and time.monotonic() - asked < 0.05:
-                self._stop.wait(0.1)  # an answer without waiting and without change: never a hot loop
+                self._halt.wait(0.1)  # an answer without waiting and without change: never a hot loop
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

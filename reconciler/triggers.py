@@ -84,7 +84,7 @@ class FileWatcher(threading.Thread):
         self._path = path
         self._on_change = on_change
         self._interval = interval
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._last = self._signature()
 
     def _signature(self) -> tuple[int, int, int] | None:
@@ -95,7 +95,7 @@ class FileWatcher(threading.Thread):
         return (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._halt.wait(self._interval):
             current = self._signature()
             if current != self._last:
                 self._last = current
@@ -103,7 +103,7 @@ class FileWatcher(threading.Thread):
                 self._on_change()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 class EventWatcher(threading.Thread):
@@ -126,7 +126,7 @@ class EventWatcher(threading.Thread):
         self._cluster = cluster
         self._on_event = on_event
         self._max_delay = max_delay
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self._stream: Any = None
         self._client: docker.DockerClient | None = None
@@ -135,19 +135,19 @@ class EventWatcher(threading.Thread):
     def run(self) -> None:
         delay = 0.5
         first = True
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self._listen(first)
                 delay = 0.5
             except Exception as exc:  # any failure of the stream: reconnect with backoff
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 self.connected.clear()
                 log.debug("event stream of %s lost: %s", self.host, describe_error(exc))
             finally:
                 self._close_stream()
             first = False
-            if self._stop.wait(delay):
+            if self._halt.wait(delay):
                 break
             delay = min(self._max_delay, delay * 2)
 
@@ -163,13 +163,13 @@ class EventWatcher(threading.Thread):
         stream = client.api.events(decode=True, filters=filters)
         with self._lock:
             self._client, self._stream = client, stream
-        if self._stop.is_set():
+        if self._halt.is_set():
             return
         self.connected.set()
         if not first:
             self._on_event(self.host, "reconnected", {})
         for event in stream:
-            if self._stop.is_set():
+            if self._halt.is_set():
                 return
             self._on_event(self.host, str(event.get("Action") or event.get("status")), event)
         raise ConnectionError("event stream ended")
@@ -184,5 +184,5 @@ class EventWatcher(threading.Thread):
                     closer.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._close_stream()
