@@ -496,9 +496,27 @@ def run(
 def status(
     source: SourceArg = None, as_json: JsonOpt = False, db: DbOpt = None, source_opt: SourceOpt = None
 ) -> None:
-    """Per host: desired vs observed containers, drift, last action and its outcome, backoff state."""
-    loaded = _load(source, source_opt)
+    """Per host: desired vs observed containers, drift, last action and its outcome, backoff state.
+
+    When the source cannot be read or is invalid, the status is computed against the last document the
+    controller applied (kept in the audit database), and says so."""
     audit = _audit(db)
+    src = _source(source, source_opt)
+    source_problem: str | None = None
+    try:
+        loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
+    except (SourceError, TopologyError) as exc:
+        source_problem = str(exc)
+        kept = audit.last_document(src.describe())
+        if kept is None:
+            audit.close()
+            _fail(f"{source_problem}; and no document from this source was ever applied")
+        loaded = load_topology(kept.document.encode(), source=f"kept document {kept.digest[:12]}")
+        err.print(
+            f"warning: {source_problem}; showing the last applied document {kept.digest[:12]} "
+            f"(applied {_time(kept.last_applied)})",
+            markup=False,
+        )
     connections = Connections()
     try:
         desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
@@ -532,7 +550,14 @@ def status(
         connections.close()
         audit.close()
     if as_json:
-        _emit_json({"cluster": desired.cluster, "digest": loaded.digest, "hosts": hosts})
+        _emit_json(
+            {
+                "cluster": desired.cluster,
+                "digest": loaded.digest,
+                "source_problem": source_problem,
+                "hosts": hosts,
+            }
+        )
         return
     rows = []
     for h in hosts:

@@ -164,7 +164,12 @@ def test_consul_down_key_deleted_or_empty_keeps_enforcing(
         finally:
             client.close()
         wait_for(lambda: running(kv_fleet, host3, "consul"), 15, f"repair while the key {what}")
-        if what != "unreachable":
+        if what == "unreachable":  # the status command, too, falls back to the kept document
+            shown = kv_fleet.cli("status", source(consul), "--db", str(kv_fleet.db), "--json")
+            assert shown.code == 0, shown.stderr
+            assert "unreachable" in shown.json()["source_problem"]
+            assert {h["host"] for h in shown.json()["hosts"]} == {"host1", "host2", "host3"}
+        else:
             push(consul, kv_fleet)
             wait_for(lambda: status(ctl)["source_error"] is None, 15, "the source to be back")
     consul.bring_up()
