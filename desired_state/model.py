@@ -181,6 +181,9 @@ class Host(_Strict):
     role: Role
     node: NodeName | None = None
     bind: str | None = None
+    client_address: str | None = Field(
+        default=None, description="Overrides consul.client_address on this host"
+    )
     network: NetworkMode = NetworkMode.HOST
     data_dir: str = "/var/lib/consul-reconciler/data"
     tls: TLSFiles | None = None
@@ -192,7 +195,7 @@ class Host(_Strict):
     )
     registrator: bool | None = None
 
-    @field_validator("advertise", "bind")
+    @field_validator("advertise", "bind", "client_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is None:
@@ -240,6 +243,21 @@ class Host(_Strict):
         return "/var/run/docker.sock"
 
 
+class RolloutSettings(_Strict):
+    """How disruptive changes roll out. The Consul health gates need each agent's HTTP API
+    (port 8500 on its client address) to be reachable from the controller."""
+
+    gates: bool = Field(
+        default=True,
+        description="Consul health gates around replacing or removing a server (turn off only for "
+        "agents without Consul's HTTP API, such as test stand-ins)",
+    )
+    deadline: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    stabilization: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    max_parallel: Annotated[int, Field(ge=1, le=1000)] = 4
+    agent_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
 class Names(_Strict):
     """Container names on every host (the blog recipe's are 'consul' and 'registrator')."""
 
@@ -261,6 +279,7 @@ class Topology(_Strict):
     consul: ConsulSettings = ConsulSettings()
     registrator: RegistratorSettings = RegistratorSettings()
     names: Names = Names()
+    rollout: RolloutSettings = RolloutSettings()
     hosts: tuple[Host, ...]
 
     @model_validator(mode="after")

@@ -85,7 +85,7 @@ def agent_spec(topology: Topology, host: Host) -> ContainerSpec:
             bootstrap.add(join)
     if host.bind:
         command.append(f"-bind={host.bind}")
-    command += ["-client", consul.client_address, "-advertise", host.advertise]
+    command += ["-client", host.client_address or consul.client_address, "-advertise", host.advertise]
     if consul.ui:
         command.append("-ui")
     command += list(consul.extra_args)
@@ -105,6 +105,7 @@ def agent_spec(topology: Topology, host: Host) -> ContainerSpec:
         command=tuple(command),
         bootstrap_only=frozenset(bootstrap),
         mounts=(Mount(host.data_dir, CONSUL_DATA),),
+        agent_http=agent_http(topology, host),
         network_mode=host.network.value,
         ports=ports,
         secret_files=secret_files,
@@ -113,13 +114,18 @@ def agent_spec(topology: Topology, host: Host) -> ContainerSpec:
 
 def agent_http_address(topology: Topology, host: Host) -> str:
     """Where Registrator (on the host network) reaches the agent's HTTP API."""
-    client = ipaddress.ip_address(topology.consul.client_address)
+    client = ipaddress.ip_address(host.client_address or topology.consul.client_address)
     return host.advertise if client.is_unspecified else str(client)
+
+
+def agent_http(topology: Topology, host: Host) -> str:
+    """HOST:PORT of the agent's HTTP API on this host (what health gates and Registrator talk to)."""
+    address = agent_http_address(topology, host)
+    return f"[{address}]:{HTTP_PORT}" if ":" in address else f"{address}:{HTTP_PORT}"
 
 
 def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
     settings = topology.registrator
-    address = agent_http_address(topology, host)
     command: list[str] = []
     if settings.internal:
         command.append("-internal")
@@ -132,8 +138,7 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
         command += ["-deregister", settings.deregister]
     if settings.tags:
         command += ["-tags", ",".join(settings.tags)]
-    host_part = f"[{address}]" if ":" in address else address  # an IPv6 address needs brackets in a URL
-    command.append(f"consul://{host_part}:{HTTP_PORT}")
+    command.append(f"consul://{agent_http(topology, host)}")
     return ContainerSpec(
         host=host.name,
         name=topology.names.registrator,
@@ -142,5 +147,6 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
         image=settings.image,
         command=tuple(command),
         mounts=(Mount(host.socket_path, REGISTRATOR_SOCKET),),
+        agent_http=agent_http(topology, host),
         network_mode="host",
     )

@@ -69,6 +69,7 @@ class ContainerSpec:
     ports: tuple[Port, ...] = ()
     restart_policy: str = "always"
     secret_files: tuple[SecretFile, ...] = field(default=())
+    agent_http: str | None = None  # HOST:PORT of the Consul agent's HTTP API on this host (not hashed)
 
     def steady_command(self) -> tuple[str, ...]:
         """The command without bootstrap-only arguments: what the hash covers."""

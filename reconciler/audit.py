@@ -76,9 +76,9 @@ DEFAULT_DB_ENV: Final = "CONSUL_RECONCILER_DB"
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 """Alembic script location shipped inside the package."""
 
-RUN_STATUSES: Final = frozenset({"running", "succeeded", "failed", "interrupted", "refused"})
+RUN_STATUSES: Final = frozenset({"running", "succeeded", "failed", "interrupted", "refused", "waiting"})
 RUN_FINAL_STATUSES: Final = RUN_STATUSES - {"running"}
-ACTION_STATUSES: Final = frozenset({"started", "succeeded", "failed", "skipped", "interrupted"})
+ACTION_STATUSES: Final = frozenset({"started", "succeeded", "failed", "skipped", "interrupted", "waiting"})
 ACTION_FINAL_STATUSES: Final = ACTION_STATUSES - {"started"}
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 15_000
@@ -262,6 +262,18 @@ class HostStateModel(Base):
     drift: Mapped[int] = mapped_column(Integer)
     detail: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RolloutPauseModel(Base):
+    """A server rollout paused after a failed gate: no server is touched until `resume` or a new
+    desired document."""
+
+    __tablename__ = "rollout_pauses"
+
+    cluster_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str | None] = mapped_column(String(128))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class KnownHostModel(Base):
@@ -1016,6 +1028,28 @@ class AuditLog:
                     f"digest prefix {ref!r} is ambiguous ({len(matches)} documents); give more of it"
                 )
             return _document(matches[0])
+
+    # -- rollout pauses
+
+    def pause_rollout(self, cluster_id: str, reason: str, digest: str | None) -> None:
+        with self._write() as session:
+            session.execute(delete(RolloutPauseModel).where(RolloutPauseModel.cluster_id == cluster_id))
+            session.add(
+                RolloutPauseModel(cluster_id=cluster_id, reason=reason, digest=digest, since=self._now())
+            )
+
+    def rollout_pause(self, cluster_id: str) -> tuple[str, str | None, datetime] | None:
+        """(reason, digest, since) of the pause in force for ``cluster_id``, if any."""
+        with self._read() as session:
+            found = session.get(RolloutPauseModel, cluster_id)
+            return None if found is None else (found.reason, found.digest, found.since)
+
+    def resume_rollout(self, cluster_id: str) -> bool:
+        with self._write() as session:
+            result = session.execute(
+                delete(RolloutPauseModel).where(RolloutPauseModel.cluster_id == cluster_id)
+            )
+            return bool(getattr(result, "rowcount", 0))
 
     # -- retention
 

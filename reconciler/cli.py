@@ -521,6 +521,7 @@ def status(
     try:
         desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
         states = audit.host_states(desired.cluster)
+        paused = audit.rollout_pause(desired.cluster)
         hosts: list[dict[str, Any]] = []
         names = [h.name for h in desired.hosts] + [
             o.name for o in observed.hosts if desired.host(o.name) is None
@@ -552,6 +553,7 @@ def status(
     if as_json:
         _emit_json(
             {
+                "rollout_paused": paused[0] if paused else None,
                 "cluster": desired.cluster,
                 "digest": loaded.digest,
                 "source_problem": source_problem,
@@ -590,10 +592,48 @@ def status(
     out.print(
         text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows), markup=False
     )
+    if paused:
+        out.print(
+            f"\nROLLOUT PAUSED since {_time(paused[2])}: {paused[0]}\n"
+            "(no server is touched until `consul-reconciler resume` or a new desired state)",
+            markup=False,
+        )
 
 
 def _time_iso(value: str | None) -> str:
     return value.replace("T", " ")[:19] if value else ""
+
+
+@app.command()
+def resume(
+    source: SourceArg = None, db: DbOpt = None, source_opt: SourceOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Resume a server rollout paused by a failed health gate (after fixing its cause).
+
+    A paused rollout touches no server until this command, or until the desired state changes."""
+    loaded = _load(source, source_opt)
+    cluster = loaded.topology.cluster
+    audit = _audit(db)
+    try:
+        pause = audit.rollout_pause(cluster)
+        if pause is None:
+            message = f"cluster {cluster}: no rollout is paused"
+        else:
+            audit.resume_rollout(cluster)
+            run_id = audit.start_run(
+                cluster_id=cluster,
+                trigger="resume",
+                source=_source(source, source_opt).describe(),
+                digest=loaded.digest,
+            )
+            audit.finish_run(run_id, status="succeeded", summary={"resumed": pause[0]})
+            message = f"cluster {cluster}: rollout resumed (was paused since {_time(pause[2])}: {pause[0]})"
+    finally:
+        audit.close()
+    if as_json:
+        _emit_json({"cluster": cluster, "resumed": pause is not None, "reason": pause[0] if pause else None})
+    else:
+        out.print(message, markup=False)
 
 
 @app.command("audit")

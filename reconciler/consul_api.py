@@ -202,3 +202,46 @@ def _entry(data: dict[str, Any]) -> KVEntry:
         flags=int(data.get("Flags", 0)),
         session=data.get("Session") or None,
     )
+
+
+class ConsulAgent:
+    """One agent's own HTTP API (``HOST:PORT``): what the rollout gates ask each server."""
+
+    def __init__(
+        self, http: str, *, token: str | None = None, timeout: float = 3.0, scheme: str = "http"
+    ) -> None:
+        host, _, port = http.rpartition(":")
+        self.http = http
+        self._client = consul.Consul(
+            host=host.strip("[]"), port=int(port), scheme=scheme, token=token, connections_timeout=timeout
+        )
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+            raise ConsulUnreachable(f"agent {self.http} does not answer ({what})") from None
+        except consul.ConsulException as exc:
+            raise ConsulError(f"agent {self.http} failed {what}: {str(exc).strip()[:300]}") from None
+
+    def self_info(self) -> dict[str, Any]:
+        return dict(self._call("agent/self", self._client.agent.self))
+
+    def members(self) -> list[dict[str, Any]]:
+        return list(self._call("agent/members", self._client.agent.members))
+
+    def leave(self) -> None:
+        self._call("agent/leave", self._client.agent.leave)
+
+    def leader(self) -> str:
+        return str(self._call("status/leader", self._client.status.leader) or "")
+
+    def raft_configuration(self) -> dict[str, Any]:
+        return dict(self._call("operator/raft/configuration", self._client.operator.raft_config))
+
+    def autopilot_health(self) -> dict[str, Any]:
+        """Consul answers 200 when healthy and 429 (same body) when not; both are data here."""
+        return dict(self._call("operator/autopilot/health", self._client.operator.autopilot_health))
+
+    def transfer_leader(self) -> bool:
+        return bool(self._call("operator/raft/transfer-leader", self._client.operator.raft_transfer_leader))

@@ -103,6 +103,7 @@ class Controller:
         self._enforcing_kept: str | None = None  # digest of a kept document enforced since start-up
         self._kept_digest: str | None = None
         self._status_written: dict[str, str] = {}
+        self._rollout_pause: str | None = None
         self._http: StatusServer | None = None
         self._last_valid: Loaded | None = None
         self._rejected_digest: str | None = None
@@ -439,6 +440,9 @@ class Controller:
         for host in observed_hosts - set(failed_hosts) - looping_hosts:
             self.backoff.succeeded(host)  # a clean pass: backoff and degraded state reset
 
+        pause = self.audit.rollout_pause(loaded.topology.cluster)
+        m.rollout_paused.set(1 if pause else 0)
+        self._rollout_pause = pause[0] if pause else None
         waiting = self.backoff.waiting(now)
         m.hosts_unreachable.set(len(result.plan.unreachable))
         m.hosts_degraded.set(sum(1 for s in self.backoff.hosts.values() if s.degraded))
@@ -581,6 +585,7 @@ class Controller:
                 }
             ),
             "leader": None if self.lock is None else self.lock.is_leader(),
+            "rollout_paused": self._rollout_pause,
             "lock_index": None if self.lock is None else self.lock.fencing()[1],
             "passes": self.passes_run,
             "last_run": self._last_result.run_id if self._last_result else None,

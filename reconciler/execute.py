@@ -36,8 +36,11 @@ from desired_state.secrets import SecretError, resolve
 from desired_state.spec import ContainerSpec, Endpoint
 from reconciler import labels as L
 from reconciler.audit import AuditLog
+from reconciler.consul_api import ConsulError
 from reconciler.engines import Connections, EngineError, describe_error
+from reconciler.gates import before_disruption
 from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
+from reconciler.rollout import ConsulGates
 
 log = logging.getLogger("consul_reconciler.execute")
 
@@ -55,13 +58,14 @@ class ExecOptions:
     stop_timeout: int = 30
     start_timeout: float = 30.0
     max_workers: int = 32
+    max_parallel: int = 32  # client/registrator changes in flight at once (hosts in parallel)
     environ: Mapping[str, str] | None = None  # where secret references resolve (default os.environ)
 
 
 @dataclass
 class ActionResult:
     action: Action
-    status: str  # succeeded | failed | skipped
+    status: str  # succeeded | failed | skipped | waiting
     error: str | None = None
     container_id: str | None = None
     audit_id: int | None = None
@@ -74,6 +78,10 @@ class ApplyResult:
     @property
     def failed(self) -> list[ActionResult]:
         return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def waiting(self) -> list[ActionResult]:
+        return [r for r in self.results if r.status == "waiting"]
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -89,7 +97,15 @@ class Executor:
         cluster: str,
         options: ExecOptions | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        gates: ConsulGates | None = None,
+        desired_servers: frozenset[str] = frozenset(),
+        server_hold: str | None = None,
+        on_pause: Callable[[str], None] = lambda reason: None,
     ) -> None:
+        self._gates = gates
+        self._desired_servers = desired_servers
+        self._server_hold = server_hold  # set: no server is disrupted this pass (the reason)
+        self._on_pause = on_pause
         self._connections = connections
         self._endpoints = endpoints
         self._audit = audit
@@ -107,11 +123,56 @@ class Executor:
         result = ApplyResult()
         for _, phase in groupby(plan.changes, key=_phase):
             actions = list(phase)
-            serial = [a for a in actions if a.role == "server" and a.disruptive]
+            serial = [a for a in actions if disrupts_server(a)]
             parallel = [a for a in actions if a not in serial]
             result.results += self._run_parallel(parallel)
+            if serial and self._gates is not None:
+                leader = self._gates.view().leader_node
+                serial = sorted(serial, key=lambda a: a.node == leader)  # followers first, the leader last
             for action in serial:  # one disruptive server action at a time, cluster-wide
-                result.results.append(self._run_one(action))
+                result.results.append(self._run_server(action) if self._gates else self._run_one(action))
+        return result
+
+    def _run_server(self, action: Action) -> ActionResult:
+        """A gated disruption of a server: before it, every other server healthy; after it, the
+        replacement (or the smaller cluster) healthy for the stabilisation time, within the deadline."""
+        assert self._gates is not None
+        hold = self._server_hold
+        if hold is None:
+            hold = before_disruption(self._gates.view(), action.node or "", self._desired_servers)
+        if hold is not None:
+            self._server_hold = hold
+            row = self._audit.record_action(
+                self._run_id, status="waiting", error=f"waiting: {hold}", **self._common(action)
+            )
+            log.warning(
+                "%s %s/%s waits: %s",
+                action.kind.value,
+                action.host,
+                action.name,
+                hold,
+                extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+            )
+            return ActionResult(action, "waiting", hold, audit_id=row)
+        result = self._run_one(action)
+        if result.status != "succeeded":
+            self._server_hold = f"{action.kind.value} of {action.node} did not succeed"
+            return result
+        node = action.node or ""
+        if action.kind is Kind.REMOVE or (action.desired is not None and action.desired.role != "server"):
+            problem = self._gates.wait_removed(node, self._should_stop)
+        else:
+            problem = self._gates.wait_replaced(node, self._should_stop)
+        if problem is not None:
+            reason = f"rollout paused after {action.kind.value} of {node}: {problem}"
+            self._server_hold = reason
+            self._on_pause(reason)
+            assert result.audit_id is not None
+            self._audit.finish_action(result.audit_id, status="failed", error=reason)
+            log.error(
+                "%s", reason, extra={"host": action.host, "container": action.name, "kind": action.kind.value}
+            )
+            return ActionResult(action, "failed", reason, result.container_id, result.audit_id)
         return result
 
     def _run_parallel(self, actions: list[Action]) -> list[ActionResult]:
@@ -120,7 +181,7 @@ class Executor:
             by_host.setdefault(action.host, []).append(action)
         if not by_host:
             return []
-        workers = min(self._options.max_workers, len(by_host))
+        workers = min(self._options.max_workers, self._options.max_parallel, len(by_host))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
             chunks = pool.map(lambda items: [self._run_one(a) for a in items], by_host.values())
             return [r for chunk in chunks for r in chunk]
@@ -130,21 +191,24 @@ class Executor:
             self._seq += 1
             return self._seq
 
-    def _run_one(self, action: Action) -> ActionResult:
-        reason = [c.to_dict() for c in action.reasons]
-        common: dict[str, Any] = dict(
+    def _common(self, action: Action) -> dict[str, Any]:
+        return dict(
             seq=self._next_seq(),
             host=action.host,
             kind=action.kind.value,
             node=action.node,
             role=action.role,
             container=action.name,
-            reason=reason,
+            reason=[c.to_dict() for c in action.reasons],
             old_hash=action.old_hash,
             new_hash=action.new_hash,
             image=action.image,
             container_id=action.observed.id if action.observed else None,
         )
+
+    def _run_one(self, action: Action) -> ActionResult:
+        common = self._common(action)
+        reason = common["reason"]
         skip_why = None
         if action.host in self._failed_hosts:
             skip_why = "skipped: an earlier action on this host failed in this pass"
@@ -218,6 +282,7 @@ class Executor:
             return self._replace(client, action, action.desired, action.observed.id)
         if action.kind is Kind.REMOVE:
             assert action.observed is not None
+            self._leave_if_server(client, action, action.observed.id)
             self._stop_and_remove(client, action.observed.id, action)
             return action.observed.id
         raise ActionError(f"host {action.host}: {action.kind.value} is not an action the executor performs")
@@ -226,12 +291,56 @@ class Executor:
         temporary = f"{spec.name}-next-{spec.spec_hash()[:8]}"
         self._remove_if_present(client, temporary)  # a leftover of an interrupted replacement
         new = self._create(client, spec, temporary)
+        self._leave_if_server(client, action, old_id)
         self._stop_and_remove(client, old_id, action)
         new.rename(spec.name)
         self._start_and_wait(new, action)
         return str(new.id)
 
+    def _leave_if_server(self, client: docker.DockerClient, action: Action, container_id: str) -> None:
+        """Never stop a server that may still be a voter without a graceful leave: its restart policy is
+        set to "no" (so Docker does not bring it back), the agent is asked to leave, and we wait for it
+        to exit. A server that is not running any more has nothing to leave."""
+        if self._gates is None or not action.observed or action.observed.role != "server":
+            return
+        try:
+            container = client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return
+        if container.status not in ("running", "restarting"):
+            return
+        http = action.observed.agent_http
+        if not http:
+            raise ActionError(
+                f"host {action.host}: server {action.name} has no agent address label; not "
+                "stopping a possible voter without a leave"
+            )
+        container.update(restart_policy={"Name": "no"})
+        try:
+            self._gates.agent(http).leave()
+        except ConsulError as exc:
+            container.update(restart_policy={"Name": "always"})
+            raise ActionError(
+                f"host {action.host}: server {action.node} did not leave gracefully ({exc}); not stopping it"
+            ) from None
+        deadline = time.monotonic() + self._options.stop_timeout
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status not in ("running", "restarting"):
+                log.info("server %s left the cluster and exited", action.node)
+                return
+            time.sleep(0.1)
+        log.warning(
+            "server %s left but is still running after %ss; stopping it",
+            action.node,
+            self._options.stop_timeout,
+        )
+
     def _create(self, client: docker.DockerClient, spec: ContainerSpec, name: str) -> Container:
+        if spec.role == "registrator" and self._gates is not None and spec.agent_http:
+            problem = self._gates.wait_agent(spec.agent_http)
+            if problem is not None:
+                raise ActionError(f"host {spec.host}: registrator not (re)created: {problem}")
         self._ensure_image(client, spec)
         files = self._secret_archive(spec)  # resolve before creating anything
         kwargs: dict[str, Any] = dict(
@@ -344,6 +453,12 @@ class Executor:
         if stale.labels.get(L.MANAGED_BY) != self._cluster:
             raise ActionError(f"name {name} is held by a container that is not ours; not touching it")
         stale.remove(force=True)
+
+
+def disrupts_server(action: Action) -> bool:
+    """A replace, remove or adoption that stops a Consul server (desired or current role)."""
+    was_server = action.observed is not None and action.observed.role == "server"
+    return action.disruptive and (action.role == "server" or was_server)
 
 
 def _phase(action: Action) -> tuple[int, int]:

@@ -15,6 +15,7 @@ NODE = f"{PREFIX}.node"
 SPEC_HASH = f"{PREFIX}.spec-hash"
 HASH_VERSION_LABEL = f"{PREFIX}.hash-version"
 SPEC = f"{PREFIX}.spec"
+AGENT_HTTP = f"{PREFIX}.agent-http"
 
 
 def labels_for(cluster: str, spec: ContainerSpec) -> dict[str, str]:
@@ -26,6 +27,7 @@ def labels_for(cluster: str, spec: ContainerSpec) -> dict[str, str]:
         SPEC_HASH: spec.spec_hash(),
         HASH_VERSION_LABEL: HASH_VERSION,
         SPEC: json.dumps(spec.record(), sort_keys=True, separators=(",", ":")),
+        **({AGENT_HTTP: spec.agent_http} if spec.agent_http else {}),
     }
 
 

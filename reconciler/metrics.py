@@ -46,6 +46,11 @@ class Metrics:
             "1 if the desired state source could be read",
             registry=r,
         )
+        self.rollout_paused = Gauge(
+            "consul_reconciler_rollout_paused",
+            "1 while a server rollout is paused after a failed gate",
+            registry=r,
+        )
         self.leader = Gauge(
             "consul_reconciler_leader",
             "1 while this controller holds the leader lock (Consul source)",

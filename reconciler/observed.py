@@ -37,6 +37,10 @@ class ObservedContainer:
     def hash_version(self) -> str | None:
         return self.labels.get(L.HASH_VERSION_LABEL)
 
+    @property
+    def agent_http(self) -> str | None:
+        return self.labels.get(L.AGENT_HTTP)
+
     def record(self) -> dict[str, Any] | None:
         return L.record_from(self.labels)
 

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from desired_state.load import Loaded
 from desired_state.render import render
@@ -22,6 +22,7 @@ from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executo
 from reconciler.observe import observe_fleet
 from reconciler.observed import ObservedFleet
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Change, Kind, Plan, make_plan
+from reconciler.rollout import ConsulGates
 
 log = logging.getLogger("consul_reconciler.pass")
 
@@ -58,6 +59,8 @@ class PassResult:
             return "refused"
         if self.interrupted:
             return "interrupted"
+        if self.applied is not None and self.applied.waiting and not self.applied.failed:
+            return "waiting"
         return "succeeded" if self.ok else "failed"
 
 
@@ -177,7 +180,31 @@ def run_pass(
         if wanted.name in reachable:
             audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
     endpoints = {h.name: h.endpoint for h in observed.hosts}
-    executor = Executor(connections, endpoints, audit, run_id, cluster, options.exec, should_stop)
+    rollout = loaded.topology.rollout
+    exec_options = replace(options.exec, max_parallel=rollout.max_parallel)
+    gates = hold = None
+    if rollout.gates:
+        gates = ConsulGates(
+            server_agents(desired, observed),
+            deadline=rollout.deadline,
+            stabilization=rollout.stabilization,
+            agent_timeout=rollout.agent_timeout,
+            token=consul_token(environ),
+        )
+        hold = _pause_in_force(audit, cluster, loaded.digest)
+    executor = Executor(
+        connections,
+        endpoints,
+        audit,
+        run_id,
+        cluster,
+        exec_options,
+        should_stop,
+        gates=gates,
+        desired_servers=frozenset(h.node_name for h in loaded.topology.servers),
+        server_hold=hold,
+        on_pause=lambda reason: audit.pause_rollout(cluster, reason, loaded.digest),
+    )
     applied = executor.apply(plan)
     for host in plan.retired_hosts:
         if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
@@ -198,6 +225,39 @@ def run_pass(
     run_error = "; ".join(problems) or None
     audit.finish_run(run_id, status=result.status, summary=summary, error=run_error)
     return result
+
+
+def server_agents(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, str]:
+    """node -> HTTP address of every server agent, desired or still running."""
+    agents: dict[str, str] = {}
+    for seen in observed.hosts:
+        for container in seen.managed:
+            if container.role == "server" and container.node and container.agent_http:
+                agents[container.node] = container.agent_http
+    for host in desired.hosts:
+        for spec in host.specs:
+            if spec.role == "server" and spec.agent_http:
+                agents[spec.node] = spec.agent_http
+    return agents
+
+
+def consul_token(environ: Mapping[str, str] | None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("CONSUL_HTTP_TOKEN") or None
+
+
+def _pause_in_force(audit: AuditLog, cluster: str, digest: str) -> str | None:
+    """A paused rollout holds servers until `resume`, or until the desired document changes."""
+    pause = audit.rollout_pause(cluster)
+    if pause is None:
+        return None
+    reason, paused_digest, since = pause
+    if paused_digest != digest:
+        audit.resume_rollout(cluster)
+        log.info("the desired state changed since the rollout paused; resuming")
+        return None
+    when = since.isoformat(timespec="seconds")
+    return f"{reason} (paused since {when}; `consul-reconciler resume` when fixed)"
 
 
 def _secret_problems(loaded: Loaded, environ: Mapping[str, str] | None) -> str | None:

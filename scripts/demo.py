@@ -155,6 +155,8 @@ def main() -> None:
         "datacenter": "dc1",
         "consul": {"image": consul_image, "ui": True},
         "registrator": {"image": registrator_image, "internal": True},
+        # the offline stand-ins have no Consul HTTP API to gate server changes on
+        "rollout": {"gates": consul_image != STANDIN_CONSUL_1},
         "hosts": [
             {
                 "name": name,

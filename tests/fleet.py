@@ -859,12 +859,15 @@ def fleet_topology(
     servers: int = 1,
     consul_image: str = STANDIN_CONSUL_1,
     registrator_image: str = STANDIN_REGISTRATOR_1,
+    gates: bool = False,
 ) -> dict[str, object]:
     """A topology document over these engines: the first ``servers`` are servers, the rest clients."""
     return {
         "cluster": cluster,
         "consul": {"image": consul_image},
         "registrator": {"image": registrator_image},
+        # busybox stand-ins have no Consul HTTP API: gates need the agent stand-in (tests/agent_standin.py)
+        "rollout": {"gates": gates},
         "hosts": [
             {
                 "name": e.name,

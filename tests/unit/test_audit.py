@@ -87,6 +87,7 @@ def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Pa
         "known_hosts",
         "host_states",
         "desired_documents",
+        "rollout_pauses",
     }
 
     assert {c["name"] for c in insp.get_columns("runs")} == {
@@ -705,7 +706,7 @@ def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- parse_since
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 @pytest.mark.parametrize(

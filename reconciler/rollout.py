@@ -1,0 +1,110 @@
+"""Asking the server agents (the shell around reconciler.gates)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from reconciler.consul_api import ConsulAgent, ConsulError
+from reconciler.gates import ClusterView, after_removal, after_replacement
+
+log = logging.getLogger("consul_reconciler.rollout")
+
+
+class ConsulGates:
+    def __init__(
+        self,
+        servers: Mapping[str, str],  # node -> agent HTTP "HOST:PORT"
+        *,
+        deadline: float,
+        stabilization: float,
+        agent_timeout: float,
+        token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.servers = dict(servers)
+        self.deadline = deadline
+        self.stabilization = stabilization
+        self.agent_timeout = agent_timeout
+        self._token = token
+        self._clock = clock
+        self._sleep = sleep
+
+    def agent(self, http: str, timeout: float = 3.0) -> ConsulAgent:
+        return ConsulAgent(http, token=self._token, timeout=timeout)
+
+    def view(self, exclude: str | None = None) -> ClusterView:
+        """The cluster as the first answering server agent sees it (one with a leader preferred)."""
+        errors: list[str] = []
+        fallback: ClusterView | None = None
+        for node, http in sorted(self.servers.items()):
+            if node == exclude:
+                continue
+            agent = self.agent(http)
+            try:
+                leader = agent.leader()
+            except ConsulError as exc:
+                errors.append(str(exc))
+                continue
+            if not leader:
+                fallback = fallback or ClusterView(leader="", peers_known=self._has_peers(agent))
+                continue
+            try:
+                view = ClusterView.from_api(leader, agent.raft_configuration(), agent.autopilot_health())
+            except ConsulError as exc:
+                errors.append(str(exc))
+                continue
+            return view
+        if fallback is not None:
+            return fallback
+        return ClusterView(error="; ".join(errors) or "no server agent is known")
+
+    @staticmethod
+    def _has_peers(agent: ConsulAgent) -> bool:
+        try:
+            return bool(agent._call("status/peers", agent._client.status.peers))
+        except ConsulError:
+            return False
+
+    def wait(
+        self, check: Callable[[ClusterView], str | None], what: str, should_stop: Callable[[], bool]
+    ) -> str | None:
+        """Until ``check`` passes for the stabilisation time without a break; else the reason."""
+        started = self._clock()
+        good_since: float | None = None
+        reason: str | None = "not checked yet"
+        while self._clock() - started < self.deadline:
+            reason = check(self.view())
+            now = self._clock()
+            if reason is None:
+                good_since = good_since if good_since is not None else now
+                if now - good_since >= self.stabilization:
+                    log.info("%s: healthy for %.1fs", what, now - good_since)
+                    return None
+            else:
+                good_since = None
+            if should_stop():
+                return f"stopped while waiting for {what}: {reason or 'stabilising'}"
+            self._sleep(0.25)
+        return f"{what} not healthy within {self.deadline:.0f}s: {reason or 'did not stay healthy'}"
+
+    def wait_replaced(self, node: str, should_stop: Callable[[], bool]) -> str | None:
+        return self.wait(lambda v: after_replacement(v, node), f"server {node}", should_stop)
+
+    def wait_removed(self, node: str, should_stop: Callable[[], bool]) -> str | None:
+        return self.wait(lambda v: after_removal(v, node), f"the cluster without {node}", should_stop)
+
+    def wait_agent(self, http: str) -> str | None:
+        """Wait until the agent at ``http`` answers (before its registrator is (re)created)."""
+        started = self._clock()
+        last = ""
+        while self._clock() - started < self.agent_timeout:
+            try:
+                self.agent(http).self_info()
+                return None
+            except ConsulError as exc:
+                last = str(exc)
+            self._sleep(0.2)
+        return f"the agent at {http} did not answer within {self.agent_timeout:.0f}s ({last})"
