@@ -1,0 +1,86 @@
+"""The rollout gates' decisions (pure): what Consul's agents said -> may a server be disrupted?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.gates import ClusterView, after_removal, after_replacement, before_disruption, leader_last
+
+
+def raft(*servers: tuple[str, bool, bool]) -> dict[str, Any]:
+    return {
+        "Servers": [
+            {"ID": f"id-{n}", "Node": n, "Address": f"{n}:8300", "Leader": leader, "Voter": voter}
+            for n, leader, voter in servers
+        ]
+    }
+
+
+def autopilot(healthy: bool, tolerance: int, *servers: tuple[str, str, bool]) -> dict[str, Any]:
+    return {
+        "Healthy": healthy,
+        "FailureTolerance": tolerance,
+        "Servers": [{"Name": n, "SerfStatus": serf, "Healthy": ok} for n, serf, ok in servers],
+    }
+
+
+HEALTHY = ClusterView.from_api(
+    "s1:8300",
+    raft(("s1", True, True), ("s2", False, True), ("s3", False, True)),
+    autopilot(True, 1, ("s1", "alive", True), ("s2", "alive", True), ("s3", "alive", True)),
+)
+DESIRED = {"s1", "s2", "s3"}
+
+
+def test_a_healthy_cluster_lets_one_server_go() -> None:
+    assert before_disruption(HEALTHY, "s2", DESIRED) is None
+    assert HEALTHY.leader_node == "s1"
+
+
+def test_another_server_down_or_not_a_voter_holds_the_rollout() -> None:
+    view = ClusterView.from_api(
+        "s1:8300",
+        raft(("s1", True, True), ("s2", False, True), ("s3", False, True)),
+        autopilot(False, 0, ("s1", "alive", True), ("s2", "alive", True), ("s3", "failed", False)),
+    )
+    assert before_disruption(view, "s2", DESIRED) == "server s3 is failed"
+    assert before_disruption(view, "s3", DESIRED) is not None  # autopilot still unhealthy
+    joining = ClusterView.from_api(
+        "s1:8300",
+        raft(("s1", True, True), ("s2", False, True), ("s3", False, False)),
+        autopilot(False, 0, ("s1", "alive", True), ("s2", "alive", True), ("s3", "alive", False)),
+    )
+    assert before_disruption(joining, "s1", DESIRED) == "server s3 is not a voter yet"
+
+
+def test_no_leader_with_peers_is_recovery_required_never_a_bootstrap() -> None:
+    view = ClusterView(leader="", peers_known=True)
+    assert "recovery required" in (before_disruption(view, "s1", DESIRED) or "")
+    assert before_disruption(ClusterView(leader=""), "s1", DESIRED) == "the cluster has no leader"
+    assert "cannot see" in (before_disruption(ClusterView(error="refused"), "s1", DESIRED) or "")
+
+
+def test_after_replacement_needs_voter_leader_and_health() -> None:
+    assert after_replacement(HEALTHY, "s2") is None
+    new = ClusterView.from_api(
+        "s1:8300",
+        raft(("s1", True, True), ("s2", False, False), ("s3", False, True)),
+        autopilot(False, 0, ("s1", "alive", True), ("s2", "alive", False), ("s3", "alive", True)),
+    )
+    assert after_replacement(new, "s2") == "server s2 is not a voter yet"
+    assert after_replacement(ClusterView(leader=""), "s2") == "no leader yet"
+
+
+def test_after_removal_needs_the_server_gone_from_raft_and_health() -> None:
+    assert after_removal(HEALTHY, "s3") == "server s3 is still in the raft configuration"
+    gone = ClusterView.from_api(
+        "s1:8300",
+        raft(("s1", True, True), ("s2", False, True)),
+        autopilot(True, 0, ("s1", "alive", True), ("s2", "alive", True)),
+    )
+    assert after_removal(gone, "s3") is None
+
+
+def test_followers_first_leader_last() -> None:
+    assert leader_last(["s1", "s2", "s3"], "s1") == ["s2", "s3", "s1"]
+    assert leader_last(["s1", "s2"], None) == ["s1", "s2"]
