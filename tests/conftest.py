@@ -41,3 +41,23 @@ def clean_fleet(fleet: list[Engine]) -> list[Engine]:
     except FleetError as error:
         pytest.fail(f"the Docker test fleet could not be reset: {error}", pytrace=False)
     return fleet
+
+
+@pytest.fixture(scope="session")
+def fleet5() -> list[Engine]:
+    """Five engines (host1..host5), for server rollouts of 3 and 5 servers."""
+    try:
+        engines = ensure_engines(5)
+        ensure_standin_images(engines)
+    except FleetError as error:
+        pytest.fail(f"the Docker test fleet could not be brought up: {error}", pytrace=False)
+    return engines
+
+
+@pytest.fixture
+def clean_fleet5(fleet5: list[Engine]) -> list[Engine]:
+    try:
+        reset_engines(fleet5)
+    except FleetError as error:
+        pytest.fail(f"the Docker test fleet could not be reset: {error}", pytrace=False)
+    return fleet5
