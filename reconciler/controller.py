@@ -50,6 +50,7 @@ log = logging.getLogger("consul_reconciler.controller")
 
 REPAIR_KINDS = (Kind.CREATE, Kind.START)
 EVENT_RECHECK_DELAY = 0.1  # seconds
+WAITING_RECHECK = 2.0  # seconds between looks while a server rollout waits for the cluster
 
 
 @dataclass
@@ -450,6 +451,17 @@ class Controller:
         if result.ok and not waiting:
             m.last_success.set(time.time())
         self._schedule_retry(now)
+        if result.status == "waiting" and not self._stopping.is_set():
+            # a server change waits for the cluster: look again soon, not only at the next resync
+            when = datetime.now(UTC) + timedelta(seconds=WAITING_RECHECK)
+            self._scheduler.add_job(
+                self._request,
+                "date",
+                args=["rollout-wait"],
+                run_date=when,
+                id="rollout-wait",
+                replace_existing=True,
+            )
         self._last_result = result
         self._write_host_states(loaded, result, drift)
         log.info(

@@ -40,7 +40,7 @@ from reconciler.consul_api import ConsulError
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
 from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
-from reconciler.rollout import ConsulGates
+from reconciler.rollout import INTERRUPTED, ConsulGates
 
 log = logging.getLogger("consul_reconciler.execute")
 
@@ -105,6 +105,7 @@ class Executor:
         self._gates = gates
         self._desired_servers = desired_servers
         self._server_hold = server_hold  # set: no server is disrupted this pass (the reason)
+        self._paused = server_hold is not None  # a stored pause: not even a repair of a server goes on
         self._on_pause = on_pause
         self._connections = connections
         self._endpoints = endpoints
@@ -128,7 +129,8 @@ class Executor:
             result.results += self._run_parallel(parallel)
             if serial and self._gates is not None:
                 leader = self._gates.view().leader_node
-                serial = sorted(serial, key=lambda a: a.node == leader)  # followers first, the leader last
+                # servers already down first (repairs), then followers, the leader last
+                serial = sorted(serial, key=lambda a: (not _down(a), a.node == leader))
             for action in serial:  # one disruptive server action at a time, cluster-wide
                 result.results.append(self._run_server(action) if self._gates else self._run_one(action))
         return result
@@ -137,8 +139,11 @@ class Executor:
         """A gated disruption of a server: before it, every other server healthy; after it, the
         replacement (or the smaller cluster) healthy for the stabilisation time, within the deadline."""
         assert self._gates is not None
-        hold = self._server_hold
-        if hold is None:
+        down = action.observed is not None and action.observed.state not in ("running", "restarting")
+        # A server already down: bringing it back (even with a new spec) is a repair, not a disruption;
+        # it is what restores quorum when a second server was lost meanwhile.
+        hold = None if down and not self._paused else self._server_hold
+        if hold is None and not down:
             hold = before_disruption(self._gates.view(), action.node or "", self._desired_servers)
         if hold is not None:
             self._server_hold = hold
@@ -163,6 +168,10 @@ class Executor:
             problem = self._gates.wait_removed(node, self._should_stop)
         else:
             problem = self._gates.wait_replaced(node, self._should_stop)
+        if problem is not None and problem.startswith(INTERRUPTED):
+            self._server_hold = problem  # no pause: the next pass repairs, and every gate re-checks
+            log.warning("%s", problem)
+            return result
         if problem is not None:
             reason = f"rollout paused after {action.kind.value} of {node}: {problem}"
             self._server_hold = reason
@@ -453,6 +462,10 @@ class Executor:
         if stale.labels.get(L.MANAGED_BY) != self._cluster:
             raise ActionError(f"name {name} is held by a container that is not ours; not touching it")
         stale.remove(force=True)
+
+
+def _down(action: Action) -> bool:
+    return action.observed is not None and action.observed.state not in ("running", "restarting")
 
 
 def disrupts_server(action: Action) -> bool:

@@ -83,7 +83,9 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
             )
         return "the cluster has no leader"
     problems: list[str] = []
-    for node in sorted(set(desired_servers) - {subject}):
+    in_raft = {s.node for s in view.servers}
+    # servers the topology wants that are not in the raft configuration do not exist yet (being added)
+    for node in sorted((set(desired_servers) & in_raft) - {subject}):
         if view.serf.get(node, "alive" if view.voter(node) else "") != "alive":
             problems.append(f"server {node} is {view.serf.get(node) or 'not a member'}")
         elif not view.voter(node):

@@ -49,7 +49,7 @@ class PassResult:
             return False
         if any(a.kind is Kind.BLOCKED for a in self.plan.actions):
             return False
-        return self.applied is None or not self.applied.failed
+        return self.applied is None or not (self.applied.failed or self.applied.waiting)
 
     interrupted: bool = False
 

@@ -11,6 +11,8 @@ from reconciler.gates import ClusterView, after_removal, after_replacement
 
 log = logging.getLogger("consul_reconciler.rollout")
 
+INTERRUPTED = "gate interrupted"
+
 
 class ConsulGates:
     def __init__(
@@ -68,8 +70,24 @@ class ConsulGates:
         except ConsulError:
             return False
 
+    def others_down(self, node: str) -> list[str]:
+        """Other server agents that do not answer at all (killed, host down)."""
+        down: list[str] = []
+        for other, http in sorted(self.servers.items()):
+            if other == node:
+                continue
+            try:
+                self.agent(http, timeout=1.0).self_info()
+            except ConsulError:
+                down.append(other)
+        return down
+
     def wait(
-        self, check: Callable[[ClusterView], str | None], what: str, should_stop: Callable[[], bool]
+        self,
+        check: Callable[[ClusterView], str | None],
+        what: str,
+        node: str,
+        should_stop: Callable[[], bool],
     ) -> str | None:
         """Until ``check`` passes for the stabilisation time without a break; else the reason."""
         started = self._clock()
@@ -85,16 +103,21 @@ class ConsulGates:
                     return None
             else:
                 good_since = None
+                down = self.others_down(node)
+                if down:
+                    # Not this server's fault: another one is down. Stop waiting (no pause) so the
+                    # next pass can repair it; the next disruption's gate waits for both to be healthy.
+                    return f"{INTERRUPTED}: server(s) {', '.join(down)} down; repairing them first ({reason})"
             if should_stop():
                 return f"stopped while waiting for {what}: {reason or 'stabilising'}"
             self._sleep(0.25)
         return f"{what} not healthy within {self.deadline:.0f}s: {reason or 'did not stay healthy'}"
 
     def wait_replaced(self, node: str, should_stop: Callable[[], bool]) -> str | None:
-        return self.wait(lambda v: after_replacement(v, node), f"server {node}", should_stop)
+        return self.wait(lambda v: after_replacement(v, node), f"server {node}", node, should_stop)
 
     def wait_removed(self, node: str, should_stop: Callable[[], bool]) -> str | None:
-        return self.wait(lambda v: after_removal(v, node), f"the cluster without {node}", should_stop)
+        return self.wait(lambda v: after_removal(v, node), f"the cluster without {node}", node, should_stop)
 
     def wait_agent(self, http: str) -> str | None:
         """Wait until the agent at ``http`` answers (before its registrator is (re)created)."""

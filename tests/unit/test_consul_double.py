@@ -58,7 +58,10 @@ class Raw:
 
 
 def raw(
-    double: ConsulDouble, method: str, path: str, body: bytes | None = None,
+    double: ConsulDouble,
+    method: str,
+    path: str,
+    body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> Raw:
     connection = http.client.HTTPConnection("127.0.0.1", double.port, timeout=10)
@@ -503,7 +506,12 @@ def test_go_durations() -> None:
         with pytest.raises(ValueError):
             parse_go_duration(bad)
     assert [format_go_duration(s) for s in (10, 86400, 0.5, 90, 1.5, 0)] == [
-        "10s", "24h0m0s", "500ms", "1m30s", "1.5s", "0s",
+        "10s",
+        "24h0m0s",
+        "500ms",
+        "1m30s",
+        "1.5s",
+        "0s",
     ]
 
 
@@ -530,18 +538,31 @@ def test_session_create_with_an_empty_body_takes_consuls_defaults(double: Consul
     assert list(response.json()) == ["ID"]
     session = response.json()["ID"]
     info = raw(double, "GET", f"/v1/session/info/{session}")
-    assert info.json() == [{
-        "ID": session, "Name": "", "Node": "double", "LockDelay": 15_000_000_000, "Behavior": "release",
-        "TTL": "", "NodeChecks": ["serfHealth"], "ServiceChecks": None,
-        "CreateIndex": info.index, "ModifyIndex": info.index,
-    }]
+    assert info.json() == [
+        {
+            "ID": session,
+            "Name": "",
+            "Node": "double",
+            "LockDelay": 15_000_000_000,
+            "Behavior": "release",
+            "TTL": "",
+            "NodeChecks": ["serfHealth"],
+            "ServiceChecks": None,
+            "CreateIndex": info.index,
+            "ModifyIndex": info.index,
+        }
+    ]
 
 
 def test_session_fields_are_case_insensitive_and_lock_delay_takes_numbers(double: ConsulDouble) -> None:
     session = create_session(double, name="n", TTL="2s", lockdelay="1500ms", BEHAVIOR="delete", checks=[])
     [info] = raw(double, "GET", f"/v1/session/info/{session}").json()
     assert (info["Name"], info["TTL"], info["LockDelay"], info["Behavior"], info["NodeChecks"]) == (
-        "n", "2s", 1_500_000_000, "delete", [],
+        "n",
+        "2s",
+        1_500_000_000,
+        "delete",
+        [],
     )
     for given, nanoseconds in ((5, 5_000_000_000), (2_000_000_000, 2_000_000_000), ("0s", 0)):
         session = create_session(double, LockDelay=given)
@@ -668,7 +689,9 @@ def test_unknown_paths_are_404_and_wrong_methods_405(double: ConsulDouble) -> No
     assert raw(double, "GET", "/v1/catalog/services").status == 404
     response = raw(double, "POST", "/v1/kv/k", body=b"v")
     assert (response.status, response.body, response.headers["Allow"]) == (
-        405, b"method POST not allowed", "GET,PUT,DELETE",
+        405,
+        b"method POST not allowed",
+        "GET,PUT,DELETE",
     )
     assert raw(double, "GET", "/v1/session/create").status == 405
 
@@ -739,8 +762,13 @@ def test_take_down_drops_an_in_flight_blocking_query(double: ConsulDouble, clien
 def test_without_a_leader_only_status_answers(double: ConsulDouble, client: consul.Consul) -> None:
     client.kv.put("k", b"v")
     double.set_no_leader(True)
-    for method, path in (("GET", "/v1/kv/k"), ("PUT", "/v1/kv/k"), ("DELETE", "/v1/kv/k"),
-                         ("PUT", "/v1/session/create"), ("GET", "/v1/session/list")):
+    for method, path in (
+        ("GET", "/v1/kv/k"),
+        ("PUT", "/v1/kv/k"),
+        ("DELETE", "/v1/kv/k"),
+        ("PUT", "/v1/session/create"),
+        ("GET", "/v1/session/list"),
+    ):
         response = raw(double, method, path)
         assert (response.status, response.body) == (500, b"No cluster leader"), (method, path)
     assert raw(double, "GET", "/v1/status/leader").body == b'""'
@@ -796,7 +824,10 @@ def test_the_command_line_serves_until_sigterm() -> None:
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.consul_double", "--port", str(port), "--min-ttl", "1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
