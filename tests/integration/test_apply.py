@@ -347,3 +347,19 @@ def test_bad_topology_touches_nothing(fleet3: Fleet, bad: str) -> None:
     assert len(fleet3.audit()) == rows
     for engine in fleet3.engines:
         assert all(a["State"]["Running"] for a in fleet3.containers(engine).values())
+
+
+def test_client_side_changes_respect_the_in_flight_bound(fleet3: Fleet) -> None:
+    converged(fleet3)
+    fleet3.doc["rollout"]["max_parallel"] = 1
+    fleet3.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    fleet3.write()
+    run = converged(fleet3)
+    assert sorted((r["host"], r["container"]) for r in run.json()["results"]) == [
+        ("host2", "consul"),
+        ("host3", "consul"),
+    ]
+    rows = [r for r in fleet3.audit("--kind", "replace") if r["role"] == "client"]
+    spans = sorted((r["started_at"], r["finished_at"]) for r in rows)
+    assert len(spans) == 2
+    assert spans[0][1] <= spans[1][0]  # one host at a time: the second began after the first ended
