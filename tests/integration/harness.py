@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import yaml
 
 from tests.fleet import Engine, fleet_topology
@@ -69,8 +70,15 @@ class Fleet:
 
     def containers(self, engine: Engine) -> dict[str, dict[str, Any]]:
         client = engine.client()
+        found: dict[str, dict[str, Any]] = {}
         try:
-            return {c.name: c.attrs for c in client.containers.list(all=True)}
+            for summary in client.api.containers(all=True):
+                try:  # a container may go between the list and its inspect (the controller at work)
+                    attrs = client.api.inspect_container(summary["Id"])
+                except docker.errors.NotFound:
+                    continue
+                found[attrs["Name"].lstrip("/")] = attrs
+            return found
         finally:
             client.close()
 

@@ -160,6 +160,7 @@ def _topology(engine: Engine, data_dir: Path) -> dict[str, Any]:
         "cluster": CLUSTER,
         "consul": {"image": STANDIN_CONSUL_1},
         "registrator": {"image": STANDIN_REGISTRATOR_1},
+        "rollout": {"gates": False},  # busybox stand-ins: no Consul HTTP API for the gates to ask
         "hosts": [
             {
                 "name": engine.name,
