@@ -21,7 +21,8 @@ from desired_state.load import Loaded, TopologyError, load_topology
 from desired_state.render import render as render_fleet
 from desired_state.secrets import check_secrets
 from reconciler import __version__
-from reconciler.audit import ActionFilter, AuditLog, default_database_url, normalize_url, parse_since
+from reconciler.audit import ActionFilter, AuditLog, parse_since
+from reconciler.cliutil import open_audit
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
 from reconciler.kvcli import kv_app
@@ -125,21 +126,7 @@ def _print_warnings(loaded: Loaded) -> None:
 
 
 def _audit(db: str | None) -> AuditLog:
-    url = normalize_url(db) if db else default_database_url()
-    try:
-        return AuditLog(url)
-    except Exception as exc:
-        _fail(f"cannot open the audit database {_safe_url(url)}: {exc}")
-
-
-def _safe_url(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+    return open_audit(db, _fail)
 
 
 def _emit_json(data: Any) -> None:

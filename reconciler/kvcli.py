@@ -28,7 +28,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
-from reconciler.audit import AuditLog, DocumentRow, default_database_url, normalize_url
+from reconciler.audit import AuditLog, DocumentRow
+from reconciler.cliutil import open_audit
 from reconciler.consul_api import Consul, ConsulAddress, ConsulError, KVEntry
 from reconciler.present import text_table
 
@@ -447,24 +448,7 @@ def edit(
 
 
 def _audit(db: str | None) -> AuditLog:
-    try:
-        url = normalize_url(db) if db else default_database_url()
-    except ValueError as exc:
-        _fail(f"--db: {exc}")
-    try:
-        return AuditLog(url)
-    except Exception as exc:
-        _fail(f"cannot open the audit database {_safe_url(url)}: {exc}")
-
-
-def _safe_url(url: str) -> str:
-    """Hide a password in a database URL."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+    return open_audit(db, _fail)
 
 
 @kv_app.command()
