@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.integration.controller_harness import (
     ControllerProcess,
     audit_rows,
     ensure_slowstop_image,
+    free_port,
     wait_for,
 )
 from tests.integration.harness import LABEL, Fleet
@@ -334,3 +337,50 @@ def test_crash_loop_marks_the_host_degraded_instead_of_a_tight_loop(fleet3: Flee
     # ...and it is, once the backoff has passed
     wait_for(lambda: running(fleet3, host2, "registrator"), 20, "the retry after the backoff")
     assert fleet3.containers(fleet3.engines[0])["consul"]["Config"]["Labels"][f"{LABEL}.managed-by"] == "ctl"
+
+
+def test_http_endpoint_off_loopback_requires_a_bearer_token(fleet3: Fleet, tmp_path: Path) -> None:
+    fleet3.doc["hosts"] = fleet3.doc["hosts"][:1]
+    fleet3.write()
+    # bound to every address (not loopback) without a token: refuses to start, and says why
+    refused = fleet3.cli("run", str(fleet3.file), "--db", str(fleet3.db), "--http", "0.0.0.0:0")
+    assert refused.code == 1
+    assert "needs a bearer token" in refused.stderr
+    token = "t0ken-" + "x" * 24
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    port = free_port()
+    # the last --http wins: the harness's loopback default is overridden by 0.0.0.0
+    ctl = ControllerProcess(
+        fleet3.file,
+        fleet3.db,
+        tmp_path / "open.log",
+        "--interval",
+        LONG_INTERVAL,
+        "--http-token-file",
+        str(token_file),
+        "--http",
+        f"0.0.0.0:{port}",
+        env=fleet3.env,
+    )
+    ctl.port = port  # requests go to 127.0.0.1 (loopback only), which 0.0.0.0 serves
+    try:
+        wait_for(lambda: ctl.get("/healthz")[0] == 200, 20, "/healthz without a token")
+        assert ctl.get("/metrics")[0] == 401
+        assert ctl.get("/status")[0] == 401
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200 and b"consul_reconciler_passes_total" in response.read()
+        wrong = urllib.request.Request(
+            f"http://127.0.0.1:{port}/readyz", headers={"Authorization": "Bearer nope"}
+        )
+        try:
+            urllib.request.urlopen(wrong, timeout=5)
+            raise AssertionError("a wrong token was accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+        assert token not in ctl.log()
+    finally:
+        ctl.stop()
