@@ -18,6 +18,8 @@ fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # tests/baseimage.py makes the Debian + Python base of the controller's image with debootstrap.
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+# tests/pgserver.py runs the audit tests on a real PostgreSQL server (Debian's, started by the tests).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi

@@ -1,0 +1,145 @@
+"""The audit log on both backends it supports: SQLite (the default) and a real PostgreSQL server
+(Debian's postgresql, started by tests/pgserver.py), migrations included."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from reconciler.audit import MIGRATIONS_DIR, ActionFilter, AuditLog, Base, HostState
+from tests.fleet import Engine
+from tests.integration.harness import Fleet
+from tests.pgserver import PostgresError, fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+        return
+    try:
+        yield fresh_database(f"audit_{uuid.uuid4().hex[:10]}")
+    except PostgresError as exc:
+        pytest.fail(f"PostgreSQL could not be started: {exc}", pytrace=False)
+
+
+def test_migrations_reach_head_and_match_the_models(db_url: str) -> None:
+    log = AuditLog(db_url)
+    try:
+        tables = set(inspect(log.engine).get_table_names())
+        assert {
+            "runs",
+            "actions",
+            "known_hosts",
+            "host_states",
+            "desired_documents",
+            "rollout_pauses",
+            "alembic_version",
+        } <= tables
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        with log.engine.connect() as conn:
+            context = MigrationContext.configure(conn)
+            assert context.get_current_revision() == head
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        log.close()
+    AuditLog(db_url).close()  # a second open is a no-op upgrade
+
+
+def test_rows_filters_and_state_round_trip(db_url: str) -> None:
+    log = AuditLog(db_url)
+    try:
+        run = log.start_run(
+            cluster_id="c", trigger="cli", source="file:x", digest="d" * 64, lock_holder="s-1", lock_index=3
+        )
+        a1 = log.start_action(
+            run,
+            seq=1,
+            host="h1",
+            kind="create",
+            node="n1",
+            role="server",
+            container="consul",
+            reason=[{"field": "image", "old": "a", "new": "b"}],
+        )
+        log.finish_action(a1, status="succeeded", container_id="abc")
+        log.record_action(run, seq=2, host="h2", kind="observe", status="failed", error="unreachable")
+        log.finish_run(run, status="failed", summary={"failed": 1})
+        assert [a.host for a in log.actions(ActionFilter(status="failed"))] == ["h2"]
+        assert [a.kind for a in log.actions(ActionFilter(host="h1"))] == ["create"]
+        since = datetime.now(UTC) - timedelta(minutes=5)
+        assert len(log.actions(ActionFilter(since=since, run_id=run))) == 2
+        row = log.get_run(run)
+        assert row is not None and (row.status, row.lock_index, row.summary) == ("failed", 3, {"failed": 1})
+        log.remember_host("c", "h1", {"url": "unix:///x"})
+        log.remember_host("c", "h1", {"url": "unix:///y"})
+        assert log.known_hosts("c") == {"h1": {"url": "unix:///y"}}
+        log.set_host_states("c", [HostState("h1", "backoff", 2, None, 1, "down")])
+        assert log.host_states("c")["h1"].failures == 2
+        log.keep_document(source="consul://k", digest="e" * 64, cluster_id="c", document="cluster: c\n")
+        assert log.last_document("consul://k") is not None
+        log.pause_rollout("c", "gate failed", "e" * 64)
+        assert log.rollout_pause("c") is not None and log.resume_rollout("c")
+        killed = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)  # a killed controller's
+        log.start_action(killed, seq=1, host="h3", kind="replace")
+        assert log.mark_interrupted(cluster_id="c") == 1
+        assert [a.status for a in log.actions(ActionFilter(host="h3"))] == ["interrupted"]
+        assert log.get_run(killed).status == "interrupted"  # type: ignore[union-attr]
+    finally:
+        log.close()
+
+
+WRITER = """
+import sys
+from reconciler.audit import AuditLog
+log = AuditLog(sys.argv[1])
+run = log.start_run(cluster_id="c", trigger="t", source=sys.argv[2], digest=None)
+for i in range(int(sys.argv[3])):
+    row = log.start_action(run, seq=i, host=sys.argv[2], kind="create")
+    log.finish_action(row, status="succeeded")
+log.finish_run(run, status="succeeded")
+log.close()
+"""
+
+
+def test_two_controllers_writing_at_once_lose_no_row(db_url: str) -> None:
+    AuditLog(db_url).close()
+    per_writer = 60
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, db_url, f"w{i}", str(per_writer)]) for i in range(2)
+    ]
+    assert [w.wait(120) for w in writers] == [0, 0]
+    log = AuditLog(db_url)
+    try:
+        rows = log.actions(ActionFilter(limit=None))
+        assert len(rows) == 2 * per_writer
+        assert {r.host for r in rows} == {"w0", "w1"}
+        assert all(r.status == "succeeded" for r in rows)
+    finally:
+        log.close()
+
+
+def test_apply_on_real_engines_audits_into_postgresql(clean_fleet: list[Engine], tmp_path: Path) -> None:
+    try:
+        url = fresh_database(f"apply_{uuid.uuid4().hex[:10]}")
+    except PostgresError as exc:
+        pytest.fail(f"PostgreSQL could not be started: {exc}", pytrace=False)
+    fleet = Fleet(clean_fleet, tmp_path)
+    run = fleet.cli("apply", str(fleet.file), "--db", url, "--json")
+    assert run.code == 0, run.stderr
+    rows = fleet.cli("audit", "--db", url, "--json", "--kind", "create")
+    assert rows.code == 0, rows.stderr
+    assert len(rows.json()) == 6 and all(r["status"] == "succeeded" for r in rows.json())
