@@ -5,9 +5,12 @@ two controllers of which exactly one acts.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +266,49 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def test_secrets_never_leak_acl_token_and_gossip_key(
+    clean_fleet: list[Engine], tmp_path: Path, controllers: Any
+) -> None:
+    token = "acl-" + uuid.uuid4().hex
+    gossip = base64.b64encode(os.urandom(32)).decode()
+    double = ConsulDouble(min_ttl=1.0, acl_token=token).start()
+    try:
+        fleet = Fleet(clean_fleet, tmp_path, cluster="secret")
+        fleet.doc["consul"]["encrypt"] = {"env": "CR_TEST_GOSSIP"}
+        fleet.env["CONSUL_HTTP_TOKEN"] = token
+        fleet.env["CR_TEST_GOSSIP"] = gossip
+        double.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
+        ctl = controllers(fleet, double, "--interval", LONG_INTERVAL, *FAST_LOCK)
+        ctl.wait_ready()
+        wait_for(lambda: converged(fleet), 30, "the fleet to converge with a token and a gossip key")
+        reader = pyconsul.Consul(host="127.0.0.1", port=double.port, token=token)
+        wait_for(lambda: reader.kv.get("consul-reconciler/status/secret/host1")[1], 10, "status write-back")
+        # everywhere a secret could show: logs, metrics, /status, audit DB, KV status, docker inspect, CLI
+        places = {
+            "controller log": ctl.log(),
+            "metrics": ctl.get("/metrics")[1],
+            "status": ctl.get("/status")[1],
+            "audit db": fleet.db.read_bytes().decode("latin-1"),
+            "kv status": json.dumps(
+                [e["Value"].decode() for e in reader.kv.get("consul-reconciler/", recurse=True)[1]]
+            ),
+            "plan": fleet.cli("plan", source(double), "--db", str(fleet.db), "--json").stdout,
+            "audit": fleet.cli("audit", "--db", str(fleet.db), "--json").stdout,
+        }
+        for engine in fleet.engines:
+            for name, attrs in fleet.containers(engine).items():
+                places[f"inspect {engine.name}/{name}"] = json.dumps(attrs)
+        for where, text in places.items():
+            assert token not in text, f"the ACL token leaked into the {where}"
+            assert gossip not in text, f"the gossip key leaked into the {where}"
+        exec_run = (
+            fleet.engines[0]
+            .client()
+            .containers.get("consul")
+            .exec_run(["cat", "/consul/config/encrypt.json"])
+        )
+        assert json.loads(exec_run.output) == {"encrypt": gossip}  # the agent did get it
+    finally:
+        double.stop()
