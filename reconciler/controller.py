@@ -105,6 +105,8 @@ class Controller:
         self._kept_digest: str | None = None
         self._status_written: dict[str, str] = {}
         self._rollout_pause: str | None = None
+        self._pass_errors = 0
+        self._pass_error: str | None = None
         self._http: StatusServer | None = None
         self._last_valid: Loaded | None = None
         self._rejected_digest: str | None = None
@@ -129,7 +131,7 @@ class Controller:
             while not self._stopping.is_set():
                 request = self.requests.wait(timeout=1.0)
                 if request is not None and not self._stopping.is_set():
-                    self.run_pass(request)
+                    self._guarded_pass(request)
         finally:
             self.shutdown()
         log.info("controller stopped")
@@ -255,6 +257,36 @@ class Controller:
                 self._watchers[host] = watcher
 
     # --- one pass ----------------------------------------------------------------------------------
+
+    def _guarded_pass(self, request: Request) -> None:
+        """A pass that fails as a whole (the audit database unavailable or read-only, say) pauses the
+        controller: nothing was done without its audit row, it is reported, and retried with backoff."""
+        try:
+            self.run_pass(request)
+        except Exception as exc:
+            self._pass_errors += 1
+            delay = min(self.options.backoff.cap, self.options.backoff.base * 2 ** min(self._pass_errors, 16))
+            self._pass_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            self.metrics.passes.labels("error").inc()
+            log.error(
+                "pass failed, nothing more is done until it can be recorded: %s; retrying in %.1fs",
+                self._pass_error,
+                delay,
+            )
+            when = datetime.now(UTC) + timedelta(seconds=delay)
+            self._scheduler.add_job(
+                self._request,
+                "date",
+                args=["pass-retry"],
+                run_date=when,
+                id="pass-retry",
+                replace_existing=True,
+            )
+        else:
+            if self._pass_errors:
+                log.info("passes work again after %d failed attempt(s)", self._pass_errors)
+            self._pass_errors = 0
+            self._pass_error = None
 
     def run_pass(self, request: Request) -> PassResult | None:
         started = time.monotonic()
@@ -598,6 +630,7 @@ class Controller:
             ),
             "leader": None if self.lock is None else self.lock.is_leader(),
             "rollout_paused": self._rollout_pause,
+            "pass_error": self._pass_error,
             "lock_index": None if self.lock is None else self.lock.fencing()[1],
             "passes": self.passes_run,
             "last_run": self._last_result.run_id if self._last_result else None,

@@ -102,3 +102,10 @@ def fresh_database(name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql+psycopg://postgres@127.0.0.1:{PORT}/{name}"
+
+
+def stop_postgres() -> None:
+    """Stop the server (fast shutdown): the database becomes unavailable."""
+    done = _as_postgres(str(_bindir() / "pg_ctl"), "-D", str(PG_ROOT / "data"), "-m", "fast", "-w", "stop")
+    if done.returncode != 0 and _answers():
+        raise PostgresError(f"pg_ctl stop failed: {done.stderr.strip()}")

@@ -75,7 +75,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 
 class ControllerProcess:
     def __init__(
-        self, topology: Path | str, db: Path, log: Path, *args: str, env: dict[str, str] | None = None
+        self, topology: Path | str, db: Path | str, log: Path, *args: str, env: dict[str, str] | None = None
     ) -> None:
         self.port = free_port()
         self.log_path = log

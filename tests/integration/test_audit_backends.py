@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -143,3 +144,51 @@ def test_apply_on_real_engines_audits_into_postgresql(clean_fleet: list[Engine],
     rows = fleet.cli("audit", "--db", url, "--json", "--kind", "create")
     assert rows.code == 0, rows.stderr
     assert len(rows.json()) == 6 and all(r["status"] == "succeeded" for r in rows.json())
+
+
+def test_database_down_the_controller_pauses_and_resumes_by_itself(
+    clean_fleet: list[Engine], tmp_path: Path
+) -> None:
+    from tests.integration.controller_harness import ControllerProcess, wait_for
+    from tests.pgserver import ensure_postgres, stop_postgres
+
+    url = fresh_database(f"down_{uuid.uuid4().hex[:10]}")
+    fleet = Fleet(clean_fleet, tmp_path)
+    ctl = ControllerProcess(
+        fleet.file,
+        url,
+        tmp_path / "ctl.log",
+        "--interval",
+        "600",
+        "--backoff-base",
+        "0.2",
+        "--backoff-max",
+        "1",
+        env=fleet.env,
+    )
+    try:
+        ctl.wait_ready()
+        host2 = fleet.engines[1]
+        wait_for(lambda: "registrator" in fleet.containers(host2), 20, "convergence")
+        stop_postgres()
+        try:
+            client = host2.client()
+            client.containers.get("registrator").remove(force=True)
+            client.close()
+            wait_for(
+                lambda: (ctl.get("/status")[1] or "").find('"pass_error": null') < 0,
+                15,
+                "the controller to report the failed pass",
+            )
+            time.sleep(1.5)
+            assert "registrator" not in fleet.containers(host2)  # nothing done without its audit row
+            assert 'outcome="error"' in ctl.get("/metrics")[1]
+        finally:
+            ensure_postgres()
+        wait_for(lambda: "registrator" in fleet.containers(host2), 30, "the repair once the database is back")
+        wait_for(lambda: '"pass_error": null' in ctl.get("/status")[1], 10, "the error to clear")
+        rows = fleet.cli("audit", "--db", url, "--json", "--host", "host2", "--kind", "create").json()
+        assert [r["container"] for r in rows if r["status"] == "succeeded"].count("registrator") == 2
+        assert "pass failed" in ctl.log()
+    finally:
+        ctl.stop()
