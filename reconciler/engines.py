@@ -47,7 +47,7 @@ def connect(host: str, endpoint: Endpoint) -> docker.DockerClient:
             client_cert=(endpoint.tls_cert, endpoint.tls_key), ca_cert=endpoint.tls_ca, verify=True
         )
     try:
-        return docker.DockerClient(
+        client = docker.DockerClient(
             base_url=endpoint.url,
             version=API_VERSION,
             timeout=int(max(1, endpoint.timeout)),
@@ -56,6 +56,10 @@ def connect(host: str, endpoint: Endpoint) -> docker.DockerClient:
         )
     except docker.errors.DockerException as exc:
         raise EngineError(host, f"cannot set up a client for {endpoint.url}: {exc}") from None
+    # The host's own TLS files decide: requests would otherwise let $REQUESTS_CA_BUNDLE or
+    # $CURL_CA_BUNDLE replace tls.ca, and $HTTPS_PROXY route an engine's API through a proxy.
+    client.api.trust_env = False
+    return client
 
 
 def describe_error(exc: BaseException) -> str:

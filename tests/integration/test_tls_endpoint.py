@@ -160,15 +160,12 @@ def test_missing_certificate_file_is_named(tls_engine: TLSEngine, converged: Fle
     assert_no_actions(fleet)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: requests' REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE replace tls.ca (session.verify), "
-    "so a correct tls.ca fails the handshake when the variable is set (reconciler/engines.py connect)",
-)
 def test_ca_bundle_environment_does_not_replace_tls_ca(
     tls_engine: TLSEngine, converged: Fleet, tmp_path: Path
 ) -> None:
     fleet = good_fleet(tls_engine, tmp_path / "env")
+    # requests would let this replace the host's tls.ca; the product turns that off (engines.connect)
     fleet.env["REQUESTS_CA_BUNDLE"] = "/etc/ssl/certs/ca-certificates.crt"
+    fleet.env["CURL_CA_BUNDLE"] = "/etc/ssl/certs/ca-certificates.crt"
     run = fleet.apply()
     assert run.code == 0, output(run)
