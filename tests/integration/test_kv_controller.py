@@ -312,3 +312,27 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
         assert json.loads(exec_run.output) == {"encrypt": gossip}  # the agent did get it
     finally:
         double.stop()
+
+
+def test_consul_slow_or_leaderless_keeps_enforcing_and_says_so(
+    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+) -> None:
+    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
+    ctl.wait_ready()
+    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    host2 = kv_fleet.engines[1]
+    for fault, heal, what in (
+        (lambda: consul.set_no_leader(True), lambda: consul.set_no_leader(False), "No cluster leader"),
+        (lambda: consul.set_delay(7.0), lambda: consul.set_delay(0.0), "did not answer in time"),
+    ):
+        fault()
+        client = host2.client()
+        try:
+            client.containers.get("registrator").remove(force=True)
+        finally:
+            client.close()
+        wait_for(lambda w=what: w in (status(ctl)["source_error"] or ""), 30, f"the source error ({what})")
+        assert "consul_reconciler_desired_state_source_up 0.0" in ctl.get("/metrics")[1]
+        wait_for(lambda: running(kv_fleet, host2, "registrator"), 30, f"repair while Consul says {what}")
+        heal()
+        wait_for(lambda: status(ctl)["source_error"] is None, 40, f"the source to recover from {what}")
