@@ -109,3 +109,16 @@ def stop_postgres() -> None:
     done = _as_postgres(str(_bindir() / "pg_ctl"), "-D", str(PG_ROOT / "data"), "-m", "fast", "-w", "stop")
     if done.returncode != 0 and _answers():
         raise PostgresError(f"pg_ctl stop failed: {done.stderr.strip()}")
+
+
+def set_read_only(name: str, read_only: bool) -> None:
+    """Make database ``name`` read-only (or writable) for every session, ending the open ones."""
+    import psycopg
+
+    with psycopg.connect(
+        f"host=127.0.0.1 port={PORT} user=postgres dbname=postgres", autocommit=True
+    ) as conn:
+        conn.execute(
+            f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if read_only else "off"}'
+        )
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))

@@ -192,3 +192,47 @@ def test_database_down_the_controller_pauses_and_resumes_by_itself(
         assert "pass failed" in ctl.log()
     finally:
         ctl.stop()
+
+
+def test_database_read_only_the_controller_pauses_and_resumes_by_itself(
+    clean_fleet: list[Engine], tmp_path: Path
+) -> None:
+    from tests.integration.controller_harness import ControllerProcess, wait_for
+    from tests.pgserver import set_read_only
+
+    name = f"ro_{uuid.uuid4().hex[:10]}"
+    url = fresh_database(name)
+    fleet = Fleet(clean_fleet, tmp_path)
+    ctl = ControllerProcess(
+        fleet.file,
+        url,
+        tmp_path / "ctl.log",
+        "--interval",
+        "600",
+        "--backoff-base",
+        "0.2",
+        "--backoff-max",
+        "1",
+        env=fleet.env,
+    )
+    try:
+        ctl.wait_ready()
+        host3 = fleet.engines[2]
+        wait_for(lambda: "registrator" in fleet.containers(host3), 20, "convergence")
+        set_read_only(name, True)
+        try:
+            client = host3.client()
+            client.containers.get("registrator").remove(force=True)
+            client.close()
+            wait_for(
+                lambda: '"pass_error": null' not in ctl.get("/status")[1], 15, "the failed pass reported"
+            )
+            assert "read-only" in ctl.get("/status")[1]
+            time.sleep(1.5)
+            assert "registrator" not in fleet.containers(host3)  # nothing done without its audit row
+        finally:
+            set_read_only(name, False)
+        wait_for(lambda: "registrator" in fleet.containers(host3), 30, "the repair once writable again")
+        wait_for(lambda: '"pass_error": null' in ctl.get("/status")[1], 10, "the error to clear")
+    finally:
+        ctl.stop()
