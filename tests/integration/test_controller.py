@@ -6,6 +6,7 @@ by a trigger (a Docker event, the file watcher, an engine coming back), not by t
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 import urllib.error
@@ -384,3 +385,30 @@ def test_http_endpoint_off_loopback_requires_a_bearer_token(fleet3: Fleet, tmp_p
         assert token not in ctl.log()
     finally:
         ctl.stop()
+
+
+def test_engines_stopped_and_started_in_random_order_during_passes(fleet3: Fleet, controllers: Any) -> None:
+    rng = random.Random(20261127)
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--backoff-base", "0.2", "--backoff-max", "1")
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    image = STANDIN_CONSUL_1
+    for _round in range(3):
+        image = STANDIN_CONSUL_2 if image == STANDIN_CONSUL_1 else STANDIN_CONSUL_1
+        fleet3.doc["consul"]["image"] = image
+        fleet3.write()  # passes start replacing now...
+        down = rng.sample(fleet3.engines, rng.randint(1, 3))
+        for engine in down:  # ...while engines go away in random order
+            time.sleep(rng.uniform(0.0, 0.3))
+            engine.stop()
+        time.sleep(rng.uniform(0.5, 1.5))
+        for engine in rng.sample(down, len(down)):  # and come back in another
+            engine.start()
+            time.sleep(rng.uniform(0.0, 0.3))
+        wait_for(lambda img=image: all_running(fleet3, img), 60, f"convergence on {image}")
+        for engine in fleet3.engines:
+            assert set(fleet3.containers(engine)) == {"consul", "registrator"}  # no duplicate or leftover
+    assert ctl.alive()
+    time.sleep(0.5)
+    statuses = {s for (s,) in audit_rows(fleet3.db, "SELECT DISTINCT status FROM actions")}
+    assert statuses <= {"succeeded", "failed", "skipped"}, statuses
