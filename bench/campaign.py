@@ -20,6 +20,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,38 @@ class Outcome:
     mid_action: int = 0  # kills that left a "started" row behind (found and marked interrupted)
     recovery_s: list[float] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    max_servers_down: int = 0
+
+
+class ServerSampler:
+    """Counts, every 50 ms, the hosts whose agent (all three are servers) is not running."""
+
+    def __init__(self, engines: list[Engine]) -> None:
+        self.engines = engines
+        self.max_down = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        clients = [e.client() for e in self.engines]
+        try:
+            while not self._halt.wait(0.05):
+                down = 0
+                for client in clients:
+                    try:
+                        running = [c for c in client.api.containers(filters={"name": ["^/consul$"]})]
+                    except Exception:
+                        running = []
+                    down += 0 if running else 1
+                self.max_down = max(self.max_down, down)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(5)
 
 
 def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -94,7 +127,8 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
     ensure_standin_images(engines)
     ensure_slowstop_image(engines)
     reset_engines(engines)
-    doc = fleet_topology(engines, workdir, "campaign", consul_image=SLOWSTOP_IMAGE)
+    doc = fleet_topology(engines, workdir, "campaign", consul_image=SLOWSTOP_IMAGE, servers=3)
+    sampler: ServerSampler | None = None
     topology, db = workdir / "topology.yaml", workdir / "audit.db"
     topology.write_text(yaml.safe_dump(doc))
     outcome = Outcome()
@@ -104,6 +138,7 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
     try:
         ctl.wait_ready(60)
         wait_for(lambda: _converged(engines, SLOWSTOP_IMAGE), 60, "the first convergence")
+        sampler = ServerSampler(engines)  # from here on, at most one server may be down at a time
         for trial in range(trials):
             image = STANDIN_CONSUL_2 if trial % 2 == 0 else SLOWSTOP_IMAGE
             doc["consul"]["image"] = image  # type: ignore[index]
@@ -139,6 +174,13 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
                 outcome.violations.append(f"trial {trial}: leftover temporaries {leftovers}")
     finally:
         ctl.stop()
+        if sampler is not None:
+            sampler.stop()
+    outcome.max_servers_down = sampler.max_down if sampler else 0
+    if outcome.max_servers_down > 1:
+        outcome.violations.append(
+            f"{outcome.max_servers_down} servers were down at once (sampled every 50 ms)"
+        )
     return outcome
 
 
@@ -151,6 +193,7 @@ def report(outcome: Outcome, seed: int, trials: int) -> str:
         f"- kills that landed mid-action (a row left 'started', found and marked 'interrupted'): "
         f"{outcome.mid_action}",
         f"- restart -> converged: median {statistics.median(rec):.2f} s, max {max(rec):.2f} s",
+        f"- most servers down at once (3 servers, sampled every 50 ms): {outcome.max_servers_down}",
         f"- invariant violations: {len(outcome.violations)}",
         *[f"  - {v}" for v in outcome.violations[:10]],
     ]
