@@ -37,6 +37,23 @@ def rss_and_fds(pid: int) -> tuple[int, int]:
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open descriptors by kind: sockets, pipes, the audit database files, others."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = (
+            target.split(":", 1)[0]
+            if ":" in target and not target.startswith("/")
+            else ("audit db" if "audit.db" in target else target.rsplit("/", 1)[0])
+        )
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
 def converged(engines: list[Engine]) -> bool:
     for engine in engines:
         client = engine.client()
@@ -74,6 +91,7 @@ def main() -> None:
         wait_for(lambda: converged(engines), 60, "the first convergence")
         time.sleep(2)
         start_rss, start_fds = rss_and_fds(ctl.proc.pid)
+        start_kinds = fd_kinds(ctl.proc.pid)
         kills = 0
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:  # bounded: stops by itself
@@ -95,6 +113,7 @@ def main() -> None:
         wait_for(lambda: converged(engines), 120, "convergence at the end")
         time.sleep(2)
         end_rss, end_fds = rss_and_fds(ctl.proc.pid)
+        end_kinds = fd_kinds(ctl.proc.pid)
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         repairs = conn.execute(
             "SELECT count(*) FROM actions WHERE kind IN ('create','start') AND status='succeeded'"
@@ -112,7 +131,8 @@ def main() -> None:
             f"- repairs (create/start actions) recorded: {repairs}; rows left unresolved: {unresolved}",
             f"- controller resident memory: {start_rss / 1024:.1f} MiB at the start, "
             f"{end_rss / 1024:.1f} MiB at the end",
-            f"- controller open file descriptors: {start_fds} at the start, {end_fds} at the end",
+            f"- controller open file descriptors: {start_fds} at the start, {end_fds} at the end "
+            f"(by kind: {start_kinds} -> {end_kinds})",
         ]
     )
     print(text)
