@@ -11,12 +11,14 @@ import docker
 import docker.errors
 import docker.tls
 import requests.exceptions
+from urllib3._collections import RecentlyUsedContainer
 
 from desired_state.spec import Endpoint
 
 # Pinned so that creating a client costs no /version round trip. 1.41 is Docker
 # 20.10's API; newer engines still serve it.
 API_VERSION = "1.41"
+ENGINE_POOLS = 4
 
 
 class EngineError(Exception):
@@ -56,6 +58,11 @@ def connect(host: str, endpoint: Endpoint) -> docker.DockerClient:
         )
     except docker.errors.DockerException as exc:
         raise EngineError(host, f"cannot set up a client for {endpoint.url}: {exc}") from None
+    # docker-py keeps one connection pool per request URL (every container id, every filter) and
+    # ignores num_pools for unix sockets, keeping 25 pools with a socket each per engine: cap them.
+    adapter = getattr(client.api, "_custom_adapter", None)
+    if adapter is not None and hasattr(adapter, "pools"):
+        adapter.pools = RecentlyUsedContainer(ENGINE_POOLS, dispose_func=lambda pool: pool.close())
     # The host's own TLS files decide: requests would otherwise let $REQUESTS_CA_BUNDLE or
     # $CURL_CA_BUNDLE replace tls.ca, and $HTTPS_PROXY route an engine's API through a proxy.
     client.api.trust_env = False
