@@ -213,6 +213,13 @@ class Controller:
         self.metrics.triggers.labels(reason.split(":", 1)[0]).inc()
         self.requests.request(reason)
 
+    def _request_in(self, reason: str, seconds: float) -> None:
+        """Ask for a pass once, ``seconds`` from now (a later call for the same reason replaces it)."""
+        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        self._scheduler.add_job(
+            self._request, "date", args=[reason], run_date=when, id=reason, replace_existing=True
+        )
+
     def _on_leadership(self, leading: bool) -> None:
         self.metrics.leader.set(1 if leading else 0)
         if leading:
@@ -273,15 +280,7 @@ class Controller:
                 self._pass_error,
                 delay,
             )
-            when = datetime.now(UTC) + timedelta(seconds=delay)
-            self._scheduler.add_job(
-                self._request,
-                "date",
-                args=["pass-retry"],
-                run_date=when,
-                id="pass-retry",
-                replace_existing=True,
-            )
+            self._request_in("pass-retry", delay)
         else:
             if self._pass_errors:
                 log.info("passes work again after %d failed attempt(s)", self._pass_errors)
@@ -485,15 +484,7 @@ class Controller:
         self._schedule_retry(now)
         if result.status == "waiting" and not self._stopping.is_set():
             # a server change waits for the cluster: look again soon, not only at the next resync
-            when = datetime.now(UTC) + timedelta(seconds=WAITING_RECHECK)
-            self._scheduler.add_job(
-                self._request,
-                "date",
-                args=["rollout-wait"],
-                run_date=when,
-                id="rollout-wait",
-                replace_existing=True,
-            )
+            self._request_in("rollout-wait", WAITING_RECHECK)
         self._last_result = result
         self._write_host_states(loaded, result, drift)
         log.info(
@@ -515,15 +506,7 @@ class Controller:
         next_retry = self.backoff.next_retry(now)
         if next_retry is None or self._stopping.is_set():
             return
-        when = datetime.now(UTC) + timedelta(seconds=max(0.0, next_retry - now) + 0.01)
-        self._scheduler.add_job(
-            self._request,
-            "date",
-            args=["backoff-retry"],
-            run_date=when,
-            id="backoff-retry",
-            replace_existing=True,
-        )
+        self._request_in("backoff-retry", max(0.0, next_retry - now) + 0.01)
 
     def _write_host_states(self, loaded: Loaded, result: PassResult, drift: dict[str, int]) -> None:
         now_wall = datetime.now(UTC)
