@@ -36,8 +36,10 @@ class Samples:
 
     def text(self, digits: int | None = None) -> str:
         """``1.23 s (1.10..1.40, n=5)``: median, then min..max and the number of samples."""
-        fmt = _fmt(self.median, digits)
-        return f"{fmt} {self.unit} ({_fmt(self.min, digits)}..{_fmt(self.max, digits)}, n={len(self.values)})"
+        if digits is None:
+            digits = _digits(self.median)
+        low, high = _fmt(self.min, digits), _fmt(self.max, digits)
+        return f"{_fmt(self.median, digits)} {self.unit} ({low}..{high}, n={len(self.values)})"
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -54,16 +56,20 @@ def ratio(peer: Samples, ours: Samples) -> float:
     return peer.median / ours.median if ours.median > 0 else float("inf")
 
 
-def _fmt(value: float, digits: int | None) -> str:
-    if digits is not None:
-        return f"{value:.{digits}f}"
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
+def _digits(value: float) -> int:
+    """Decimals that keep about three significant figures for a value of this size."""
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return 0
+    if magnitude >= 10:
+        return 1
+    if magnitude >= 1 or magnitude == 0:
+        return 2
+    return 3
+
+
+def _fmt(value: float, digits: int | None = None) -> str:
+    return f"{value:.{_digits(value) if digits is None else digits}f}"
 
 
 def machine() -> dict[str, str]:
