@@ -90,6 +90,17 @@ def _root(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+def api_route(path: str) -> str:
+    """A request path as an API route: ``/v1.41/containers/3f2a/start`` -> ``/containers/{id}/start``."""
+    parts = path.split("/")
+    if len(parts) > 1 and parts[1].startswith("v1."):
+        parts = ["", *parts[2:]]
+    collections = ("containers", "images")
+    if len(parts) > 2 and parts[1] in collections and parts[2] not in ("json", "create", "prune"):
+        parts[2] = "{id}"
+    return "/".join(parts)
+
+
 class Connections:
     """One client per host, reused across passes; rebuilt when the endpoint changes."""
 
@@ -113,8 +124,7 @@ class Connections:
     def _counter(self, host: str) -> Any:
         def count(response: Any, *args: Any, **kwargs: Any) -> None:
             method = getattr(response.request, "method", "?")
-            path = urlsplit(getattr(response.request, "path_url", "")).path
-            key = (host, method, path.rsplit("/", 1)[-1] if "/containers/" in path else path)
+            key = (host, method, api_route(urlsplit(getattr(response.request, "path_url", "")).path))
             with self._lock:
                 self.api_calls[key] = self.api_calls.get(key, 0) + 1
 
