@@ -62,6 +62,9 @@ SourceOpt = Annotated[
     typer.Option("--source", help="The same as the SOURCE argument (give either).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+PullOpt = Annotated[
+    bool, typer.Option("--pull/--no-pull", help="Pull images missing on a host (--no-pull: fail instead).")
+]
 DbOpt = Annotated[
     str | None,
     typer.Option(
@@ -285,7 +288,7 @@ def apply(
     db: DbOpt = None,
     max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
     adopt: AdoptOpt = None,
-    pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Pull images missing on a host.")] = True,
+    pull: PullOpt = True,
     stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
 ) -> None:
     """Run one pass: converge every host to the topology, recording each action in the audit log.
@@ -395,6 +398,7 @@ def run(
     ] = 3,
     crashloop_window: Annotated[float, typer.Option(min=1, help="Crash-loop window (s).")] = 300.0,
     stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
+    pull: PullOpt = True,
     events: Annotated[
         bool, typer.Option("--events/--no-events", help="Watch Docker events for drift.")
     ] = True,
@@ -446,7 +450,7 @@ def run(
         crashloop_attempts=crashloop_attempts,
         crashloop_window=crashloop_window,
         watch_events=events,
-        passes=PassOptions(max_removals=max_removals, exec=ExecOptions(stop_timeout=stop_timeout)),
+        passes=PassOptions(max_removals=max_removals, exec=ExecOptions(pull=pull, stop_timeout=stop_timeout)),
     )
     consul_token = None
     if consul_token_file is not None:

@@ -412,3 +412,24 @@ def test_engines_stopped_and_started_in_random_order_during_passes(fleet3: Fleet
     time.sleep(0.5)
     statuses = {s for (s,) in audit_rows(fleet3.db, "SELECT DISTINCT status FROM actions")}
     assert statuses <= {"succeeded", "failed", "skipped"}, statuses
+
+
+def test_no_pull_reports_the_missing_image_per_host_and_keeps_what_runs(
+    fleet3: Fleet, controllers: Any
+) -> None:
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--no-pull")
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    before = fleet3.ids()
+    # With pulling on, this name would be tried against a registry (and fail with "cannot pull").
+    missing = "consul-reconciler-standin/no-such-image:9"
+    fleet3.doc["registrator"]["image"] = missing
+    fleet3.write()
+    query = "SELECT host, error FROM actions WHERE status = 'failed' ORDER BY host"
+    wait_for(lambda: len(audit_rows(fleet3.db, query)) >= 3, 20, "the three failures to be audited")
+    rows = audit_rows(fleet3.db, query)
+    assert {host for host, _ in rows} == {"host1", "host2", "host3"}
+    for host, error in rows:
+        assert error.startswith(f"host {host}: image {missing} is not present and pulling is off"), error
+    assert fleet3.ids() == before
+    assert all_running(fleet3)
