@@ -138,6 +138,14 @@ class DesiredFleet:
     cluster: str
     datacenter: str
     hosts: tuple[DesiredHost, ...]
+    _by_name: dict[str, DesiredHost] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Looked up by name for every observed host (`status`): a dict keeps that O(N), not O(N^2).
+        by_name: dict[str, DesiredHost] = {}
+        for wanted in self.hosts:
+            by_name.setdefault(wanted.name, wanted)  # the first one wins, as a scan would find it
+        object.__setattr__(self, "_by_name", by_name)
 
     def host(self, name: str) -> DesiredHost | None:
-        return next((h for h in self.hosts if h.name == name), None)
+        return self._by_name.get(name)

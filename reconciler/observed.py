@@ -68,6 +68,14 @@ class ObservedHost:
 @dataclass(frozen=True)
 class ObservedFleet:
     hosts: tuple[ObservedHost, ...]
+    _by_name: dict[str, ObservedHost] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The planner looks up every host by name: a dict keeps a pass over N hosts O(N), not O(N^2).
+        by_name: dict[str, ObservedHost] = {}
+        for seen in self.hosts:
+            by_name.setdefault(seen.name, seen)  # the first one wins, as a scan would find it
+        object.__setattr__(self, "_by_name", by_name)
 
     def host(self, name: str) -> ObservedHost | None:
-        return next((h for h in self.hosts if h.name == name), None)
+        return self._by_name.get(name)
