@@ -215,10 +215,10 @@ def test_empty_document_is_rejected(text: bytes) -> None:
     assert one_issue(text).message == "the document is empty"
 
 
-def test_document_over_one_mebibyte_is_rejected_before_parsing() -> None:
+def test_document_over_four_mebibytes_is_rejected_before_parsing() -> None:
     data = b"{" * (MAX_DOCUMENT_BYTES + 1)  # would be malformed, but size comes first
     issue = one_issue(data)
-    assert issue.message == "the document is 1,048,577 bytes; the limit is 1,048,576"
+    assert issue.message == "the document is 4,194,305 bytes; the limit is 4,194,304"
 
 
 def test_document_of_exactly_the_limit_is_accepted() -> None:
