@@ -47,6 +47,9 @@ class SizeResult:
 
     hosts: int
     seconds: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # tool -> scenario -> s
+    # CPU seconds per step: the tool's own processes, and the whole machine (engines included)
+    own_cpu_s: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    machine_cpu_s: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     pass_ms: list[float] = field(default_factory=list)  # ours, in-process no-op pass
     calls_per_host: list[int] = field(default_factory=list)  # ours, Docker requests per host per pass
     request_kinds: list[str] = field(default_factory=list)
@@ -59,6 +62,8 @@ class SizeResult:
         return {
             "hosts": self.hosts,
             "seconds": self.seconds,
+            "own_cpu_s": self.own_cpu_s,
+            "machine_cpu_s": self.machine_cpu_s,
             "pass_ms": self.pass_ms,
             "calls_per_host": self.calls_per_host,
             "request_kinds": self.request_kinds,
@@ -150,19 +155,27 @@ def run_size(
         for name in order:
             tool = make_tool(name, workdir / f"n{size}" / name)
             times = result.seconds.setdefault(name, {s: [] for s in SCENARIOS})
+
+            def record(scenario: str, outcome: peers.Outcome, name: str = name) -> None:
+                result.seconds[name][scenario].append(outcome.seconds)
+                own = result.own_cpu_s.setdefault(name, {s: [] for s in SCENARIOS})
+                own[scenario].append(outcome.own_cpu_s)
+                busy = result.machine_cpu_s.setdefault(name, {s: [] for s in SCENARIOS})
+                busy[scenario].append(outcome.machine_cpu_s)
+
             reset_engines(engines)
             if isinstance(tool, peers.Ours):
                 tool.write_topology(before_doc)
             outcome = peers.run_step(name, tool.converge(before))
             verify(name, "converge", engines, before)
-            times["converge"].append(outcome.seconds)
+            record("converge", outcome)
 
             noop = tool.noop(before)
             if noop is not None:
                 outcome = peers.run_step(name, noop)
                 tool.check_noop(outcome)
                 verify(name, "no-op", engines, before)
-                times["noop"].append(outcome.seconds)
+                record("noop", outcome)
             if isinstance(tool, peers.Ours):
                 durations, calls, kinds = in_process_noop(before_doc, workdir, pass_repeats)
                 result.pass_ms.extend(durations)
@@ -171,7 +184,7 @@ def run_size(
                 tool.write_topology(after_doc)
             outcome = peers.run_step(name, tool.change(before, after))
             verify(name, "change", engines, after)
-            times["change"].append(outcome.seconds)
+            record("change", outcome)
             log(
                 f"  N={size:<3} trial {trial + 1}/{trials} {name:<12} "
                 + "  ".join(f"{s} {times[s][-1]:.2f}s" for s in SCENARIOS if times[s])

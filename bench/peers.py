@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -58,15 +59,30 @@ class Step:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A timed command's wall time and what it printed."""
+    """A timed command's wall time, CPU time (its own processes; the whole machine), and output."""
 
     seconds: float
     output: str
+    own_cpu_s: float = 0.0  # user+system of the command and every child it waited for
+    machine_cpu_s: float = 0.0  # busy CPU time of the whole machine (engines included)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the machine has spent not idle since boot (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_step(tool: str, step: Step, timeout: float = 1800) -> Outcome:
     """Run ``step`` and time it (wall clock, process start to exit); raise PeerError on failure."""
     env = {**os.environ, **step.env}
+    cpu0, busy0 = _children_cpu(), machine_busy_seconds()
     started = time.perf_counter()
     proc = subprocess.run(
         step.argv,
@@ -79,10 +95,11 @@ def run_step(tool: str, step: Step, timeout: float = 1800) -> Outcome:
         check=False,
     )
     seconds = time.perf_counter() - started
+    own, busy = _children_cpu() - cpu0, machine_busy_seconds() - busy0
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-25:])
         raise PeerError(f"{tool}: `{step.display()}` exited {proc.returncode}:\n{tail}")
-    return Outcome(seconds, proc.stdout)
+    return Outcome(seconds, proc.stdout, own, busy)
 
 
 class Tool(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -243,6 +244,43 @@ def _fleet_tables(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _cpu_section(results: Mapping[str, Any]) -> list[str]:
+    """Where the time goes at the largest size: the tool's own CPU and the whole machine's."""
+    big = _largest(results)
+    if big is None or not big.get("own_cpu_s"):
+        return []
+    cores = os.cpu_count() or 1
+    out = [
+        "",
+        f"### Where the time goes at {big['hosts']} hosts",
+        "",
+        f"CPU seconds during each step (medians): the tool's own processes (`ours` includes its Python "
+        f"start-up), and the whole machine's busy time, engines included. The machine has {cores} cores, "
+        f"so a step whose machine CPU is close to {cores} x its wall time was bounded by the CPU that "
+        "every engine shares here, not by the tool; on real hosts each engine has its own.",
+        "",
+    ]
+    rows = []
+    for tool in (*PEERS, "ours"):
+        for scenario in SCENARIO_TITLES:
+            wall = _samples(big["seconds"].get(tool, {}).get(scenario), "s")
+            own = _samples(big["own_cpu_s"].get(tool, {}).get(scenario), "s")
+            busy = _samples(big["machine_cpu_s"].get(tool, {}).get(scenario), "s")
+            if wall is None or own is None or busy is None:
+                continue
+            rows.append(
+                (
+                    TOOL_TITLES.get(tool, tool),
+                    scenario,
+                    f"{wall.median:.2f}",
+                    f"{own.median:.2f}",
+                    f"{busy.median:.2f}",
+                    f"{busy.median / (wall.median * cores):.0%}",
+                )
+            )
+    return out + _table(["tool", "step", "wall s", "own CPU s", "machine CPU s", "machine busy"], rows)
+
+
 def _controller_section(results: Mapping[str, Any]) -> list[str]:
     c = results.get("controller")
     if not c:
@@ -353,6 +391,7 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
             f"![converge, no-op and change times by fleet size]({chart_name})",
         ]
         out += _fleet_tables(results)
+        out += _cpu_section(results)
     out += _controller_section(results)
     out += _scale_section(results)
     for note in results.get("notes") or []:
