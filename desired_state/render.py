@@ -15,6 +15,7 @@ the agents already running.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from desired_state.model import Host, NetworkMode, Role, Topology
@@ -119,8 +120,15 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
 
 def agent_http_address(topology: Topology, host: Host) -> str:
     """Where Registrator (on the host network) reaches the agent's HTTP API."""
-    client = ipaddress.ip_address(host.client_address or topology.consul.client_address)
-    return host.advertise if client.is_unspecified else str(client)
+    return _client_address(host.client_address or topology.consul.client_address) or host.advertise
+
+
+@functools.lru_cache(maxsize=256)
+def _client_address(text: str) -> str | None:
+    """The client address in its normal form, or None if it is unspecified (0.0.0.0, ::). Cached:
+    rendering asks three times per host, and most fleets have one client address for all."""
+    client = ipaddress.ip_address(text)
+    return None if client.is_unspecified else str(client)
 
 
 def agent_http(topology: Topology, host: Host) -> str:
