@@ -95,8 +95,9 @@ def api_route(path: str) -> str:
     parts = path.split("/")
     if len(parts) > 1 and parts[1].startswith("v1."):
         parts = ["", *parts[2:]]
-    collections = ("containers", "images")
-    if len(parts) > 2 and parts[1] in collections and parts[2] not in ("json", "create", "prune"):
+    if len(parts) > 3 and parts[1] == "images":  # an image name may hold slashes: repo/name:tag
+        parts = ["", "images", "{name}", parts[-1]]
+    elif len(parts) > 2 and parts[1] == "containers" and parts[2] not in ("json", "create", "prune"):
         parts[2] = "{id}"
     return "/".join(parts)
 
