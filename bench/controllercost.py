@@ -23,13 +23,14 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
 import yaml
 
 from bench.peers import VENV_BIN, PeerError
+from reconciler.audit import ActionFilter, AuditLog
 from tests.fleet import Engine
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -42,7 +43,8 @@ class ControllerCost:
     window_seconds: float
     rss_mb: list[float] = field(default_factory=list)  # one sample a second while idle
     cpu_s_per_hour: list[float] = field(default_factory=list)  # one per window
-    detection_ms: list[float] = field(default_factory=list)
+    detection_ms: list[float] = field(default_factory=list)  # removed -> replacement running
+    trigger_ms: list[float] = field(default_factory=list)  # removed -> the repair action starts
     startup_converge_s: float = 0.0
 
     def as_json(self) -> dict[str, object]:
@@ -137,7 +139,8 @@ def measure(
                 + ", ".join(f"{c:.1f}" for c in cost.cpu_s_per_hour)
                 + " s/hour"
             )
-            _detect(engines, proc, cost, detect_trials)
+            with contextlib.closing(AuditLog(str(workdir / "audit.db"))) as audit:
+                _detect(engines, proc, audit, cost, detect_trials)
             log(f"  detection: {', '.join(f'{d:.0f}' for d in cost.detection_ms)} ms")
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -163,7 +166,11 @@ def _idle(proc: subprocess.Popen[bytes], cost: ControllerCost, idle_seconds: flo
 
 
 def _detect(
-    engines: Sequence[Engine], proc: subprocess.Popen[bytes], cost: ControllerCost, trials: int
+    engines: Sequence[Engine],
+    proc: subprocess.Popen[bytes],
+    audit: AuditLog,
+    cost: ControllerCost,
+    trials: int,
 ) -> None:
     for trial in range(trials):
         engine = engines[(trial * 7 + 1) % len(engines)]
@@ -185,4 +192,8 @@ def _detect(
             _wait(f"{engine.name}/{name} replaced", replaced, 60, proc)
             started = _started_at(client.api.inspect_container(name)["State"]["StartedAt"])
         cost.detection_ms.append((started - removed_at) * 1e3)
+        [row] = audit.actions(ActionFilter(host=engine.name, kind="create", limit=1))
+        if row.container != name:
+            raise PeerError(f"controller: the last create on {engine.name} was {row.container}, not {name}")
+        cost.trigger_ms.append((row.started_at.astimezone(UTC).timestamp() - removed_at) * 1e3)
         time.sleep(1.0)  # let the follow-up pass settle before the next removal

@@ -311,6 +311,11 @@ def _controller_section(results: Mapping[str, Any]) -> list[str]:
                 "no process between runs",
             ),
             (
+                "drift noticed: container removed by hand -> the repair action starts",
+                _cell(_samples(c.get("trigger_ms"), "ms"), "ms"),
+                "N/A: nothing is watching",
+            ),
+            (
                 "detection: container removed by hand -> replacement running",
                 detection.text(),
                 "N/A: a shell loop, compose or a playbook repairs nothing until someone runs it again",
