@@ -227,6 +227,11 @@ class ActionModel(Base):
         Index("ix_actions_host_started_at", "host", "started_at"),
         Index("ix_actions_status_started_at", "status", "started_at"),
         Index("ix_actions_started_at", "started_at"),
+        # `audit --host H --status S`, `--node N`, `--kind K`: an index seek each, in started_at order
+        # (without them, a host or node with few matching rows meant a walk over the whole table).
+        Index("ix_actions_host_status_started_at", "host", "status", "started_at"),
+        Index("ix_actions_node_started_at", "node", "started_at"),
+        Index("ix_actions_kind_started_at", "kind", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)

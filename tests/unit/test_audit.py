@@ -113,6 +113,9 @@ def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Pa
         "ix_actions_host_started_at": ["host", "started_at"],
         "ix_actions_status_started_at": ["status", "started_at"],
         "ix_actions_started_at": ["started_at"],
+        "ix_actions_host_status_started_at": ["host", "status", "started_at"],
+        "ix_actions_node_started_at": ["node", "started_at"],
+        "ix_actions_kind_started_at": ["kind", "started_at"],
     }
     assert {ix["name"] for ix in insp.get_indexes("runs")} == {"ix_runs_cluster_id_started_at"}
 
@@ -706,7 +709,7 @@ def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- parse_since
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 @pytest.mark.parametrize(
