@@ -48,7 +48,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.pool.base import ConnectionPoolEntry
@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_DB_ENV",
     "MIGRATIONS_DIR",
     "RUN_STATUSES",
+    "SCHEMA_REVISION",
     "ActionFilter",
     "ActionRow",
     "AuditLog",
@@ -532,6 +533,22 @@ _MIGRATION_LOCK = threading.Lock()
 _PG_MIGRATION_LOCK_KEY: Final = 0x636F6E73756C  # "consul"
 
 
+# The Alembic revision these models match (the newest file in migrations/versions). A database
+# already there is opened without importing Alembic at all: that import is about 130 ms and 11 MB
+# of resident memory, paid by every `apply` and every controller otherwise.
+SCHEMA_REVISION: Final = "0005"
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    """The database's Alembic revision, or None (a new database, or one Alembic never touched)."""
+    try:
+        with engine.connect() as connection:
+            value = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError:
+        return None
+    return str(value) if value is not None else None
+
+
 def _migrate(engine: Engine) -> None:
     """Upgrade the database behind ``engine`` to the head revision, in one transaction."""
     from alembic import command
@@ -566,7 +583,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self._closed = False
         try:
-            _migrate(write_engine)
+            if _stored_revision(self._engine) != SCHEMA_REVISION:
+                _migrate(write_engine)
         except BaseException:
             self._engine.dispose()
             raise

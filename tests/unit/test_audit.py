@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, inspect, text
 from reconciler.audit import (
     DEFAULT_DB_ENV,
     MIGRATIONS_DIR,
+    SCHEMA_REVISION,
     ActionFilter,
     ActionRow,
     AuditLog,
@@ -709,7 +710,7 @@ def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- parse_since
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-HEAD_REVISION = "0005"
+HEAD_REVISION = SCHEMA_REVISION
 
 
 @pytest.mark.parametrize(
@@ -825,3 +826,33 @@ def test_kept_documents_last_known_good_history_and_lookup(db_path: Path) -> Non
         assert row is not None and (row.lock_holder, row.lock_index) == ("sess-1", 7)
     finally:
         log.close()
+
+
+OPEN_WITHOUT_ALEMBIC = """
+import sys
+from reconciler.audit import AuditLog
+AuditLog(sys.argv[1]).close()
+print("alembic" in sys.modules)
+"""
+
+
+def test_an_up_to_date_database_opens_without_alembic(db_path: Path) -> None:
+    def opens_with_alembic() -> bool:
+        done = subprocess.run(
+            [sys.executable, "-c", OPEN_WITHOUT_ALEMBIC, str(db_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip() == "True"
+
+    assert opens_with_alembic()  # a new database: the migrations run
+    assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
+    assert not opens_with_alembic()  # at head: no Alembic
+    with sqlite3.connect(db_path) as db:  # an older revision: upgraded again
+        db.execute("UPDATE alembic_version SET version_num = '0004'")
+        for index in ("host_status_started_at", "node_started_at", "kind_started_at"):  # what 0005 added
+            db.execute(f"DROP INDEX ix_actions_{index}")
+    assert opens_with_alembic()
+    assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
