@@ -13,12 +13,15 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from desired_state.model import Topology
+from desired_state.render import render
+from desired_state.spec import DesiredFleet
 
 MAX_DOCUMENT_BYTES = 4 << 20  # 4 MiB: 10,000 hosts in the style of examples/blog.yaml are ~1.3 MiB
 MAX_DEPTH = 32
@@ -58,6 +61,11 @@ class Loaded:
     warnings: list[Issue]
     digest: str  # sha256 of the document's bytes: which version was applied
     text: str = ""  # the document itself (secrets appear in it only as references)
+
+    @cached_property
+    def fleet(self) -> DesiredFleet:
+        """The containers this document asks for, rendered once per document, not once per pass."""
+        return render(self.topology)
 
 
 def digest_of(data: bytes) -> str:

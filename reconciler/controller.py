@@ -32,7 +32,6 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
-from desired_state.render import render
 from desired_state.spec import Endpoint
 from reconciler.audit import AuditLog, HostState
 from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
@@ -252,7 +251,7 @@ class Controller:
         if not self.options.watch_events:
             return
         cluster = loaded.topology.cluster
-        wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in render(loaded.topology).hosts}
+        wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in loaded.fleet.hosts}
         for host, watcher in list(self._watchers.items()):
             if wanted.get(host) != watcher.endpoint:
                 watcher.stop()
@@ -368,12 +367,18 @@ class Controller:
             return self._last_valid or self._kept()
         self._source_error = None
         self.metrics.desired_state_source_up.set(1)
-        try:
-            loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
-        except TopologyError as exc:
-            self._reject(digest_of(data), "; ".join(str(i) for i in exc.issues))
-            return self._last_valid or self._kept()
-        if self._last_valid is None or loaded.digest != self._last_valid.digest:
+        digest = digest_of(data)
+        if self._last_valid is not None and digest == self._last_valid.digest:
+            # The same bytes as the document in force: parsing and validating them again would give
+            # the same result (a 10,000-host YAML document takes seconds to parse), and the rendered
+            # fleet is kept with it.
+            loaded = self._last_valid
+        else:
+            try:
+                loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
+            except TopologyError as exc:
+                self._reject(digest, "; ".join(str(i) for i in exc.issues))
+                return self._last_valid or self._kept()
             log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
         self._last_valid = loaded
         self._enforcing_kept = None
@@ -534,7 +539,7 @@ class Controller:
         prefix = f"{self.options.status_prefix.rstrip('/')}/{loaded.topology.cluster}"
         states = self.audit.host_states(loaded.topology.cluster)
         consul = self.source.consul
-        for host in render(loaded.topology).hosts:
+        for host in loaded.fleet.hosts:
             seen = result.observed.host(host.name)
             state = states.get(host.name)
             doc = {

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from desired_state.load import Loaded
-from desired_state.render import render
 from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
 from reconciler.audit import AuditLog
@@ -89,7 +88,7 @@ def compute_plan(
     options: PassOptions,
     deferred: Mapping[str, str] | None = None,
 ) -> tuple[DesiredFleet, ObservedFleet, Plan]:
-    desired = render(loaded.topology)
+    desired = loaded.fleet
     deferred = dict(deferred or {})
     endpoints = {h: e for h, e in endpoints_to_observe(desired, audit).items() if h not in deferred}
     wanted = {h.name: [s.name for s in h.specs] for h in desired.hosts}

@@ -755,3 +755,15 @@ def test_a_secret_in_extra_args_is_rejected_without_echoing_it() -> None:
             load_topology(as_json(doc(consul={"extra_args": args})))
         assert "is set by the topology itself" in str(caught.value)
         assert GOSSIP_32 not in str(caught.value)
+
+
+def test_loaded_renders_its_fleet_once() -> None:
+    from desired_state.render import render
+
+    doc = (
+        b"cluster: c1\nconsul: {image: 'consul:1.15'}\nhosts:\n"
+        b"  - {name: n1, docker: 'unix:///x.sock', advertise: 127.0.0.1, role: server}\n"
+    )
+    loaded = load_topology(doc)
+    assert loaded.fleet == render(loaded.topology)
+    assert loaded.fleet is loaded.fleet  # cached: a pass does not render again
