@@ -120,10 +120,15 @@ class Tool(Protocol):
         ...
 
 
-def _docker_run_args(spec: ContainerSpec) -> list[str]:
-    """``docker run`` arguments that make exactly this container (as the product would)."""
+def _no_secrets(spec: ContainerSpec) -> ContainerSpec:
     if spec.secret_files:
         raise PeerError(f"{spec.host}/{spec.name}: the peers get no secrets in this benchmark")
+    return spec
+
+
+def _docker_run_args(spec: ContainerSpec) -> list[str]:
+    """``docker run`` arguments that make exactly this container (as the product would)."""
+    _no_secrets(spec)
     args = [
         "run",
         "-d",
@@ -201,9 +206,7 @@ class Compose:
 
     def _project(self, host: str, specs: Sequence[ContainerSpec]) -> Path:
         services: dict[str, object] = {}
-        for spec in specs:
-            if spec.secret_files:
-                raise PeerError(f"{spec.host}/{spec.name}: the peers get no secrets in this benchmark")
+        for spec in map(_no_secrets, specs):
             service: dict[str, object] = {
                 "image": spec.image,
                 "container_name": spec.name,
@@ -281,9 +284,7 @@ class Ansible:
         hosts: dict[str, object] = {}
         for host in fleet.hosts:
             containers = []
-            for spec in host.specs:
-                if spec.secret_files:
-                    raise PeerError(f"{spec.host}/{spec.name}: the peers get no secrets in this benchmark")
+            for spec in map(_no_secrets, host.specs):
                 containers.append(
                     {
                         "name": spec.name,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from desired_state.model import SecretRef
 
@@ -133,6 +134,22 @@ class DesiredHost:
     specs: tuple[ContainerSpec, ...]
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+NamedT = TypeVar("NamedT", bound=_Named)
+
+
+def index_by_name(items: Iterable[NamedT]) -> dict[str, NamedT]:
+    """The items by name; of two with one name the first wins, as a scan from the start finds it."""
+    by_name: dict[str, NamedT] = {}
+    for item in items:
+        by_name.setdefault(item.name, item)
+    return by_name
+
+
 @dataclass(frozen=True)
 class DesiredFleet:
     cluster: str
@@ -142,10 +159,7 @@ class DesiredFleet:
 
     def __post_init__(self) -> None:
         # Looked up by name for every observed host (`status`): a dict keeps that O(N), not O(N^2).
-        by_name: dict[str, DesiredHost] = {}
-        for wanted in self.hosts:
-            by_name.setdefault(wanted.name, wanted)  # the first one wins, as a scan would find it
-        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_name", index_by_name(self.hosts))
 
     def host(self, name: str) -> DesiredHost | None:
         return self._by_name.get(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from desired_state.spec import Endpoint
+from desired_state.spec import Endpoint, index_by_name
 from reconciler import labels as L
 
 
@@ -72,10 +72,7 @@ class ObservedFleet:
 
     def __post_init__(self) -> None:
         # The planner looks up every host by name: a dict keeps a pass over N hosts O(N), not O(N^2).
-        by_name: dict[str, ObservedHost] = {}
-        for seen in self.hosts:
-            by_name.setdefault(seen.name, seen)  # the first one wins, as a scan would find it
-        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_name", index_by_name(self.hosts))
 
     def host(self, name: str) -> ObservedHost | None:
         return self._by_name.get(name)
