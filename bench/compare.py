@@ -93,9 +93,9 @@ def collect_scale(plan_hosts: list[int], rows: int, trials: int, workdir: Path) 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        results = json.loads(args.json.read_text())
-        report.write(results, args.markdown, args.chart)
-        print(report.summary(results))
+        saved = json.loads(args.json.read_text())
+        report.write(saved, args.markdown, args.chart)
+        print(report.summary(saved))
         return 0
 
     from reconciler.logs import setup_logging

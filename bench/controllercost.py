@@ -50,10 +50,6 @@ class ControllerCost:
     def as_json(self) -> dict[str, object]:
         return dict(self.__dict__)
 
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> ControllerCost:
-        return cls(**data)  # type: ignore[arg-type]
-
 
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -27,7 +27,6 @@ from pathlib import Path
 import yaml
 
 from bench import peers
-from bench.stats import Samples
 from desired_state.load import load_topology
 from desired_state.model import Topology
 from desired_state.render import render
@@ -54,10 +53,6 @@ class SizeResult:
     calls_per_host: list[int] = field(default_factory=list)  # ours, Docker requests per host per pass
     request_kinds: list[str] = field(default_factory=list)
 
-    def samples(self, tool: str, scenario: str) -> Samples | None:
-        values = self.seconds.get(tool, {}).get(scenario)
-        return Samples.of("s", values) if values else None
-
     def as_json(self) -> dict[str, object]:
         return {
             "hosts": self.hosts,
@@ -68,10 +63,6 @@ class SizeResult:
             "calls_per_host": self.calls_per_host,
             "request_kinds": self.request_kinds,
         }
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> SizeResult:
-        return cls(**data)  # type: ignore[arg-type]
 
 
 def topologies(engines: Sequence[Engine], data_root: Path) -> tuple[dict[str, object], dict[str, object]]:

@@ -395,7 +395,7 @@ def _scale_section(results: Mapping[str, Any]) -> list[str]:
     if audit:
         out += ["", f"The audit log on SQLite with {audit.get('rows', 0):,} action rows:", ""]
         rows = [
-            (_audit_label(key, audit), _cell(_from_json(value), ""))
+            [_audit_label(key, audit), _cell(_from_json(value), "")]
             for key, value in audit.items()
             if isinstance(value, dict) and "samples" in value and not key.endswith("_rows")
         ]
@@ -466,8 +466,9 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
     tools = [*PEERS, "ours", "ours-pass"]
     for ax, (scenario, title) in zip(axes, SCENARIO_TITLES.items(), strict=True):
         for tool in tools:
-            points = [(s["hosts"], fleet_figure(s, tool, scenario)) for s in sizes]
-            points = [(n, f) for n, f in points if f is not None]
+            points = [
+                (s["hosts"], figure) for s in sizes if (figure := fleet_figure(s, tool, scenario)) is not None
+            ]
             if not points:
                 continue
             xs = [n for n, _ in points]
