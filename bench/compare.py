@@ -71,6 +71,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def startup_seconds(repeats: int) -> list[float]:
+    """What any `consul-reconciler` command pays before doing anything: the interpreter starting and
+    importing the CLI (SQLAlchemy, docker-py, pydantic, typer), as a new process each time."""
+    import subprocess
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import reconciler.cli"], check=True)
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def collect_scale(plan_hosts: list[int], rows: int, trials: int, workdir: Path) -> dict[str, object]:
     """The Docker-free figures of bench/scale.py, as JSON."""
     from bench import scale
@@ -126,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for tool in args.tools:
             peers.require(tool)
+        results["startup_s"] = startup_seconds(args.pass_repeats)
         sizes = []
         for size in sorted(args.sizes):
             _log(f"fleet of {size} hosts, {args.trials} trials, tools {' '.join(args.tools)}")

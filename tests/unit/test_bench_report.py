@@ -70,3 +70,21 @@ def test_markdown_says_what_has_no_figure() -> None:
     assert "N/A: a shell loop, compose or a playbook repairs nothing until someone runs it again" in text
     assert "ours 2.0x slower" in text  # shell converge 2 s vs ours 4 s
     assert "![converge, no-op and change times by fleet size](chart.png)" in text
+
+
+def test_reading_says_when_the_shared_cpu_was_the_bound() -> None:
+    import os
+
+    cores = os.cpu_count() or 1
+    results = _results(ansible_converge=30.0, calls=[1] * 30)
+    size = results["fleet"][0]
+    size["own_cpu_s"] = {"ours": {"converge": [1.0], "noop": [0.4], "change": [0.2]}}
+    # converge: 4 s wall on a fully busy machine; change: 3 s wall with the machine mostly idle
+    size["machine_cpu_s"] = {"ours": {"converge": [4.0 * cores], "noop": [0.5], "change": [0.3 * cores]}}
+    results["startup_s"] = [0.4, 0.41, 0.39]
+    text = markdown(results, "chart.png")
+    converge = next(line for line in text.splitlines() if line.startswith("- **ours, converge"))
+    change = next(line for line in text.splitlines() if line.startswith("- **ours, one change"))
+    assert "100% busy" in converge and "the bound here is the CPU every engine shares" in converge
+    assert "10% busy" in change and "the bound here" not in change
+    assert "0.400 s (0.390..0.410, n=3) on its own" in text and "80% of the no-op `apply`" in text
