@@ -767,3 +767,87 @@ def test_loaded_renders_its_fleet_once() -> None:
     loaded = load_topology(doc)
     assert loaded.fleet == render(loaded.topology)
     assert loaded.fleet is loaded.fleet  # cached: a pass does not render again
+
+
+CORPUS_YAML = [*sorted((ROOT / "tests" / "corpus").glob("*/*.yaml")), ROOT / "examples" / "blog.yaml"]
+
+
+@pytest.mark.parametrize("path", CORPUS_YAML, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_libyaml_reads_what_the_pure_loader_reads_or_leaves_it_to_it(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from desired_state import load as load_module
+
+    assert load_module._FAST_LOADER is yaml.CSafeLoader  # the speed-up is really in use here
+    text = path.read_bytes().decode("utf-8", errors="replace")  # load_topology refuses bad UTF-8 first
+    fast = load_module._parse_yaml_fast(yaml.CSafeLoader, text)
+    monkeypatch.setattr(load_module, "_FAST_LOADER", None)
+    try:
+        pure: Any = load_module._parse_yaml(text, path.name)
+    except TopologyError:
+        pure = None  # the pure loader reports it; libyaml must have left it to it
+    assert fast == pure  # the same data and the same line for every path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x 1\nb: *x\n",  # an alias
+        "a: 1\na: 2\n",  # a duplicate key
+        "a: [1, 2\n",  # a syntax error
+        "",  # nothing
+    ],
+)
+def test_libyaml_leaves_everything_to_report_to_the_pure_loader(text: str) -> None:
+    from desired_state import load as load_module
+
+    assert load_module._parse_yaml_fast(yaml.CSafeLoader, text) is None
+
+
+def _random_value(rng: Any, depth: int = 0) -> Any:
+    scalars = ["yes", "no", "on", "0x1F", "1e3", "2026-01-01", "~", "null", "a: b", "- x", "#c", "é", "\t"]
+    kind = rng.randrange(6 if depth < 4 else 3)
+    if kind == 0:
+        return rng.choice(scalars) + rng.choice(["", "z", " q"])
+    if kind == 1:
+        return rng.choice([rng.randint(-5, 5), rng.random(), True, None])
+    if kind == 2:
+        return "".join(rng.choice("ab:-#'\" {}[],&*!|>%@`\\\n") for _ in range(rng.randrange(6)))
+    if kind == 3:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {
+        f"k{i}{rng.choice(['', ':', ' x'])}": _random_value(rng, depth + 1) for i in range(rng.randrange(4))
+    }
+
+
+def test_libyaml_never_reads_a_document_differently_from_the_pure_loader() -> None:
+    """Seeded random documents, dumped in block and flow style, some then damaged: wherever the pure
+    loader reads a document, the fast path reads the same data and lines, or leaves it to it."""
+    import random
+
+    from desired_state import load as load_module
+
+    rng = random.Random(20261127)
+    compared = 0
+    for _ in range(400):
+        text = yaml.safe_dump({"doc": _random_value(rng)}, default_flow_style=rng.choice([False, True, None]))
+        if rng.random() < 0.4:  # damage it: drop, repeat or insert a character
+            at = rng.randrange(len(text))
+            text = text[:at] + rng.choice(["", text[at], "\t", ":", "*a", "&a "]) + text[at + 1 :]
+        fast = load_module._parse_yaml_fast(yaml.CSafeLoader, text)
+        try:
+            loader = load_module._StrictLoader(text)
+            try:
+                node = loader.get_single_node()
+                lines: dict[str, int] = {}
+                if node is not None:
+                    load_module._map_lines(node, "", lines)
+                pure = (loader.construct_document(node), lines) if node is not None else None
+            finally:
+                loader.dispose()
+        except yaml.YAMLError:
+            continue  # the pure loader refuses it: libyaml may take it (it is the more lenient)
+        if fast is not None:
+            compared += 1
+            assert fast == pure, text
+    assert compared > 200  # most documents were really compared
