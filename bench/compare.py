@@ -71,6 +71,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def code_version() -> str:
+    """The commit measured, marked when the product's code differs from it."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "desired_state", "reconciler", "pyproject.toml")
+    return commit + (" with uncommitted changes to the product" if changed else "")
+
+
 def startup_seconds(repeats: int) -> list[float]:
     """What any `consul-reconciler` command pays before doing anything: the interpreter starting and
     importing the CLI (SQLAlchemy, docker-py, pydantic, typer), as a new process each time."""
@@ -119,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "command": command.strip(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": code_version(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     started = time.monotonic()

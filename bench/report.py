@@ -509,7 +509,8 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
         "peers measured side by side with ours on the same engines and images. Figures are medians "
         'with (min..max, n = samples). "ours Nx faster" is the peer\'s median over ours.',
         "",
-        f"- Run: {results.get('started', '?')}, {results.get('duration_s', '?')} s in all",
+        f"- Run: {results.get('started', '?')}, {results.get('duration_s', '?')} s in all, "
+        f"of the code at commit {results.get('commit', '?')}",
         f"- Machine: {m.get('cpu')}, {m.get('memory')}, Linux {m.get('kernel')}, Python {m.get('python')}",
         "- Tools: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- Reproduce: `bash bench/run.sh` (installs the peers, then runs `{results.get('command')}`)",
@@ -568,7 +569,15 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
             med = [f.median for _, f in points]
             low = [f.median - f.min for _, f in points]
             high = [f.max - f.median for _, f in points]
-            ax.errorbar(xs, med, yerr=[low, high], marker="o", capsize=3, label=TOOL_TITLES.get(tool, tool))
+            ax.errorbar(
+                xs,
+                med,
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                color=f"C{tools.index(tool)}",  # one colour per tool in every panel
+                label=TOOL_TITLES.get(tool, tool),
+            )
         ax.set_title(title)
         ax.set_xlabel("hosts (real Docker engines)")
         ax.set_xscale("log")
@@ -577,10 +586,13 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("seconds, median (bars: min..max)")
-    handles, labels = axes[1].get_legend_handles_labels()  # the no-op panel has every series
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    legend: dict[str, Any] = {}
+    for ax in axes:  # every series once, whichever panels it appears in
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle("consul-reconciler vs the tools people use today (lower is better)")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
