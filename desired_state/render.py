@@ -151,7 +151,8 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
         command += ["-deregister", settings.deregister]
     if settings.tags:
         command += ["-tags", ",".join(settings.tags)]
-    command.append(f"consul://{agent_http(topology, host)}")
+    http = agent_http(topology, host)
+    command.append(f"consul://{http}")
     return ContainerSpec(
         host=host.name,
         name=topology.names.registrator,
@@ -160,6 +161,6 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
         image=settings.image,
         command=tuple(command),
         mounts=(Mount(host.socket_path, REGISTRATOR_SOCKET),),
-        agent_http=agent_http(topology, host),
+        agent_http=http,
         network_mode="host",
     )

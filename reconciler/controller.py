@@ -271,7 +271,7 @@ class Controller:
             self.run_pass(request)
         except Exception as exc:
             self._pass_errors += 1
-            delay = min(self.options.backoff.cap, self.options.backoff.base * 2 ** min(self._pass_errors, 16))
+            delay = self.options.backoff.delay(self._pass_errors, self.backoff.rng)
             self._pass_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             self.metrics.passes.labels("error").inc()
             log.error(

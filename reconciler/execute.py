@@ -139,7 +139,7 @@ class Executor:
         """A gated disruption of a server: before it, every other server healthy; after it, the
         replacement (or the smaller cluster) healthy for the stabilisation time, within the deadline."""
         assert self._gates is not None
-        down = action.observed is not None and action.observed.state not in ("running", "restarting")
+        down = _down(action)
         # A server already down: bringing it back (even with a new spec) is a repair, not a disruption;
         # it is what restores quorum when a second server was lost meanwhile.
         hold = None if down and not self._paused else self._server_hold
