@@ -15,54 +15,24 @@ Run it on a fleet of its own, so that it does not disturb other integration runs
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import socket
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import docker.errors
 import pytest
 from docker.models.containers import Container
 
+from tests import agentprobe
 from tests.agent_image import AGENT_IMAGE_1, AGENT_IMAGE_2, AGENT_VERSIONS, SOURCE_LABEL, ensure_agent_images
 from tests.fleet import Engine
 
 NAME = "standin-consul-agent"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-T = TypeVar("T")
-
-
-def call(address: str, path: str, method: str = "GET") -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://{address}:8500{path}", method=method)
-    try:
-        with _OPENER.open(request, timeout=3) as response:
-            status, raw = int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = int(error.code), error.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except ValueError:
-        return status, raw.decode()
-
-
-def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-            last = result
-        except (AssertionError, OSError, KeyError) as error:
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s; last: {last!r}")
-        time.sleep(0.1)
+call = agentprobe.call
+# Containers start and gossip at the image's default timings: give them longer than the processes.
+eventually = functools.partial(agentprobe.eventually, timeout=20.0, interval=0.1)
 
 
 def _port_free(address: str) -> bool:

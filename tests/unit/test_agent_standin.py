@@ -9,7 +9,6 @@ how the processes exit.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -17,21 +16,18 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.agent_standin import REFUSE_MARKER, parse_flags
+from tests.agentprobe import call, eventually
 
 STANDIN = Path(__file__).resolve().parents[1] / "agent_standin.py"
 TIMINGS = {"STANDIN_STABILIZE": "1", "STANDIN_GOSSIP_INTERVAL": "0.1", "STANDIN_FAILURE_TIMEOUT": "0.5"}
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _next_octet = random.randrange(100, 200)
-T = TypeVar("T")
 
 
 def _free_address() -> str:
@@ -48,39 +44,6 @@ def _free_address() -> str:
                 continue
         return address
     raise RuntimeError("no free 127.0.10.100-199 address with port 8500")
-
-
-def call(address: str, path: str, method: str = "GET") -> tuple[int, Any]:
-    """(status, decoded JSON body, or the text when it is not JSON, or None when empty)."""
-    request = urllib.request.Request(f"http://{address}:8500{path}", method=method)
-    try:
-        with _OPENER.open(request, timeout=3) as response:
-            status, raw = int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = int(error.code), error.read()
-    if not raw:
-        return status, None
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
-
-
-def eventually(probe: Callable[[], T], timeout: float = 6.0, what: str = "condition") -> T:
-    """The first truthy result of ``probe`` (AssertionError and OSError count as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-            if result:
-                return result
-            last = result
-        except (AssertionError, OSError) as error:
-            last = error
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s; last: {last!r}")
-        time.sleep(0.05)
 
 
 class Standin:
