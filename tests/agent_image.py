@@ -36,7 +36,16 @@ import docker
 import docker.errors
 
 from tests.baseimage import BASE_IMAGE, IMPORT_TIMEOUT, ensure_base_image
-from tests.fleet import STANDIN_LABEL, Engine, FleetError, _copy_images, _file_lock, _parallel, ensure_engines
+from tests.fleet import (
+    STANDIN_LABEL,
+    Engine,
+    FleetError,
+    _copy_images,
+    _file_lock,
+    _parallel,
+    build_image,
+    ensure_engines,
+)
 
 AGENT_IMAGE_1 = "consul-reconciler-standin/consul-agent:1"
 AGENT_IMAGE_2 = "consul-reconciler-standin/consul-agent:2"
@@ -95,23 +104,10 @@ def is_current(engine: Engine, tag: str) -> bool:
 
 def build_agent_image(engine: Engine, tag: str, base: str = BASE_IMAGE) -> None:
     """``docker build -t TAG`` of the stand-in on one engine (which must have ``base``)."""
-    output: list[str] = []
     with contextlib.closing(docker.DockerClient(base_url=engine.url, timeout=IMPORT_TIMEOUT)) as client:
-        for chunk in client.api.build(
-            fileobj=_context(tag, base),
-            custom_context=True,
-            tag=tag,
-            rm=True,
-            forcerm=True,
-            network_mode="none",
-            decode=True,
-        ):
-            if "error" in chunk:
-                log = "".join(output)
-                raise FleetError(f"building {tag} on {engine.name} failed: {chunk['error']}\n{log}")
-            output.append(str(chunk.get("stream", "")))
+        output = build_image(client, _context(tag, base), tag, f" on {engine.name}")
     if not is_current(engine, tag):
-        raise FleetError(f"building {tag} on {engine.name} did not tag a current image:\n{''.join(output)}")
+        raise FleetError(f"building {tag} on {engine.name} did not tag a current image:\n{output}")
 
 
 def _copy_from(source: Engine, tag: str, target: Engine) -> None:

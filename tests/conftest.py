@@ -22,42 +22,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def fleet() -> list[Engine]:
-    """Three running Docker engines (host1..host3) with the stand-in images, reused across sessions."""
+def _engines(count: int) -> list[Engine]:
+    """``count`` running engines with the stand-in images; a missing engine fails the test."""
     try:
-        engines = ensure_engines(FLEET_SIZE)
+        engines = ensure_engines(count)
         ensure_standin_images(engines)
     except FleetError as error:
         pytest.fail(f"the Docker test fleet could not be brought up: {error}", pytrace=False)
     return engines
 
 
-@pytest.fixture
-def clean_fleet(fleet: list[Engine]) -> list[Engine]:
-    """The fleet with every engine running (a stopped one is started again) and no containers."""
+def _cleaned(engines: list[Engine]) -> list[Engine]:
+    """The engines all running (a stopped one is started again) and without containers."""
     try:
-        reset_engines(fleet)
+        reset_engines(engines)
     except FleetError as error:
         pytest.fail(f"the Docker test fleet could not be reset: {error}", pytrace=False)
-    return fleet
+    return engines
+
+
+@pytest.fixture(scope="session")
+def fleet() -> list[Engine]:
+    """Three running Docker engines (host1..host3) with the stand-in images, reused across sessions."""
+    return _engines(FLEET_SIZE)
+
+
+@pytest.fixture
+def clean_fleet(fleet: list[Engine]) -> list[Engine]:
+    """The fleet with every engine running and no containers."""
+    return _cleaned(fleet)
 
 
 @pytest.fixture(scope="session")
 def fleet5() -> list[Engine]:
     """Five engines (host1..host5), for server rollouts of 3 and 5 servers."""
-    try:
-        engines = ensure_engines(5)
-        ensure_standin_images(engines)
-    except FleetError as error:
-        pytest.fail(f"the Docker test fleet could not be brought up: {error}", pytrace=False)
-    return engines
+    return _engines(5)
 
 
 @pytest.fixture
 def clean_fleet5(fleet5: list[Engine]) -> list[Engine]:
-    try:
-        reset_engines(fleet5)
-    except FleetError as error:
-        pytest.fail(f"the Docker test fleet could not be reset: {error}", pytrace=False)
-    return fleet5
+    return _cleaned(fleet5)

@@ -624,11 +624,12 @@ def _local_tags(client: docker.DockerClient) -> set[str]:
     return {tag for image in client.images.list() for tag in image.tags}
 
 
-def build_standin_image(client: docker.DockerClient, tag: str) -> None:
-    """Build one stand-in image on the engine behind ``client`` (classic builder, no network)."""
+def build_image(client: docker.DockerClient, context: io.BytesIO, tag: str, where: str = "") -> str:
+    """``docker build -t TAG`` of a tar context (classic builder, no network); the build's output.
+    FleetError with the output's tail when the build fails."""
     output: list[str] = []
     for chunk in client.api.build(
-        fileobj=_build_context(STANDIN_DOCKERFILES[tag]),
+        fileobj=context,
         custom_context=True,
         tag=tag,
         rm=True,
@@ -637,8 +638,14 @@ def build_standin_image(client: docker.DockerClient, tag: str) -> None:
         decode=True,
     ):
         if "error" in chunk:
-            raise FleetError(f"building {tag} failed: {chunk['error']}\n{''.join(output)[-2000:]}")
+            raise FleetError(f"building {tag}{where} failed: {chunk['error']}\n{''.join(output)[-2000:]}")
         output.append(str(chunk.get("stream", "")))
+    return "".join(output)
+
+
+def build_standin_image(client: docker.DockerClient, tag: str) -> None:
+    """Build one stand-in image on the engine behind ``client``."""
+    build_image(client, _build_context(STANDIN_DOCKERFILES[tag]), tag)
 
 
 def _copy_images(source: Engine, target: Engine, tags: Sequence[str]) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import inspect
 
 from reconciler.audit import MIGRATIONS_DIR, ActionFilter, AuditLog, Base, HostState
 from tests.fleet import Engine
+from tests.integration.controller_harness import ControllerProcess
 from tests.integration.harness import Fleet
 from tests.pgserver import PostgresError, fresh_database
 
@@ -146,26 +147,22 @@ def test_apply_on_real_engines_audits_into_postgresql(clean_fleet: list[Engine],
     assert len(rows.json()) == 6 and all(r["status"] == "succeeded" for r in rows.json())
 
 
+def _quick_retry_controller(fleet: Fleet, url: str, tmp_path: Path) -> ControllerProcess:
+    """`run` on ``fleet`` with the audit log at ``url``: resync in minutes, a failed pass retried in
+    0.2..1 s, so that a repair within seconds is the retry's, not the clock's."""
+    args = ("--interval", "600", "--backoff-base", "0.2", "--backoff-max", "1")
+    return ControllerProcess(fleet.file, url, tmp_path / "ctl.log", *args, env=fleet.env)
+
+
 def test_database_down_the_controller_pauses_and_resumes_by_itself(
     clean_fleet: list[Engine], tmp_path: Path
 ) -> None:
-    from tests.integration.controller_harness import ControllerProcess, wait_for
+    from tests.integration.controller_harness import wait_for
     from tests.pgserver import ensure_postgres, stop_postgres
 
     url = fresh_database(f"down_{uuid.uuid4().hex[:10]}")
     fleet = Fleet(clean_fleet, tmp_path)
-    ctl = ControllerProcess(
-        fleet.file,
-        url,
-        tmp_path / "ctl.log",
-        "--interval",
-        "600",
-        "--backoff-base",
-        "0.2",
-        "--backoff-max",
-        "1",
-        env=fleet.env,
-    )
+    ctl = _quick_retry_controller(fleet, url, tmp_path)
     try:
         ctl.wait_ready()
         host2 = fleet.engines[1]
@@ -197,24 +194,13 @@ def test_database_down_the_controller_pauses_and_resumes_by_itself(
 def test_database_read_only_the_controller_pauses_and_resumes_by_itself(
     clean_fleet: list[Engine], tmp_path: Path
 ) -> None:
-    from tests.integration.controller_harness import ControllerProcess, wait_for
+    from tests.integration.controller_harness import wait_for
     from tests.pgserver import set_read_only
 
     name = f"ro_{uuid.uuid4().hex[:10]}"
     url = fresh_database(name)
     fleet = Fleet(clean_fleet, tmp_path)
-    ctl = ControllerProcess(
-        fleet.file,
-        url,
-        tmp_path / "ctl.log",
-        "--interval",
-        "600",
-        "--backoff-base",
-        "0.2",
-        "--backoff-max",
-        "1",
-        env=fleet.env,
-    )
+    ctl = _quick_retry_controller(fleet, url, tmp_path)
     try:
         ctl.wait_ready()
         host3 = fleet.engines[2]
