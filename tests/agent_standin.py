@@ -20,6 +20,16 @@ counts as empty). Other flags are printed as ignored. The arguments are printed 
 server just stops (Consul's server defaults leave_on_terminate=false, skip_leave_on_interrupt=true:
 the others see it failed), a client leaves gracefully first (Consul's client defaults).
 
+ACLs (a config-dir file with Consul's keys, e.g. ``{"acl": {"enabled": true, "default_policy":
+"deny", "tokens": {"initial_management": "T"}}}``; ``master`` is the older name): with ACLs on and
+the default policy deny, a request without the management token is refused as Consul refuses it
+(the token from ``X-Consul-Token``, ``Authorization: Bearer`` or ``?token=``; agent/http.go
+parseToken): /v1/agent/self needs agent:read, /v1/agent/leave agent:write, the operator endpoints
+operator:read (transfer-leader operator:write): 403 ``Permission denied: token with AccessorID
+'<anonymous>' lacks permission '<rule>' on "<node>"...`` (acl/errors.go); an unknown token is 403
+``ACL not found``; /v1/agent/members is filtered by node:read, so anonymous sees ``[]`` (agent/
+agent_endpoint.go AgentMembers, filterMembers); /v1/status/* need no token (as in Consul).
+
 HTTP on ``<client>:8500`` (0.0.0.0: every address; peers then use the advertise address). The
 "server RPC address" is ``<advertise>:8300``, a string only: nothing listens there.
 
@@ -27,9 +37,14 @@ HTTP on ``<client>:8500`` (0.0.0.0: every address; peers then use the advertise 
   Version}, "Member": <its members entry>, "Stats": {consul, raft, serf_lan}, "Meta"}.
 * GET /v1/agent/members: [{Name, Addr, Port: 8301, Tags: {role: consul|node, dc, id, port: "8300"
   (servers), expect, vsn, build...}, Status: 1 alive|3 left|4 failed, Protocol*, Delegate*}].
-* PUT /v1/agent/leave: 200, empty body; then a graceful leave and exit 0 within ~1 s. A leaving
-  server waits (at most STANDIN_LEAVE_TIMEOUT) until the leader has removed it from the raft
-  configuration; a leaving leader removes itself and steps down.
+* PUT /v1/agent/leave: synchronous, as Consul's (agent/agent_endpoint.go AgentLeave: Leave, then
+  ShutdownAgent; agent/consul/server.go Server.Leave): a leaving leader with other voters removes
+  itself from the raft configuration and steps down (a lone server keeps its configuration); the
+  agent leaves the gossip (the others see it ``left``); a server then drains for STANDIN_LEAVE_DRAIN
+  (Consul's leave_drain_time, 5 s) and, as a follower, waits (at most STANDIN_LEAVE_TIMEOUT,
+  Consul's raftRemoveGracePeriod, 5 s) until the leader has removed it from the raft configuration.
+  Only then the answer: 200, empty body; the process exits 0 (also if the caller gave up waiting).
+  A client leaves the gossip without a drain (agent/consul/client.go Client.Leave).
 * GET /v1/status/leader: "ip:8300" or "". GET /v1/status/peers: the addresses of every server in
   the raft configuration, non-voters included (as Consul's Status.Peers).
 * GET /v1/operator/raft/configuration: {"Servers": [{ID, Node, Address, Leader, Voter,
@@ -50,8 +65,14 @@ its -retry-join addresses; a member not heard from directly for the failure time
 * Bootstrap: a server without a configuration that sees bootstrap-expect servers alive (itself
   included), none of which has one, makes them all voters. It never re-bootstraps.
 * Leader: only while a majority of the configuration's voters is heard from. Kept while it is alive,
-  a voter and the same process (a restart means a new election); otherwise the alive voter with the
-  smallest node ID, at term+1. Higher terms win in the gossip, so servers agree within a round or two.
+  a voter, the same process (a restart means a new election) and heard from within the heartbeat
+  timeout; otherwise, once the election timeout has run since the leader was last heard from, the
+  alive voter with the smallest node ID, at term+1. Higher terms win in the gossip, so servers agree
+  within a round or two. The election timeout is raft's: a follower without a leader's heartbeat for
+  a random time in [HeartbeatTimeout, 2 x HeartbeatTimeout] starts an election (hashicorp/raft
+  raft.go runFollower, randomTimeout), where HeartbeatTimeout is 1 s x STANDIN_RAFT_MULTIPLIER
+  (Consul's performance.raft_multiplier, 5 by default; tests may lower it, never to 0). The first
+  election after a bootstrap waits the same way. Without a leader, /v1/status/leader answers "".
 * The leader adds a new alive server of its datacenter as a non-voter (dropping a dead entry at the
   same address: a replaced server), promotes it after STANDIN_STABILIZE seconds of being alive
   (autopilot's ServerStabilizationTime) and removes servers that left. A killed server stays, a
@@ -60,38 +81,61 @@ its -retry-join addresses; a member not heard from directly for the failure time
   from within the failure timeout; the cluster when it has a leader and every server is healthy.
 * Test knob: while ``<data-dir>/standin-refuse-healthy`` exists, that server is never promoted to
   voter and reports itself unhealthy, so a rollout gate that waits on it must wait or fail.
+* Test knob: while ``<data-dir>/standin-refuse-leave`` exists, PUT /v1/agent/leave fails at once with
+  500 and the agent stays a running member, as when Consul's Leave returns an error (AgentLeave
+  answers it as a 500: agent/agent_endpoint.go).
 
 Environment, in seconds: STANDIN_GOSSIP_INTERVAL (0.2), STANDIN_FAILURE_TIMEOUT (1.0),
-STANDIN_STABILIZE (2.0), STANDIN_LEAVE_TIMEOUT (1.0), STANDIN_HTTP_TIMEOUT (0.3, to peers);
-STANDIN_VERSION (1.20.0-standin).
+STANDIN_STABILIZE (2.0), STANDIN_LEAVE_DRAIN (5.0, Consul's leave_drain_time), STANDIN_LEAVE_TIMEOUT
+(5.0, Consul's raftRemoveGracePeriod), STANDIN_HTTP_TIMEOUT (0.3, to peers); STANDIN_RAFT_MULTIPLIER
+(5, a factor > 0); STANDIN_VERSION (1.20.0-standin).
 
-Not modelled: real raft (logs, votes, partitions), KV, catalog, sessions, ACLs, TLS, encryption,
+Not modelled: real raft (logs, votes, partitions), KV, catalog, sessions, ACL policies (one
+management token), TLS, encryption,
 WAN federation, dead-server cleanup, redundancy zones, DNS, Consul's error texts beyond these.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import signal
-import socket
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+# SIGTERM/SIGINT are caught before anything else is imported or parsed: as a container's PID 1 the
+# process would otherwise ignore a SIGTERM sent while it starts (the kernel drops signals PID 1 has no
+# handler for), and `docker stop` would wait its whole timeout. Consul's Go runtime also handles
+# signals from its first milliseconds.
+_STOP = threading.Event()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _STOP.set()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+from urllib.parse import parse_qs, urlsplit  # noqa: E402
 
 HTTP_PORT = 8500
 RPC_PORT = 8300
 SERF_PORT = 8301
 REFUSE_MARKER = "standin-refuse-healthy"
+REFUSE_LEAVE_MARKER = "standin-refuse-leave"
 STATE_PATH = "/v1/internal/standin/state"
 FORWARDED = "X-Standin-Forwarded"
 STATUS_CODES = {"alive": 1, "leaving": 2, "left": 3, "failed": 4}
@@ -107,6 +151,14 @@ VALUE_FLAGS = {
     "config-dir",
 }
 BOOL_FLAGS = {"server", "ui"}
+ANONYMOUS_TOKEN = "00000000-0000-0000-0000-000000000002"  # Consul's anonymous token's AccessorID
+ACL_RULES = {  # what Consul requires of each endpoint here (agent/agent_endpoint.go, operator_endpoint.go)
+    "/v1/agent/self": "agent:read",
+    "/v1/agent/leave": "agent:write",
+    "/v1/operator/raft/configuration": "operator:read",
+    "/v1/operator/autopilot/health": "operator:read",
+    "/v1/operator/raft/transfer-leader": "operator:write",
+}
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 _STARTED = time.monotonic()
 
@@ -124,8 +176,19 @@ class Timings:
     gossip: float = 0.2
     failure: float = 1.0
     stabilize: float = 2.0
-    leave: float = 1.0
+    leave: float = 5.0  # Consul's raftRemoveGracePeriod (agent/consul/server.go)
     http: float = 0.3
+    drain: float = 5.0  # Consul's leave_drain_time default
+    raft_multiplier: float = 5.0  # Consul's performance.raft_multiplier default
+
+    def __post_init__(self) -> None:
+        if self.raft_multiplier <= 0:
+            raise ValueError("STANDIN_RAFT_MULTIPLIER must be above 0 (elections take time in Consul)")
+
+    @property
+    def heartbeat(self) -> float:
+        """raft's HeartbeatTimeout as Consul sets it: 1000 ms x raft_multiplier."""
+        return 1.0 * self.raft_multiplier
 
     @classmethod
     def from_env(cls) -> Timings:
@@ -133,8 +196,10 @@ class Timings:
             _env("STANDIN_GOSSIP_INTERVAL", 0.2),
             _env("STANDIN_FAILURE_TIMEOUT", 1.0),
             _env("STANDIN_STABILIZE", 2.0),
-            _env("STANDIN_LEAVE_TIMEOUT", 1.0),
+            _env("STANDIN_LEAVE_TIMEOUT", 5.0),
             _env("STANDIN_HTTP_TIMEOUT", 0.3),
+            _env("STANDIN_LEAVE_DRAIN", 5.0),
+            _env("STANDIN_RAFT_MULTIPLIER", 5.0),
         )
 
 
@@ -152,6 +217,8 @@ class Options:
     data_dir: str = "/consul/data"
     config_dir: str = "/consul/config"
     encrypt: bool = False
+    acl_deny: bool = False  # ACLs enabled with default_policy deny
+    management_token: str = ""
     ignored: list[str] = field(default_factory=list)
 
 
@@ -197,6 +264,10 @@ def parse_flags(args: list[str]) -> Options:
     opts.config_dir = last.get("config-dir", opts.config_dir)
     opts.retry_join = [str(a) for a in config.get("retry_join", [])] + values.get("retry-join", [])
     opts.encrypt = bool(config.get("encrypt"))
+    acl = config.get("acl") if isinstance(config.get("acl"), dict) else {}
+    tokens = acl.get("tokens") if isinstance(acl.get("tokens"), dict) else {}
+    opts.acl_deny = _truthy(str(acl.get("enabled", False))) and acl.get("default_policy", "allow") == "deny"
+    opts.management_token = str(tokens.get("initial_management") or tokens.get("master") or "")
     unspecified = ("0.0.0.0", "::", "[::]")
     fallback = next((a for a in (opts.bind, opts.client) if a not in unspecified), "127.0.0.1")
     opts.advertise = last.get("advertise", fallback)
@@ -362,6 +433,7 @@ class Agent:
         self.claim: tuple[str, float] | None = None  # (leader node id, its incarnation)
         self.leader: str | None = None
         self.leaving = False
+        self.election_due: float | None = None  # when this server starts an election (no leader)
         self.done = threading.Event()
         self.wake = threading.Event()
         saved = self.data / "raft.json"
@@ -539,17 +611,32 @@ class Agent:
             if self.leader is not None:
                 log("no cluster leader: quorum lost")
             self.claim = self.leader = None
+            self.election_due = None
             return
         by_id = self._by_id()
-        if self.claim is None or not (
+        if self.claim is not None and (
             self.claim[0] in voters
             and self._candidate(self.claim[0], now)
             and by_id[self.claim[0]].inc == self.claim[1]
         ):
+            self.election_due = None
+        else:
+            # No leader: raft elects once a follower's election timeout has run without a heartbeat,
+            # a random time in [HeartbeatTimeout, 2 x HeartbeatTimeout] (hashicorp/raft randomTimeout).
+            if self.leader is not None:
+                log("no cluster leader: the leader is gone; an election follows its timeout")
+            self.leader = None
+            if self.election_due is None:
+                lost = by_id.get(self.claim[0]) if self.claim is not None else None
+                since = now if lost is None or lost is self.me else min(now, lost.last_heard or now)
+                self.election_due = since + random.uniform(self.t.heartbeat, 2 * self.t.heartbeat)
+            if now < self.election_due:
+                return
             candidates = sorted(v for v in voters if self._candidate(v, now))
             if not candidates:
-                self.claim = self.leader = None
+                self.claim = None
                 return
+            self.election_due = None
             self.term += 1
             self.claim = (candidates[0], by_id[candidates[0]].inc)
             self._save()
@@ -693,11 +780,19 @@ class Agent:
         return None
 
     def leave(self) -> None:
-        """Graceful leave: tell the others, wait to be out of the raft configuration, then stop."""
+        """Graceful leave, in Consul's order (agent/consul/server.go Server.Leave): a leader removes
+        itself from the raft configuration and steps down; the agent leaves the gossip; a server drains
+        for leave_drain_time and, as a follower, waits to be removed from the raft configuration (at
+        most raftRemoveGracePeriod). The caller (PUT /v1/agent/leave) answers after this, then the
+        agent shuts down."""
         with self.lock:
+            if self.leaving:
+                return
             self.leaving = True
             self.me.status = "left"
-            if self.raft is not None and self.leader == self.me.node_id:
+            was_leader = self.raft is not None and self.leader == self.me.node_id
+            voters = sum(1 for s in self.servers() if s["Voter"])
+            if was_leader and self.raft is not None and voters > 1:  # Consul: isLeader && numPeers > 1
                 servers = [s for s in self.raft["Servers"] if s["ID"] != self.me.node_id]
                 self.raft = {"Index": int(self.raft["Index"]) + 1, "Servers": servers}
                 self.claim = self.leader = None
@@ -705,8 +800,11 @@ class Agent:
                 log("left the raft configuration and stepped down")
         log("leaving the cluster")
         self.gossip_round()
+        if self.opts.server:
+            log(f"waiting to drain RPC traffic for {self.t.drain:g}s")
+            time.sleep(self.t.drain)
         deadline = time.monotonic() + self.t.leave
-        while self.opts.server and time.monotonic() < deadline:
+        while self.opts.server and not was_leader and time.monotonic() < deadline:
             with self.lock:
                 ids = {s["ID"] for s in self.servers()}
             if self.me.node_id not in ids:
@@ -714,6 +812,8 @@ class Agent:
             time.sleep(self.t.gossip / 4)
         if self.opts.server:
             self.gossip_round()  # let the others see the final state
+
+    def shut_down(self) -> None:
         self.done.set()
         self.wake.set()
 
@@ -779,7 +879,39 @@ class _Handler(BaseHTTPRequestHandler):
             log(f"{method} {self.path} failed: {error!r}")
             self._text(500, f"agent_standin error: {error!r}")
 
+    def _token(self, query: dict[str, list[str]]) -> str:
+        """The request's ACL token, where Consul looks for it (agent/http.go parseToken)."""
+        token = self.headers.get("X-Consul-Token") or ""
+        authorization = self.headers.get("Authorization") or ""
+        if not token and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        return token or query.get("token", [""])[0]
+
+    def _allowed(self, agent: Agent, path: str, query: dict[str, list[str]]) -> bool:
+        """ACLs with default_policy deny: only the management token passes; else answer as Consul does."""
+        if not agent.opts.acl_deny or path == STATE_PATH or path.startswith("/v1/status/"):
+            return True
+        token = self._token(query)
+        if token and token == agent.opts.management_token:
+            return True
+        if token:
+            self._text(403, "ACL not found")
+        elif path == "/v1/agent/members":
+            self._json([])  # filtered by node:read: the anonymous token sees no member
+        else:
+            rule = ACL_RULES[path]
+            on = f' on "{agent.me.name}"' if rule.startswith("agent:") else ""
+            self._text(
+                403,
+                f"Permission denied: token with AccessorID '{ANONYMOUS_TOKEN}' lacks permission "
+                f"'{rule}'{on}. The anonymous token is used implicitly when a request does not specify "
+                "a token.",
+            )
+        return False
+
     def _route(self, agent: Agent, path: str, query: dict[str, list[str]], body: bytes) -> None:
+        if not self._allowed(agent, path, query):
+            return None
         if path == STATE_PATH:
             with agent.lock:
                 agent.merge(json.loads(body))
@@ -792,9 +924,13 @@ class _Handler(BaseHTTPRequestHandler):
             with agent.lock:
                 return self._json(agent.members_view())
         if path == "/v1/agent/leave":
-            self._send(200, b"")
-            if not agent.leaving:
-                threading.Thread(target=agent.leave, daemon=True).start()
+            if (agent.data / REFUSE_LEAVE_MARKER).exists():
+                return self._text(500, "leave failed: the test knob standin-refuse-leave is set")
+            agent.leave()  # synchronous: the answer comes once the agent has left
+            try:
+                self._send(200, b"")
+            finally:
+                agent.shut_down()  # even if the caller gave up meanwhile (Go's handler goes on too)
             return None
         local = self.headers.get(FORWARDED) is not None  # sent on by a server: answer here
         if not agent.opts.server:
@@ -824,6 +960,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, agent: Agent, hosts: list[str], none: str, mark: bool) -> None:
         """Ask another agent (a server, the leader) and relay its answer."""
         headers = {FORWARDED: "1"} if mark else {}
+        for name in ("X-Consul-Token", "Authorization"):
+            if self.headers.get(name):
+                headers[name] = str(self.headers.get(name))
         for host in hosts:
             try:
                 status, body, ctype = http_call(
@@ -850,25 +989,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         opts = parse_flags(args[1:])
+        timings = Timings.from_env()
     except ValueError as error:
         print(f"==> {error}", file=sys.stderr)
         return 1
     for flag in opts.ignored:
         log(f"ignored {flag}")
-    agent = Agent(opts, Timings.from_env())
+    agent = Agent(opts, timings)
     host = "0.0.0.0" if opts.client in ("0.0.0.0", "::", "[::]") else opts.client
     try:
         httpd = _Server((host, HTTP_PORT), agent)
     except OSError as error:
         print(f"==> cannot listen on {host}:{HTTP_PORT}: {error}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _STOP
+    signal.signal(signal.SIGTERM, _on_signal)  # also when main() is called from an importer
+    signal.signal(signal.SIGINT, _on_signal)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     threading.Thread(target=agent.gossip_loop, daemon=True).start()
     role = "server" if opts.server else "client"

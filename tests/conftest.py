@@ -6,10 +6,17 @@ if the engines cannot be brought up, every test that needs them fails with the r
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.agent_image import ensure_agent_images
+from tests.agentprobe import Standin
 from tests.fleet import Engine, FleetError, ensure_engines, ensure_standin_images, reset_engines
 
 FLEET_SIZE = 3
@@ -23,10 +30,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _engines(count: int) -> list[Engine]:
-    """``count`` running engines with the stand-in images; a missing engine fails the test."""
+    """``count`` running engines with the stand-in images (busybox, and the Consul agent stand-in); a
+    missing engine fails the test."""
     try:
         engines = ensure_engines(count)
         ensure_standin_images(engines)
+        ensure_agent_images(engines)
     except FleetError as error:
         pytest.fail(f"the Docker test fleet could not be brought up: {error}", pytrace=False)
     return engines
@@ -62,3 +71,22 @@ def fleet5() -> list[Engine]:
 @pytest.fixture
 def clean_fleet5(fleet5: list[Engine]) -> list[Engine]:
     return _cleaned(fleet5)
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., Standin]]:
+    """A factory of agent stand-in processes under tmp_path (tests/agentprobe.py); every process still
+    running at the end is killed."""
+    made: list[Standin] = []
+    dc = f"dc{os.getpid()}-{random.randrange(10**6)}"  # agents of other runs on a reused address stay out
+
+    def make(name: str, **kwargs: Any) -> Standin:
+        agent = Standin(tmp_path, name, dc, **kwargs)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        if agent.running():
+            agent.signal(signal.SIGKILL)
+            agent.wait(5)

@@ -55,6 +55,13 @@ What it covers
   deletes (Behavior=delete) the keys the session holds, at one new index, and starts their lock-delay.
   Without a leader no session expires; when a leader is back every TTL restarts ("The TTL is renewed
   on ... leader failover" in Consul's docs).
+* Node deregistration: ``PUT /v1/catalog/deregister`` with ``{"Node": NAME}`` (answers ``true``;
+  ``Node`` missing -> 400 ``Missing node name``) removes the node and invalidates every session on it,
+  releasing or deleting their keys and starting their lock-delays, as Consul's state store does
+  (agent/consul/state/catalog.go deleteNodeTxn: "Invalidate any sessions for this node"); a later
+  session on that node -> 500 ``Missing node registration``. ``deregister_node(name)`` does the same
+  from the test; ``register_node(name)`` puts a node back, as a live agent's anti-entropy sync
+  re-registers its own node in Consul (agent/local/state.go).
 * ``/v1/status/leader`` (``"127.0.0.1:8300"``, ``""`` without a leader) and ``/v1/status/peers``; a
   minimal ``/v1/agent/self``. Unknown paths -> 404, known paths with a wrong method -> 405.
 * ACL: with ``acl_token`` set, requests other than /v1/status/* need that token (``X-Consul-Token``,
@@ -62,6 +69,11 @@ What it covers
   ``ACL not found``.
 * ``?dc=`` naming another datacenter -> 500 ``No path to datacenter``; ``?stale`` with
   ``?consistent`` -> 400.
+* A snapshot restore: ``restore_snapshot({key: value})`` replaces the KV store by those entries at a
+  raft index below the current one, as restoring an older snapshot does in Consul (the state store is
+  replaced and the indexes are the snapshot's; agent/consul/fsm/snapshot.go). Blocking queries held
+  past it keep waiting for an index they will not see until their wait elapses, as in Consul; this is
+  what Consul's docs mean by "the index goes backwards".
 * Faults for tests: ``take_down()`` closes the listening socket (ECONNREFUSED) and drops open
   connections, including held blocking queries; ``bring_up()`` listens again on the same port with all
   state kept (session timers keep running meanwhile: the cluster is up, only this agent is
@@ -638,10 +650,44 @@ class ConsulDouble:
             else:
                 self._kv_delete_locked(key)
 
+    def restore_snapshot(self, entries: dict[str, bytes]) -> int:
+        """Replace the KV store as restoring an older snapshot does; returns the (lower) index."""
+        with self._cond:
+            index = INITIAL_INDEX + len(entries)
+            if index >= self._index:
+                raise ValueError("an older snapshot has a lower index than the state; write more first")
+            self._kv = {
+                key: _Entry(key, value, 0, lock_index=0, session="", create_index=i, modify_index=i)
+                for i, (key, value) in enumerate(sorted(entries.items()), start=INITIAL_INDEX + 1)
+            }
+            self._tombstones.clear()
+            self._index = self._kvs_index = index
+            self._cond.notify_all()
+            return index
+
     def invalidate_session(self, session_id: str) -> bool:
         """Invalidate a session as its TTL expiring would; False if it does not exist."""
         with self._cond:
             return self._invalidate_locked(session_id)
+
+    def deregister_node(self, node: str) -> int:
+        """Remove ``node`` from the catalog and invalidate its sessions; the number invalidated."""
+        with self._cond:
+            return self._deregister_locked(node)
+
+    def register_node(self, node: str) -> None:
+        with self._cond:
+            self._nodes.add(node)
+            self._bump()
+
+    def _deregister_locked(self, node: str) -> int:
+        self._nodes.discard(node)
+        gone = [s.id for s in self._sessions.values() if s.node == node]
+        for session_id in gone:
+            self._invalidate_locked(session_id)
+        if not gone:
+            self._bump()
+        return len(gone)
 
     def session_ids(self) -> list[str]:
         with self._cond:
@@ -784,6 +830,7 @@ class ConsulDouble:
         ("/v1/session/info/", ("GET",), "_session_info"),
         ("/v1/session/node/", ("GET",), "_session_node"),
         ("/v1/session/list", ("GET",), "_session_list"),
+        ("/v1/catalog/deregister", ("PUT",), "_catalog_deregister"),
     )
 
     def _route(self, request: _Request) -> _Response:
@@ -1235,6 +1282,22 @@ class ConsulDouble:
         if nanoseconds < LOCK_DELAY_MIN_THRESHOLD_NS:
             nanoseconds *= 10**9
         return nanoseconds
+
+    def _catalog_deregister(self, request: _Request) -> _Response:
+        """agent/catalog_endpoint.go CatalogDeregister: a JSON body; ``Node`` is required."""
+        try:
+            decoded = json.loads(request.body or b"null")
+        except ValueError as error:
+            raise _HTTPError(400, f"Request decode failed: {error}") from None
+        node = str((decoded or {}).get("Node") or "") if isinstance(decoded, dict) else ""
+        if not node:
+            raise _HTTPError(400, "Missing node name")
+        self._check_leader()
+        self._check_acl(request)
+        with self._cond:
+            self._reap_locked()
+            self._deregister_locked(node)
+        return self._json(request, True)
 
     def _session_id(self, request: _Request, prefix: str) -> str:
         session_id = request.path[len(prefix) :]

@@ -855,3 +855,31 @@ def test_direct_helpers_write_like_the_api(double: ConsulDouble, client: consul.
     assert "Session" not in client.kv.get("direct")[1]
     double.kv_delete("direct")
     assert client.kv.get("direct")[1] is None
+
+
+def test_deregistering_a_node_invalidates_its_sessions_and_releases_their_locks_after_a_lock_delay() -> None:
+    clock = ManualClock()
+    with ConsulDouble(clock=clock, min_ttl=1.0, nodes=["worker"]) as double:
+        client = consul.Consul(host="127.0.0.1", port=double.port)
+        on_worker = create_session(double, Node="worker", TTL="30s", LockDelay="5s")
+        on_agent = create_session(double)
+        assert client.kv.put("lock", b"held", acquire=on_worker)
+        assert raw(double, "PUT", "/v1/catalog/deregister", b"{}").status == 400  # Node is required
+        answer = raw(double, "PUT", "/v1/catalog/deregister", json.dumps({"Node": "worker"}).encode())
+        assert (answer.status, answer.json()) == (200, True)
+        assert on_worker not in double.session_ids() and on_agent in double.session_ids()
+        _, entry = client.kv.get("lock")
+        assert entry is not None and "Session" not in entry  # released (Behavior release)
+        assert client.kv.put("lock", b"mine", acquire=on_agent) is False  # the lock-delay runs
+        clock.advance(5.1)
+        assert client.kv.put("lock", b"mine", acquire=on_agent) is True
+        again = raw(double, "PUT", "/v1/session/create", json.dumps({"Node": "worker"}).encode())
+        assert (again.status, again.body) == (500, b"Missing node registration")
+
+
+def test_deregistering_needs_the_acl_token() -> None:
+    with ConsulDouble(acl_token="management", nodes=["worker"]) as double:
+        body = json.dumps({"Node": "worker"}).encode()
+        assert raw(double, "PUT", "/v1/catalog/deregister", body).status == 403
+        ok = raw(double, "PUT", "/v1/catalog/deregister", body, {"X-Consul-Token": "management"})
+        assert ok.status == 200
