@@ -22,7 +22,7 @@ from desired_state.render import render as render_fleet
 from desired_state.secrets import check_secrets
 from reconciler import __version__
 from reconciler.audit import ActionFilter, AuditLog, parse_since
-from reconciler.cliutil import open_audit
+from reconciler.cliutil import open_audit, read_token_file
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
 from reconciler.kvcli import kv_app
@@ -78,6 +78,15 @@ MaxRemovalsOpt = Annotated[
     int,
     typer.Option("--max-removals", min=0, help="Refuse a pass that would remove more containers than this."),
 ]
+ConsulTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--consul-token-file",
+        help="File holding the Consul ACL token, for a consul:// source and the server agents' health "
+        "gates. It wins over $CONSUL_HTTP_TOKEN (then $CONSUL_HTTP_TOKEN_FILE), as in Consul's CLI.",
+        show_default=False,
+    ),
+]
 AdoptOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -93,7 +102,11 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _source(arg: str | None, opt: str | None = None) -> FileSource | ConsulSource:
+def _consul_token(path: Path | None) -> str | None:
+    return None if path is None else read_token_file(path, "--consul-token-file", _fail)
+
+
+def _source(arg: str | None, opt: str | None = None, token: str | None = None) -> FileSource | ConsulSource:
     spec = opt or arg
     if arg and opt and arg != opt:
         _fail(f"two sources given ({arg} and --source {opt}); give one")
@@ -103,13 +116,13 @@ def _source(arg: str | None, opt: str | None = None) -> FileSource | ConsulSourc
             "$CONSUL_RECONCILER_SOURCE)"
         )
     try:
-        return open_source(spec, ca=os.environ.get("CONSUL_CACERT") or None)
+        return open_source(spec, ca=os.environ.get("CONSUL_CACERT") or None, token=token)
     except ValueError as exc:
         _fail(str(exc))
 
 
-def _load(arg: str | None, opt: str | None = None) -> Loaded:
-    src = _source(arg, opt)
+def _load(arg: str | None, opt: str | None = None, token: str | None = None) -> Loaded:
+    src = _source(arg, opt, token)
     try:
         data = src.read()
     except SourceError as exc:
@@ -255,12 +268,13 @@ def plan(
     db: DbOpt = None,
     max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
     adopt: AdoptOpt = None,
+    consul_token_file: ConsulTokenFileOpt = None,
 ) -> None:
     """Compare the topology with the hosts and show what `apply` would do.
 
     Exit 0 when nothing is to do, 2 when changes are pending, 1 on error.
     """
-    loaded = _load(source, source_opt)
+    loaded = _load(source, source_opt, _consul_token(consul_token_file))
     _print_warnings(loaded)
     audit = _audit(db)
     connections = Connections()
@@ -290,13 +304,15 @@ def apply(
     adopt: AdoptOpt = None,
     pull: PullOpt = True,
     stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
+    consul_token_file: ConsulTokenFileOpt = None,
 ) -> None:
     """Run one pass: converge every host to the topology, recording each action in the audit log.
 
     Exit 0 when every host converged; 1 when an action failed, a host was unreachable, a name was
     blocked by an unmanaged container, or the pass was refused.
     """
-    loaded = _load(source, source_opt)
+    token = _consul_token(consul_token_file)
+    loaded = _load(source, source_opt, token)
     _print_warnings(loaded)
     audit = _audit(db)
     connections = Connections()
@@ -304,11 +320,12 @@ def apply(
         max_removals=max_removals,
         adopt=tuple(adopt or ()),
         exec=ExecOptions(pull=pull, stop_timeout=stop_timeout),
+        consul_token=token,
     )
     try:
         result = run_pass(
             loaded,
-            source=_source(source, source_opt).describe(),
+            source=_source(source, source_opt, token).describe(),
             connections=connections,
             audit=audit,
             options=options,
@@ -405,14 +422,17 @@ def run(
     consul_ca: Annotated[
         Path | None, typer.Option(help="CA file for a consul+https:// source (default $CONSUL_CACERT).")
     ] = None,
-    consul_token_file: Annotated[
-        Path | None, typer.Option(help="File holding the Consul ACL token (default $CONSUL_HTTP_TOKEN).")
-    ] = None,
+    consul_token_file: ConsulTokenFileOpt = None,
     lock_ttl: Annotated[
         float, typer.Option(min=1, help="Consul source: TTL of the leader session (s); renewed every TTL/4.")
     ] = 15.0,
     lock_delay: Annotated[
-        float, typer.Option(min=0, help="Consul source: lock-delay after a holder's session ends (s).")
+        float,
+        typer.Option(
+            min=0,
+            help="Consul source: lock-delay after a holder's session ends (s); at least half the TTL, "
+            "at most 60 (Consul's cap).",
+        ),
     ] = 15.0,
     leader_election: Annotated[
         bool,
@@ -432,13 +452,11 @@ def run(
     """
     from reconciler.backoff import BackoffPolicy
     from reconciler.controller import Controller, ControllerOptions
+    from reconciler.leader import lock_timing_problem
 
     token = None
     if http_token_file is not None:
-        try:
-            token = http_token_file.read_text().strip()
-        except OSError as exc:
-            _fail(f"--http-token-file {http_token_file}: {exc.strerror or exc}")
+        token = read_token_file(http_token_file, "--http-token-file", _fail)
     token = token or os.environ.get("CONSUL_RECONCILER_HTTP_TOKEN") or None
     options = ControllerOptions(
         interval=interval,
@@ -452,12 +470,8 @@ def run(
         watch_events=events,
         passes=PassOptions(max_removals=max_removals, exec=ExecOptions(pull=pull, stop_timeout=stop_timeout)),
     )
-    consul_token = None
-    if consul_token_file is not None:
-        try:
-            consul_token = consul_token_file.read_text().strip()
-        except OSError as exc:
-            _fail(f"--consul-token-file {consul_token_file}: {exc.strerror or exc}")
+    consul_token = _consul_token(consul_token_file)
+    options.passes.consul_token = consul_token
     spec = source_opt or source
     if not spec:
         _source(source, source_opt)  # fails with the message
@@ -467,6 +481,10 @@ def run(
         )
     except ValueError as exc:
         _fail(str(exc))
+    if leader_election and isinstance(src, ConsulSource):
+        problem = lock_timing_problem(lock_ttl, lock_delay)
+        if problem is not None:
+            _fail(problem)
     options.lock_ttl, options.lock_delay = lock_ttl, lock_delay
     options.leader_election = leader_election
     options.status_prefix = status_prefix or None

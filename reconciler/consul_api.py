@@ -1,15 +1,23 @@
 """Every call the controller makes to Consul's HTTP API, behind one small module (py-consul).
 
 Addresses: ``consul://HOST:PORT/KEY`` (HTTP) or ``consul+https://HOST:PORT/KEY`` (HTTPS, verified
-against the system CAs or ``ca``). The ACL token comes from an option or ``CONSUL_HTTP_TOKEN`` and
-is sent as a header, never logged.
+against the system CAs or ``ca``).
+
+The ACL token. Precedence is Consul's own CLI's: a token given explicitly (``--consul-token-file``,
+``--token-file``) wins over ``CONSUL_HTTP_TOKEN``, which wins over ``CONSUL_HTTP_TOKEN_FILE``
+(:func:`resolve_token`). py-consul reads ``CONSUL_HTTP_TOKEN`` over an explicit token and leaves the
+token off some calls (``agent/self``, ``agent/members``, ``operator/raft/configuration``), so every
+client made here carries the token as an ``X-Consul-Token`` header on its HTTP session: every request
+sends it, whatever the library does per call. It is never logged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +34,52 @@ class ConsulError(Exception):
 
 
 class ConsulUnreachable(ConsulError):
-    pass
+    """No answer: refused, reset, closed before the answer, or timed out."""
+
+
+class ConsulRefused(ConsulError):
+    """Consul answered and refused in a way retrying cannot fix (e.g. a session TTL below its
+    ``session_ttl_min``): a configuration error to report once, not to retry for ever."""
+
+
+TOKEN_ENV = "CONSUL_HTTP_TOKEN"
+TOKEN_FILE_ENV = "CONSUL_HTTP_TOKEN_FILE"
+
+
+def resolve_token(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The ACL token to send: ``explicit`` when given, else ``$CONSUL_HTTP_TOKEN``, else the contents of
+    ``$CONSUL_HTTP_TOKEN_FILE`` (Consul's CLI order). An explicit empty string means "no token" (the
+    environment is not consulted). Raises ConsulError for an unreadable token file."""
+    if explicit is not None:
+        return explicit or None
+    env = os.environ if environ is None else environ
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    path = env.get(TOKEN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConsulError(f"${TOKEN_FILE_ENV} {path}: cannot read the token file: {why}") from None
+    return token or None
+
+
+def _client(
+    host: str, port: int, scheme: str, verify: bool | str, token: str | None, timeout: float
+) -> consul.Consul:
+    """A py-consul client that sends ``token`` (and only it) on every request."""
+    client = consul.Consul(
+        host=host, port=port, scheme=scheme, verify=verify, token=token, connections_timeout=timeout
+    )
+    client.token = token  # py-consul prefers $CONSUL_HTTP_TOKEN over the token it was given
+    headers = client.http.session.headers
+    if token:
+        headers["X-Consul-Token"] = token
+    else:
+        headers.pop("X-Consul-Token", None)
+    return client
 
 
 @dataclass(frozen=True)
@@ -56,7 +109,7 @@ class ConsulAddress:
             port=parts.port or DEFAULT_PORT,
             key=key,
             ca=ca,
-            token=token if token is not None else os.environ.get("CONSUL_HTTP_TOKEN") or None,
+            token=resolve_token(token),
         )
 
     def url(self) -> str:
@@ -82,14 +135,7 @@ class Consul:
         self.address = address
         self.timeout = timeout
         verify: bool | str = address.ca if address.ca else True
-        self._client = consul.Consul(
-            host=address.host,
-            port=address.port,
-            scheme=address.scheme,
-            verify=verify,
-            token=address.token,
-            connections_timeout=timeout,
-        )
+        self._client = _client(address.host, address.port, address.scheme, verify, address.token, timeout)
 
     def where(self) -> str:
         return f"Consul at {self.address.scheme}://{self.address.host}:{self.address.port}"
@@ -159,16 +205,26 @@ class Consul:
             }
         )
         headers = self._client.prepare_headers(None)
-        return str(
-            self._call(
-                "creating a session",
-                self._client.http.put,
-                CB.json(is_id=True),
-                "/v1/session/create",
-                data=body,
-                headers=headers,
+        try:
+            return str(
+                self._call(
+                    "creating a session",
+                    self._client.http.put,
+                    CB.json(is_id=True),
+                    "/v1/session/create",
+                    data=body,
+                    headers=headers,
+                )
             )
-        )
+        except ConsulError as exc:
+            # Consul (agent/structs: SessionTTLMin, the agent's session_ttl_min) answers 500
+            # "Invalid Session TTL '<ns>', must be between [<min>=24h0m0s]": retrying cannot help.
+            if "Invalid Session TTL" in str(exc):
+                raise ConsulRefused(
+                    f"{self.where()} refuses a leader session with TTL {ttl:g}s ({exc}); "
+                    "use a --lock-ttl within Consul's session_ttl_min..24h"
+                ) from None
+            raise
 
     def renew_session(self, session: str) -> bool:
         """True while the session lives; False once Consul no longer knows it."""
@@ -180,6 +236,11 @@ class Consul:
             # not a verdict on the session: Consul did not answer (or answered an error)
             return bool(self._call("renewing the session", self._client.session.renew, session))
         return result is not None
+
+    def session_alive(self, session: str) -> bool:
+        """Does Consul still know this session (``GET /v1/session/info/<id>``)?"""
+        _, info = self._call("reading a session", self._client.session.info, session)
+        return bool(info)
 
     def destroy_session(self, session: str) -> None:
         self._call("destroying the session", self._client.session.destroy, session)
@@ -212,15 +273,23 @@ class ConsulAgent:
     ) -> None:
         host, _, port = http.rpartition(":")
         self.http = http
-        self._client = consul.Consul(
-            host=host.strip("[]"), port=int(port), scheme=scheme, token=token, connections_timeout=timeout
-        )
+        self.timeout = timeout
+        self._client = _client(host.strip("[]"), int(port), scheme, True, token, timeout)
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+        except requests.exceptions.Timeout:
+            raise ConsulUnreachable(
+                f"agent {self.http} did not answer within {self.timeout:g}s ({what})"
+            ) from None
+        except requests.exceptions.ConnectionError:
+            # refused, reset, or closed before the answer (an agent that exits as it leaves does that)
             raise ConsulUnreachable(f"agent {self.http} does not answer ({what})") from None
+        except consul.ACLPermissionDenied:
+            raise ConsulError(
+                f"agent {self.http} denied {what}: permission denied (check the ACL token)"
+            ) from None
         except consul.ConsulException as exc:
             raise ConsulError(f"agent {self.http} failed {what}: {str(exc).strip()[:300]}") from None
 
@@ -231,7 +300,14 @@ class ConsulAgent:
         return list(self._call("agent/members", self._client.agent.members))
 
     def leave(self) -> None:
+        """``PUT /v1/agent/leave``. Consul answers only once the agent has left: a server leaves the
+        gossip pool, drains for ``leave_drain_time`` (5 s by default) and, as a follower, waits to be
+        removed from the raft peers (agent/consul/server.go, Server.Leave), then the agent shuts down.
+        Give this client a timeout well above that (``rollout.leave_timeout``)."""
         self._call("agent/leave", self._client.agent.leave)
+
+    def peers(self) -> list[str]:
+        return list(self._call("status/peers", self._client.status.peers) or [])
 
     def leader(self) -> str:
         return str(self._call("status/leader", self._client.status.leader) or "")

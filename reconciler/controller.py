@@ -117,6 +117,7 @@ class Controller:
         self._lock = threading.Lock()
         self._recheck: threading.Timer | None = None
         self.passes_run = 0
+        self.fatal: str | None = None  # why the controller stopped on its own (exit code 1)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -133,6 +134,9 @@ class Controller:
                     self._guarded_pass(request)
         finally:
             self.shutdown()
+        if self.fatal is not None:
+            log.error("controller stopped: %s", self.fatal)
+            return 1
         log.info("controller stopped")
         return 0
 
@@ -175,6 +179,7 @@ class Controller:
                 ttl=self.options.lock_ttl,
                 lock_delay=self.options.lock_delay,
                 on_change=self._on_leadership,
+                on_fatal=self._on_fatal,
             )
             self.lock.start()
         self._request("startup")
@@ -218,6 +223,11 @@ class Controller:
         self._scheduler.add_job(
             self._request, "date", args=[reason], run_date=when, id=reason, replace_existing=True
         )
+
+    def _on_fatal(self, why: str) -> None:
+        """Something no retry can fix (Consul refuses the leader session's TTL): stop, exit 1."""
+        self.fatal = why
+        self.stop()
 
     def _on_leadership(self, leading: bool) -> None:
         self.metrics.leader.set(1 if leading else 0)

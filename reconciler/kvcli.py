@@ -29,7 +29,7 @@ import typer
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from reconciler.audit import AuditLog, DocumentRow
-from reconciler.cliutil import open_audit
+from reconciler.cliutil import open_audit, read_token_file
 from reconciler.consul_api import Consul, ConsulAddress, ConsulError, KVEntry
 from reconciler.present import text_table
 
@@ -142,23 +142,11 @@ def _address(consul_url: str | None, ca: Path | None, token_file: Path | None) -
         _fail(f"--ca is only used with consul+https:// addresses, not {url!r}")
     if ca is not None and not ca.is_file():
         _fail(f"--ca {ca}: no such file")
-    token = _read_token(token_file) if token_file is not None else None
+    token = read_token_file(token_file, "--token-file", _fail) if token_file is not None else None
     try:
         return ConsulAddress.parse(url, ca=str(ca) if ca is not None else None, token=token)
     except ValueError as exc:
         _fail(str(exc))
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        _fail(f"--token-file {path}: no such file")
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"--token-file {path}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
-    if not token:
-        _fail(f"--token-file {path} is empty")
-    return token
 
 
 def _connect(address: ConsulAddress) -> Consul:

@@ -16,6 +16,7 @@ from desired_state.load import Loaded
 from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
 from reconciler.audit import AuditLog
+from reconciler.consul_api import resolve_token
 from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
 from reconciler.observe import observe_fleet
@@ -31,6 +32,7 @@ class PassOptions:
     max_removals: int = DEFAULT_MAX_REMOVALS
     adopt: tuple[str, ...] = ()
     exec: ExecOptions = field(default_factory=ExecOptions)
+    consul_token: str | None = None  # given explicitly (a token file); wins over $CONSUL_HTTP_TOKEN
 
 
 @dataclass
@@ -188,7 +190,8 @@ def run_pass(
             deadline=rollout.deadline,
             stabilization=rollout.stabilization,
             agent_timeout=rollout.agent_timeout,
-            token=consul_token(environ),
+            leave_timeout=rollout.leave_timeout,
+            token=resolve_token(options.consul_token, environ),
         )
         hold = _pause_in_force(audit, cluster, loaded.digest)
     executor = Executor(
@@ -238,11 +241,6 @@ def server_agents(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, s
             if spec.role == "server" and spec.agent_http:
                 agents[spec.node] = spec.agent_http
     return agents
-
-
-def consul_token(environ: Mapping[str, str] | None) -> str | None:
-    env = os.environ if environ is None else environ
-    return env.get("CONSUL_HTTP_TOKEN") or None
 
 
 def _pause_in_force(audit: AuditLog, cluster: str, digest: str) -> str | None:

@@ -1,0 +1,297 @@
+"""The product's Consul client (reconciler/consul_api.py), leader lock and KV watcher, over real HTTP:
+against the Consul double (tests/consul_double.py) for KV and sessions, and against agent stand-in
+processes (tests/agent_standin.py) for the agent endpoints, with ACLs on (default deny)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.consul_api import (
+    Consul,
+    ConsulAddress,
+    ConsulAgent,
+    ConsulError,
+    ConsulUnreachable,
+    resolve_token,
+)
+from reconciler.leader import LeaderLock, lock_timing_problem
+from reconciler.sources import KVWatcher
+from tests.agentprobe import DRAIN, TOKEN, Standin, eventually, leader_of
+from tests.consul_double import ConsulDouble
+
+KEY = "infra/topology.leader"
+
+
+# --- the ACL token -----------------------------------------------------------------------------------
+
+
+def test_token_precedence_is_consuls_explicit_then_env_then_env_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    env = {"CONSUL_HTTP_TOKEN": "from-env", "CONSUL_HTTP_TOKEN_FILE": str(token_file)}
+    assert resolve_token("explicit", env) == "explicit"
+    assert resolve_token(None, env) == "from-env"
+    assert resolve_token(None, {"CONSUL_HTTP_TOKEN_FILE": str(token_file)}) == "from-file"
+    assert resolve_token("", env) is None  # explicitly none: the environment is not consulted
+    assert resolve_token(None, {}) is None
+    with pytest.raises(ConsulError, match="CONSUL_HTTP_TOKEN_FILE"):
+        resolve_token(None, {"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_an_explicit_token_wins_over_consul_http_token_for_kv_and_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "a-stale-token-in-the-environment")
+    with ConsulDouble(acl_token="the-token", min_ttl=1.0) as double:
+        consul = Consul(ConsulAddress.parse(f"consul://{double.address}/k", token="the-token"))
+        assert consul.put("k", b"v")
+        assert consul.get("k")[1] is not None
+        session = consul.create_session("test", 2, 1)
+        assert consul.renew_session(session)
+        from_env = Consul(ConsulAddress.parse(f"consul://{double.address}/k"))
+        with pytest.raises(ConsulError, match="permission denied"):
+            from_env.get("k")
+
+
+@pytest.fixture
+def acl_cluster(agents: Callable[..., Standin]) -> list[Standin]:
+    """Three stand-in servers with ACLs on, default deny, and a management token."""
+    servers = [agents(f"server{i}", expect=3, acl=True) for i in range(1, 4)]
+    for server in servers:
+        server.join = [s.address for s in servers if s is not server]
+    for server in servers:
+        server.start()
+    leader_of(servers)
+    return servers
+
+
+def test_every_agent_call_carries_the_token_and_it_wins_over_the_environment(
+    acl_cluster: list[Standin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "a-stale-token-in-the-environment")
+    agent = ConsulAgent(f"{acl_cluster[0].address}:8500", token=TOKEN)
+    assert agent.self_info()["Config"]["NodeName"] == "server1"  # agent:read
+    assert {m["Name"] for m in agent.members()} == {"server1", "server2", "server3"}  # node:read
+    assert len(agent.raft_configuration()["Servers"]) == 3  # operator:read
+    eventually(lambda: agent.autopilot_health()["Healthy"], what="autopilot healthy")  # operator:read
+    assert agent.leader().endswith(":8300") and len(agent.peers()) == 3
+
+    without = ConsulAgent(f"{acl_cluster[0].address}:8500", token="")
+    with pytest.raises(ConsulError, match="permission denied"):
+        without.self_info()
+    assert without.members() == []  # filtered, as Consul does for the anonymous token
+
+
+def test_the_leave_answers_once_the_server_has_left_and_a_short_timeout_is_no_answer(
+    agents: Callable[..., Standin],
+) -> None:
+    servers = [agents(f"server{i}", expect=3) for i in range(1, 4)]
+    for server in servers:
+        server.join = [s.address for s in servers if s is not server]
+    for server in servers:
+        server.start()
+    leader = leader_of(servers)
+    first, second = [s for s in servers if s is not leader]
+    with pytest.raises(ConsulUnreachable, match="did not answer within 1s"):
+        ConsulAgent(f"{first.address}:8500", timeout=1.0).leave()  # the old 3 s would fail the same way
+    assert first.wait(30) == 0  # it left all the same: the answer was only late
+    started = time.monotonic()
+    ConsulAgent(f"{second.address}:8500", timeout=60.0).leave()
+    assert time.monotonic() - started >= DRAIN
+    assert second.wait(10) == 0
+
+
+# --- the leader lock ---------------------------------------------------------------------------------
+
+
+def test_lock_timing_floor_and_cap() -> None:
+    assert lock_timing_problem(15, 15) is None
+    assert lock_timing_problem(2, 1) is None
+    zero = lock_timing_problem(15, 0)
+    assert zero is not None and "below 7.5s" in zero
+    assert "60s" in (lock_timing_problem(15, 61) or "")
+    with pytest.raises(ValueError, match="lock-delay"):
+        LeaderLock(Consul(ConsulAddress.parse("consul://127.0.0.1:1/k")), "k", "x", ttl=15, lock_delay=0)
+
+
+class Pair:
+    """Two leader locks on one key, sampled every few milliseconds: who leads, and never both."""
+
+    def __init__(self, double: ConsulDouble, ttl: float = 2.0, lock_delay: float = 1.0) -> None:
+        address = ConsulAddress.parse(f"consul://{double.address}/{KEY}")
+        self.events: list[tuple[str, bool]] = []
+        self.locks = [
+            LeaderLock(
+                Consul(address, timeout=1.0),
+                KEY,
+                name,
+                ttl=ttl,
+                lock_delay=lock_delay,
+                on_change=lambda leading, n=name: self.events.append((n, leading)),
+            )
+            for name in ("a", "b")
+        ]
+        self.both_at: list[float] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            if all(lock.is_leader() for lock in self.locks):
+                self.both_at.append(time.monotonic())
+            self.samples += 1
+            time.sleep(0.002)
+
+    def leader(self) -> LeaderLock | None:
+        leading = [lock for lock in self.locks if lock.is_leader()]
+        return leading[0] if len(leading) == 1 else None
+
+    def __enter__(self) -> Pair:
+        for lock in self.locks:
+            lock.start()
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for lock in self.locks:
+            lock.stop()
+        for lock in self.locks:
+            lock.join(10)
+        self._sampler.join(5)
+
+
+@pytest.fixture
+def double() -> Iterator[ConsulDouble]:
+    with ConsulDouble(min_ttl=1.0) as running:
+        yield running
+
+
+def test_the_lock_key_deleted_under_the_leader_never_makes_two_leaders(double: ConsulDouble) -> None:
+    with Pair(double) as pair:
+        first = eventually(pair.leader, 10, "a leader")
+        for _ in range(3):
+            double.kv_delete(KEY)
+            eventually(lambda: pair.leader() is not None and double.kv_get(KEY) is not None, 10, "a leader")
+        time.sleep(0.5)
+        assert pair.samples > 100
+        assert pair.both_at == [], f"two leaders at once, {len(pair.both_at)} samples"
+        assert (first.identity, False) in pair.events  # the holder saw its key go and stood down
+
+
+def test_a_session_invalidated_with_its_node_ends_leadership_and_another_takes_over(
+    double: ConsulDouble,
+) -> None:
+    with Pair(double) as pair:
+        first = eventually(pair.leader, 10, "a leader")
+        assert double.deregister_node(double.node) == 2  # both controllers' sessions live on it
+        eventually(lambda: not first.is_leader(), 2, "the leader to stand down")
+        assert pair.leader() is None  # Consul refuses new sessions on the node: nobody leads
+        double.register_node(double.node)  # the agent's anti-entropy registers its node again
+        eventually(pair.leader, 15, "a leader on new sessions")
+        assert pair.both_at == []
+
+
+def test_a_ttl_below_consuls_minimum_is_one_fatal_error() -> None:
+    with ConsulDouble() as double:  # Consul's own session_ttl_min of 10 s
+        fatal: list[str] = []
+        lock = LeaderLock(
+            Consul(ConsulAddress.parse(f"consul://{double.address}/{KEY}")),
+            KEY,
+            "x",
+            ttl=2,
+            lock_delay=1,
+            on_fatal=fatal.append,
+        )
+        lock.start()
+        lock.join(10)
+        assert not lock.is_alive()
+        assert len(fatal) == 1 and "Invalid Session TTL" in fatal[0] and "--lock-ttl" in fatal[0]
+        assert [m for m, _ in double.requests()].count("PUT") == 1  # asked once, not for ever
+
+
+def test_a_session_lost_during_an_outage_is_replaced_and_some_controller_leads_again() -> None:
+    with ConsulDouble(min_ttl=1.0) as double, Pair(double) as pair:
+        eventually(pair.leader, 10, "a leader")
+        double.take_down()
+        eventually(lambda: pair.leader() is None, 5, "nobody leading while Consul is away")
+        # longer than twice the TTL: the sessions expire meanwhile (the cluster is up, only unreachable)
+        eventually(lambda: not double.session_ids(), 10, "the sessions expired")
+        double.bring_up()
+        eventually(pair.leader, 2.0 + 1.0 + 5, "a leader within TTL + lock-delay")
+
+
+# --- the KV watcher ----------------------------------------------------------------------------------
+
+
+def test_the_watcher_starts_over_when_the_index_goes_backwards() -> None:
+    with ConsulDouble(min_ttl=1.0) as double:
+        for i in range(30):
+            double.kv_put("topology", f"v{i}".encode())
+        high = double.index
+        changes: list[float] = []
+        consul = Consul(ConsulAddress.parse(f"consul://{double.address}/topology"), timeout=2.0)
+        watcher = KVWatcher(consul, "topology", lambda: changes.append(time.monotonic()), wait="1s")
+        watcher.start()
+        try:
+            eventually(lambda: any(f"index={high}" in t for _, t in double.requests()), 5, "a blocking query")
+            before, asked = len(changes), len(double.requests())
+            low = double.restore_snapshot({"topology": b"restored"})
+            assert low < high
+            eventually(lambda: len(changes) > before, 5, "the restored document noticed")
+            eventually(lambda: any(f"index={low}" in t for _, t in double.requests()[asked:]), 5, "new index")
+            after = [t for m, t in double.requests()[asked:] if m == "GET"]
+            # the held query answered the lower index once its wait ran out (Consul holds it too); the
+            # watcher then started over with a plain read (no index), then blocked on the new index
+            fresh = next(i for i, t in enumerate(after) if "index=" not in t)
+            assert all(f"index={high}" in t for t in after[:fresh]), after
+            assert f"index={low}" in after[fresh + 1], after
+        finally:
+            watcher.stop()
+
+
+# --- the controller's command line -------------------------------------------------------------------
+
+
+def _run_controller(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "run", *args, "--http", "off"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_HTTP", "CONSUL_RECONCILER"))},
+    )
+
+
+def test_run_refuses_a_lock_delay_below_half_the_ttl(tmp_path: Path) -> None:
+    db = str(tmp_path / "a.db")
+    result = _run_controller("consul://127.0.0.1:1/infra/topology", "--lock-delay", "0", "--db", db)
+    assert result.returncode == 1
+    assert "--lock-delay 0s is below 7.5s" in result.stderr, result.stderr
+
+
+def test_run_stops_with_one_error_when_consul_refuses_the_session_ttl(tmp_path: Path) -> None:
+    with ConsulDouble() as double:  # session_ttl_min 10 s, as Consul's default
+        double.kv_put("infra/topology", b"cluster: x\nhosts: []\n")
+        result = _run_controller(
+            f"consul://{double.address}/infra/topology",
+            "--lock-ttl",
+            "2",
+            "--lock-delay",
+            "1",
+            "--db",
+            str(tmp_path / "a.db"),
+        )
+        creates = [t for m, t in double.requests() if t.startswith("/v1/session/create")]
+    assert result.returncode == 1, result.stderr
+    assert "Invalid Session TTL" in result.stderr and "--lock-ttl" in result.stderr
+    assert len(creates) == 1  # asked once, then stopped; not retried for ever
