@@ -249,13 +249,19 @@ class RolloutSettings(_Strict):
 
     gates: bool = Field(
         default=True,
-        description="Consul health gates around replacing or removing a server (turn off only for "
-        "agents without Consul's HTTP API, such as test stand-ins)",
+        description="Consul health gates around replacing or removing a server. Turn off only for "
+        "agents without Consul's HTTP API: off, no leader/voter/autopilot check, no graceful leave "
+        "(servers are stopped, their peers see them failed), no wait for a replacement to become a voter",
     )
     deadline: Annotated[float, Field(gt=0, le=86400)] = 300.0
     stabilization: Annotated[float, Field(ge=0, le=3600)] = 10.0
     max_parallel: Annotated[int, Field(ge=1, le=1000)] = 4
     agent_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    leave_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0,
+        description="seconds a server's graceful leave may take: Consul answers PUT /v1/agent/leave only "
+        "once the agent has left (leave_drain_time, 5 s by default, then its removal from the raft peers)",
+    )
 
 
 class Names(_Strict):

@@ -36,7 +36,7 @@ from desired_state.secrets import SecretError, resolve
 from desired_state.spec import ContainerSpec, Endpoint
 from reconciler import labels as L
 from reconciler.audit import AuditLog
-from reconciler.consul_api import ConsulError
+from reconciler.consul_api import ConsulError, ConsulUnreachable
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
 from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
@@ -300,7 +300,11 @@ class Executor:
         temporary = f"{spec.name}-next-{spec.spec_hash()[:8]}"
         self._remove_if_present(client, temporary)  # a leftover of an interrupted replacement
         new = self._create(client, spec, temporary)
-        self._leave_if_server(client, action, old_id)
+        try:
+            self._leave_if_server(client, action, old_id)
+        except Exception:
+            new.remove(force=True)  # nothing was stopped: leave no temporary container behind either
+            raise
         self._stop_and_remove(client, old_id, action)
         new.rename(spec.name)
         self._start_and_wait(new, action)
@@ -309,7 +313,12 @@ class Executor:
     def _leave_if_server(self, client: docker.DockerClient, action: Action, container_id: str) -> None:
         """Never stop a server that may still be a voter without a graceful leave: its restart policy is
         set to "no" (so Docker does not bring it back), the agent is asked to leave, and we wait for it
-        to exit. A server that is not running any more has nothing to leave."""
+        to exit. A server that is not running any more has nothing to leave.
+
+        Consul answers the leave only once the agent has left, seconds later for a server. When the call
+        fails (a timeout, or the connection closed by the exiting agent), what is observed decides: the
+        other servers see the member ``left``, or its container exited, and it has left; otherwise the
+        leave failed, the restart policy is put back as it was and nothing is stopped."""
         if self._gates is None or not action.observed or action.observed.role != "server":
             return
         try:
@@ -324,14 +333,19 @@ class Executor:
                 f"host {action.host}: server {action.name} has no agent address label; not "
                 "stopping a possible voter without a leave"
             )
+        policy = dict(container.attrs.get("HostConfig", {}).get("RestartPolicy") or {"Name": "no"})
         container.update(restart_policy={"Name": "no"})
         try:
-            self._gates.agent(http).leave()
+            self._gates.leave(http)
         except ConsulError as exc:
-            container.update(restart_policy={"Name": "always"})
-            raise ActionError(
-                f"host {action.host}: server {action.node} did not leave gracefully ({exc}); not stopping it"
-            ) from None
+            left = self._left_anyway(container, action, patient=isinstance(exc, ConsulUnreachable))
+            if left is None:
+                container.update(restart_policy=policy)
+                raise ActionError(
+                    f"host {action.host}: server {action.node} did not leave gracefully ({exc}); "
+                    "not stopping it"
+                ) from None
+            log.warning("server %s: the leave call ended with %s, but %s", action.node, exc, left)
         deadline = time.monotonic() + self._options.stop_timeout
         while time.monotonic() < deadline:
             container.reload()
@@ -344,6 +358,23 @@ class Executor:
             action.node,
             self._options.stop_timeout,
         )
+
+    def _left_anyway(self, container: Container, action: Action, *, patient: bool) -> str | None:
+        """After a leave call that did not answer: has the server left all the same? (what shows it, or
+        None). ``patient``: the call got no answer, so the agent may still be leaving; look for up to
+        the stop timeout. Otherwise the agent refused, and one look decides."""
+        assert self._gates is not None
+        deadline = time.monotonic() + (self._options.stop_timeout if patient else 0.0)
+        while True:
+            container.reload()
+            if container.status not in ("running", "restarting"):
+                return f"its container has exited ({container.status})"
+            status = self._gates.member_status(action.node or "")
+            if status == "left":
+                return "the other servers see it left"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
 
     def _create(self, client: docker.DockerClient, spec: ContainerSpec, name: str) -> Container:
         if spec.role == "registrator" and self._gates is not None and spec.agent_http:
@@ -469,9 +500,14 @@ def _down(action: Action) -> bool:
 
 
 def disrupts_server(action: Action) -> bool:
-    """A replace, remove or adoption that stops a Consul server (desired or current role)."""
+    """A replace, remove or adoption that stops a Consul server (desired or current role). Removing a
+    container that never started (the temporary container of an interrupted replacement) stops
+    nothing: no agent ever ran in it."""
     was_server = action.observed is not None and action.observed.role == "server"
-    return action.disruptive and (action.role == "server" or was_server)
+    never_started = (
+        action.kind is Kind.REMOVE and action.observed is not None and action.observed.state == "created"
+    )
+    return action.disruptive and (action.role == "server" or was_server) and not never_started
 
 
 def _phase(action: Action) -> tuple[int, int]:

@@ -79,7 +79,8 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
     if not view.leader:
         if view.peers_known:
             return (
-                "recovery required: the servers have no leader although peers exist (never re-bootstrapped)"
+                "the servers have no leader although peers exist: an election takes seconds; if it "
+                "persists, recovery required (never re-bootstrapped)"
             )
         return "the cluster has no leader"
     problems: list[str] = []

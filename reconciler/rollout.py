@@ -12,6 +12,8 @@ from reconciler.gates import ClusterView, after_removal, after_replacement
 log = logging.getLogger("consul_reconciler.rollout")
 
 INTERRUPTED = "gate interrupted"
+# serf's MemberStatus, the "Status" of /v1/agent/members (hashicorp/serf serf/serf.go)
+MEMBER_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
 
 
 class ConsulGates:
@@ -22,6 +24,7 @@ class ConsulGates:
         deadline: float,
         stabilization: float,
         agent_timeout: float,
+        leave_timeout: float = 60.0,
         token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -30,6 +33,7 @@ class ConsulGates:
         self.deadline = deadline
         self.stabilization = stabilization
         self.agent_timeout = agent_timeout
+        self.leave_timeout = leave_timeout
         self._token = token
         self._clock = clock
         self._sleep = sleep
@@ -66,9 +70,28 @@ class ConsulGates:
     @staticmethod
     def _has_peers(agent: ConsulAgent) -> bool:
         try:
-            return bool(agent._call("status/peers", agent._client.status.peers))
+            return bool(agent.peers())
         except ConsulError:
             return False
+
+    def leave(self, http: str) -> None:
+        """Ask the agent at ``http`` to leave; Consul answers once it has (seconds, for a server)."""
+        self.agent(http, timeout=self.leave_timeout).leave()
+
+    def member_status(self, node: str) -> str | None:
+        """``node``'s gossip status (alive, leaving, left, failed) as the first other server agent that
+        lists it says; None when no other server answers or lists it."""
+        for other, http in sorted(self.servers.items()):
+            if other == node:
+                continue
+            try:
+                members = self.agent(http, timeout=1.0).members()
+            except ConsulError:
+                continue
+            for member in members:
+                if member.get("Name") == node:
+                    return MEMBER_STATUS.get(int(member.get("Status") or 0), "unknown")
+        return None
 
     def others_down(self, node: str) -> list[str]:
         """Other server agents that do not answer at all (killed, host down)."""
@@ -109,7 +132,9 @@ class ConsulGates:
                     # next pass can repair it; the next disruption's gate waits for both to be healthy.
                     return f"{INTERRUPTED}: server(s) {', '.join(down)} down; repairing them first ({reason})"
             if should_stop():
-                return f"stopped while waiting for {what}: {reason or 'stabilising'}"
+                # Stopping (a signal, leadership lost) is not a failed gate: no pause; the next pass,
+                # here or on another controller, looks again and every gate re-checks.
+                return f"{INTERRUPTED}: stopped while waiting for {what}: {reason or 'stabilising'}"
             self._sleep(0.25)
         return f"{what} not healthy within {self.deadline:.0f}s: {reason or 'did not stay healthy'}"
 
