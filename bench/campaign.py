@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/campaign.py --trials 50 [--seed N] [--write RELIABILITY.md]
 
-Each trial changes the agents' image on a 3-host fleet of real engines, lets the running
-controller start replacing, SIGKILLs it after a random delay, starts a new controller, and checks
-once it converged: every host runs exactly its desired containers (no duplicate, no leftover
-temporary, no orphan), every audit row is resolved (none left "started"), and the kill was found
-and marked "interrupted" when it landed mid-action. The seed is printed; the same seed replays
-the same delays.
+Each trial changes the agents' image on a 3-host fleet of real engines (three servers: the agent
+stand-in, with the health gates on, so each server's replacement is a graceful leave of Consul's
+5 s drain, then its gates), lets the running controller start replacing, SIGKILLs it after a random
+delay, starts a new controller, and checks once it converged: every host runs exactly its desired
+containers (no duplicate, no leftover temporary, no orphan), every audit row is resolved (none left
+"started"), and the kill was found and marked "interrupted" when it landed mid-action. The seed is
+printed; the same seed replays the same delays.
 """
 
 from __future__ import annotations
@@ -30,20 +31,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.agent_image import ensure_agent_images  # noqa: E402
 from tests.fleet import (  # noqa: E402
-    STANDIN_CONSUL_2,
+    AGENT_IMAGE_1,
+    AGENT_IMAGE_2,
     Engine,
     ensure_engines,
     ensure_standin_images,
     fleet_topology,
     reset_engines,
 )
-from tests.integration.controller_harness import (  # noqa: E402
-    SLOWSTOP_IMAGE,
-    ControllerProcess,
-    ensure_slowstop_image,
-    wait_for,
-)
+from tests.integration.controller_harness import ControllerProcess, wait_for  # noqa: E402
 
 RESOLVED = {"succeeded", "failed", "interrupted", "skipped", "waiting"}
 
@@ -120,14 +118,14 @@ def _converged(engines: list[Engine], image: str) -> bool:
 
 
 def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) -> Outcome:
-    """Alternates the agents between an image that ignores SIGTERM (its stop takes the 1 s stop
-    timeout, so replacements stay in flight long enough to be killed) and a plain one."""
+    """Alternates the servers between two agent images; each server's replacement is in flight for
+    seconds (the graceful leave, then the gates), long enough to be killed anywhere in it."""
     rng = random.Random(seed)
     engines = ensure_engines(3)
     ensure_standin_images(engines)
-    ensure_slowstop_image(engines)
+    ensure_agent_images(engines)
     reset_engines(engines)
-    doc = fleet_topology(engines, workdir, "campaign", consul_image=SLOWSTOP_IMAGE, servers=3)
+    doc = fleet_topology(engines, workdir, "campaign", consul_image=AGENT_IMAGE_1, servers=3)
     sampler: ServerSampler | None = None
     topology, db = workdir / "topology.yaml", workdir / "audit.db"
     topology.write_text(yaml.safe_dump(doc))
@@ -137,10 +135,10 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
     )
     try:
         ctl.wait_ready(60)
-        wait_for(lambda: _converged(engines, SLOWSTOP_IMAGE), 60, "the first convergence")
+        wait_for(lambda: _converged(engines, AGENT_IMAGE_1), 60, "the first convergence")
         sampler = ServerSampler(engines)  # from here on, at most one server may be down at a time
         for trial in range(trials):
-            image = STANDIN_CONSUL_2 if trial % 2 == 0 else SLOWSTOP_IMAGE
+            image = AGENT_IMAGE_2 if trial % 2 == 0 else AGENT_IMAGE_1
             doc["consul"]["image"] = image  # type: ignore[index]
             topology.write_text(yaml.safe_dump(doc))
             time.sleep(rng.uniform(0.0, max_delay))
@@ -154,7 +152,7 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
             outcome.trials += 1
             try:
                 ctl.wait_ready(60)  # its first pass is done: what the killed one left is marked
-                wait_for(lambda img=image: _converged(engines, img), 60, f"convergence after trial {trial}")
+                wait_for(lambda img=image: _converged(engines, img), 120, f"convergence after trial {trial}")
             except AssertionError as exc:
                 outcome.violations.append(f"trial {trial}: {exc}; state {_state(engines)}")
                 continue

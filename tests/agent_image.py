@@ -7,8 +7,8 @@ image of tests/baseimage.py (made offline with debootstrap, cached in /tmp/crcac
 real image change: their labels differ, and so do the versions the agents report (STANDIN_VERSION
 ``1.20.0-standin`` for :1, ``1.20.1-standin`` for :2, seen in /v1/agent/self and in autopilot).
 
-Each image carries the SHA-256 of agent_standin.py as a label: an engine whose tag was built from
-another version of the program counts as lacking it (the superseded image is removed once replaced,
+Each image carries the SHA-256 of agent_standin.py and its Dockerfile as a label: an engine whose tag
+was built from another version of either counts as lacking it (the superseded image is removed once replaced,
 unless a container still uses it). A tag that no engine has current is built once, on the first
 engine (after the base image is put there); engines lacking a tag get it by save/load, in
 parallel, as tests/fleet.py does for its stand-ins. The build needs no network
@@ -27,6 +27,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import sys
 import tarfile
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ import docker.errors
 
 from tests.baseimage import BASE_IMAGE, IMPORT_TIMEOUT, ensure_base_image
 from tests.fleet import (
+    AGENT_IMAGE_1,
+    AGENT_IMAGE_2,
     STANDIN_LABEL,
     Engine,
     FleetError,
@@ -47,8 +50,6 @@ from tests.fleet import (
     ensure_engines,
 )
 
-AGENT_IMAGE_1 = "consul-reconciler-standin/consul-agent:1"
-AGENT_IMAGE_2 = "consul-reconciler-standin/consul-agent:2"
 AGENT_IMAGES: tuple[str, ...] = (AGENT_IMAGE_1, AGENT_IMAGE_2)
 AGENT_VERSIONS = {AGENT_IMAGE_1: "1.20.0-standin", AGENT_IMAGE_2: "1.20.1-standin"}
 SOURCE = Path(__file__).resolve().parent / "agent_standin.py"
@@ -58,13 +59,16 @@ DOCKERFILE = """FROM {base}
 RUN mkdir -p /consul/data /consul/config
 COPY agent_standin.py /agent_standin.py
 ENV STANDIN_VERSION={version}
+# raft at Consul's recommended production setting, performance.raft_multiplier = 1 (heartbeat 1 s)
+ENV STANDIN_RAFT_MULTIPLIER=1
 LABEL {label}="consul-agent" {label}.version="{tag_version}" {source_label}="{digest}"
 ENTRYPOINT ["python3", "-u", "/agent_standin.py"]
 """
 
 
 def source_digest() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    """Of agent_standin.py and of the Dockerfile: a change to either makes the images stale."""
+    return hashlib.sha256(SOURCE.read_bytes() + DOCKERFILE.encode()).hexdigest()
 
 
 def dockerfile(tag: str, base: str = BASE_IMAGE) -> str:
@@ -145,6 +149,58 @@ def ensure_agent_images(engines: Sequence[Engine], tags: Sequence[str] = AGENT_I
                     with contextlib.suppress(docker.errors.APIError):
                         client.images.remove(image_id)
     return list(tags)
+
+
+# The same agents with Consul's ACLs on (default deny) and a management token, baked into the image's
+# config folder as an operator may bake a config file into theirs: /consul/config/acl.json.
+ACL_TOKEN = "8a1d5ec0-5a1e-4c1d-9a11-7e57acl70ce7"  # the test cluster's management token (a test secret)
+AGENT_ACL_IMAGES = {
+    "consul-reconciler-standin/consul-agent-acl:1": AGENT_IMAGE_1,
+    "consul-reconciler-standin/consul-agent-acl:2": AGENT_IMAGE_2,
+}
+_ACL_CONFIG = {
+    "acl": {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": ACL_TOKEN}}
+}
+_ACL_DOCKERFILE = """FROM {base}
+COPY acl.json /consul/config/acl.json
+LABEL {source_label}="{digest}"
+"""
+
+
+def _acl_digest() -> str:
+    return hashlib.sha256((source_digest() + _ACL_DOCKERFILE + json.dumps(_ACL_CONFIG)).encode()).hexdigest()
+
+
+def ensure_acl_agent_images(engines: Sequence[Engine]) -> tuple[str, str]:
+    """The ACL variants of both agent images on every engine (a small layer on each, built in place)."""
+    ensure_agent_images(engines)
+    digest = _acl_digest()
+
+    def build(engine: Engine) -> None:
+        with contextlib.closing(engine.client()) as client:
+            for tag, base in AGENT_ACL_IMAGES.items():
+                try:
+                    if (client.images.get(tag).labels or {}).get(SOURCE_LABEL) == digest:
+                        continue
+                except docker.errors.ImageNotFound:
+                    pass
+                buffer = io.BytesIO()
+                dockerfile_text = _ACL_DOCKERFILE.format(base=base, source_label=SOURCE_LABEL, digest=digest)
+                with tarfile.open(fileobj=buffer, mode="w") as archive:
+                    for name, text in (
+                        ("Dockerfile", dockerfile_text),
+                        ("acl.json", json.dumps(_ACL_CONFIG)),
+                    ):
+                        data = text.encode()
+                        info = tarfile.TarInfo(name)
+                        info.size, info.mode, info.mtime = len(data), 0o644, 0
+                        archive.addfile(info, io.BytesIO(data))
+                buffer.seek(0)
+                build_image(client, buffer, tag, f" on {engine.name}")
+
+    _parallel(build, engines, "building the ACL agent images")
+    first, second = AGENT_ACL_IMAGES
+    return first, second
 
 
 def _image_id(engine: Engine, tag: str) -> str | None:

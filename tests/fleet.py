@@ -64,6 +64,10 @@ STANDIN_CONSUL_2 = "consul-reconciler-standin/consul:2"
 STANDIN_REGISTRATOR_1 = "consul-reconciler-standin/registrator:1"
 STANDIN_IMAGES: tuple[str, ...] = (STANDIN_CONSUL_1, STANDIN_CONSUL_2, STANDIN_REGISTRATOR_1)
 STANDIN_LABEL = "org.consul-reconciler.standin"
+# The Consul agent of the integration suite: images of the agent stand-in (tests/agent_image.py builds
+# them), which answer Consul's HTTP API, so the default, gated rollout path runs in every test.
+AGENT_IMAGE_1 = "consul-reconciler-standin/consul-agent:1"
+AGENT_IMAGE_2 = "consul-reconciler-standin/consul-agent:2"
 
 # Unix socket paths are limited to 108 bytes (sun_path); keep well below it. The longest one an
 # engine creates is its containerd's ttrpc socket under the exec root.
@@ -864,22 +868,29 @@ def fleet_topology(
     cluster: str,
     *,
     servers: int = 1,
-    consul_image: str = STANDIN_CONSUL_1,
+    consul_image: str = AGENT_IMAGE_1,
     registrator_image: str = STANDIN_REGISTRATOR_1,
-    gates: bool = False,
+    gates: bool = True,
 ) -> dict[str, object]:
-    """A topology document over these engines: the first ``servers`` are servers, the rest clients."""
+    """A topology document over these engines: the first ``servers`` are servers, the rest clients.
+
+    By default the agents are the agent stand-in (Consul's HTTP API on each host's own loopback
+    address) and the rollout is gated, as in production; ``gates=False`` only with an image that has no
+    Consul API (the busybox stand-ins)."""
+    rollout: dict[str, object] = {"gates": gates}
+    if gates:
+        rollout |= {"deadline": 60, "stabilization": 1, "agent_timeout": 30}
     return {
         "cluster": cluster,
         "consul": {"image": consul_image},
         "registrator": {"image": registrator_image},
-        # busybox stand-ins have no Consul HTTP API: gates need the agent stand-in (tests/agent_standin.py)
-        "rollout": {"gates": gates},
+        "rollout": rollout,
         "hosts": [
             {
                 "name": e.name,
                 "docker": e.url,
                 "advertise": e.address,
+                "client_address": e.address,  # each agent's HTTP API on its host's own address
                 "role": "server" if i < servers else "client",
                 "data_dir": str(data_root / f"data-{e.name}"),
                 "timeout": 5,

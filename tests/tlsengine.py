@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.fleet import STANDIN_IMAGES, Engine, FleetError
+from tests.fleet import AGENT_IMAGE_1, STANDIN_IMAGES, Engine, FleetError
 
 DEFAULT_ROOT = "/tmp/crtls"
 ROOT_ENV = "CR_TLS_ROOT"
@@ -246,7 +246,7 @@ def _engine(state_dir: Path, port: int = 0, certs: CertFiles | None = None) -> T
 
 
 def start_tls_engine(
-    source: Engine, root: Path | None = None, tags: Sequence[str] = STANDIN_IMAGES
+    source: Engine, root: Path | None = None, tags: Sequence[str] = (*STANDIN_IMAGES, AGENT_IMAGE_1)
 ) -> TLSEngine:
     """(Re)start the TLS engine with fresh certificates and a free port; copy ``tags`` from ``source``."""
     base = root or tls_root()
@@ -266,10 +266,11 @@ def start_tls_engine(
 def load_images(source: Engine, target: Engine, tags: Sequence[str]) -> None:
     """``docker save`` each tag on ``source`` and ``docker load`` it into ``target`` (unix sockets)."""
     with contextlib.closing(source.client()) as src, contextlib.closing(target.client()) as dst:
-        present = {tag for image in dst.images.list() for tag in image.tags}
+        present = {tag: image.id for image in dst.images.list() for tag in image.tags}
         for tag in tags:
-            if tag not in present:
-                dst.images.load(b"".join(src.images.get(tag).save(named=True)))
+            image = src.images.get(tag)
+            if present.get(tag) != image.id:  # missing, or an older build of the tag
+                dst.images.load(b"".join(image.save(named=True)))
         missing = set(tags) - {tag for image in dst.images.list() for tag in image.tags}
         if missing:
             raise FleetError(f"loading {sorted(missing)} into {target.name} did not tag them")

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from tests.fleet import STANDIN_CONSUL_1, Engine
-
-SLOWSTOP_IMAGE = "consul-reconciler-standin/consul:slowstop"
-
-# An agent stand-in that ignores SIGTERM, so `docker stop` takes the whole stop timeout: a
-# replacement of it stays in flight long enough to kill or signal the controller in the middle.
-_SLOWSTOP_DOCKERFILE = f"""FROM {STANDIN_CONSUL_1}
-COPY slow-entrypoint /slow-entrypoint
-ENTRYPOINT ["/slow-entrypoint"]
-"""
-_SLOWSTOP_SCRIPT = """#!/bin/sh
-echo "$*"
-trap '' TERM
-while :; do sleep 1; done
-"""
-
-
-def ensure_slowstop_image(engines: Sequence[Engine]) -> None:
-    for engine in engines:
-        client = engine.client()
-        try:
-            if any(SLOWSTOP_IMAGE in image.tags for image in client.images.list()):
-                continue
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for name, text, mode in (
-                    ("Dockerfile", _SLOWSTOP_DOCKERFILE, 0o644),
-                    ("slow-entrypoint", _SLOWSTOP_SCRIPT, 0o755),
-                ):
-                    data = text.encode()
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mode = len(data), mode
-                    tar.addfile(info, io.BytesIO(data))
-            buffer.seek(0)
-            client.images.build(fileobj=buffer, custom_context=True, tag=SLOWSTOP_IMAGE, rm=True)
-        finally:
-            client.close()
 
 
 def free_port() -> int:

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import yaml
 from tests.fleet import Engine, fleet_topology
 
 LABEL = "io.consul-reconciler"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 
 
 @dataclass
@@ -81,6 +84,30 @@ class Fleet:
             return found
         finally:
             client.close()
+
+    def wait_consul_healthy(self, servers: int | None = None, timeout: float = 60) -> None:
+        """Until the first server agent's autopilot calls the cluster healthy (with ``servers`` servers,
+        when given): a new cluster elects its first leader seconds after its containers run."""
+        address = self.doc["hosts"][0].get("client_address") or self.doc["hosts"][0]["advertise"]
+        token = self.env.get("CONSUL_HTTP_TOKEN")
+        headers = {"X-Consul-Token": token} if token else {}
+
+        def healthy() -> bool:
+            request = urllib.request.Request(
+                f"http://{address}:8500/v1/operator/autopilot/health", headers=headers
+            )
+            try:
+                with _OPENER.open(request, timeout=2) as response:
+                    body = json.loads(response.read())
+            except (OSError, ValueError):
+                return False
+            return bool(body["Healthy"]) and (servers is None or len(body["Servers"]) == servers)
+
+        deadline = time.monotonic() + timeout
+        while not healthy():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the Consul servers were not healthy within {timeout:.0f}s")
+            time.sleep(0.1)
 
     def ids(self) -> dict[tuple[str, str], str]:
         return {(e.name, n): a["Id"] for e in self.engines for n, a in self.containers(e).items()}

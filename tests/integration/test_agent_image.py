@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -139,11 +138,9 @@ def test_three_server_containers_elect_stop_restart_and_leave(
     # docker stop: SIGTERM, the server stops at once (exit 0) without leaving; it is a failed voter.
     stopped, other = (e for e in agent_fleet if e is not first)
     node_id = (tmp_path / stopped.name / "node-id").read_text().strip()
-    started = time.monotonic()
     containers[stopped.index].stop(timeout=10)
-    assert time.monotonic() - started < 5.0  # far below the 10 s grace period: SIGTERM was handled
     containers[stopped.index].reload()
-    assert containers[stopped.index].attrs["State"]["ExitCode"] == 0
+    assert containers[stopped.index].attrs["State"]["ExitCode"] == 0  # SIGTERM handled (a SIGKILL is 137)
     eventually(lambda: member_status(first, stopped.name) == 4, what="the stopped server failed")
     status, body = call(first.address, "/v1/operator/autopilot/health")
     assert status == 429 and body["FailureTolerance"] == 0
@@ -155,8 +152,9 @@ def test_three_server_containers_elect_stop_restart_and_leave(
     _, me = call(stopped.address, "/v1/agent/self")
     assert me["Config"]["NodeID"] == node_id
 
-    # PUT /v1/agent/leave: the container exits 0, the peer set shrinks to 2, healthy with 2.
-    assert call(other.address, "/v1/agent/leave", "PUT") == (200, None)
+    # PUT /v1/agent/leave, synchronous as Consul's (after the 5 s drain): the container exits 0, the
+    # peer set shrinks to 2, healthy with 2.
+    assert call(other.address, "/v1/agent/leave", "PUT", timeout=30) == (200, None)
     assert containers[other.index].wait(timeout=10)["StatusCode"] == 0
     remaining = [first, stopped]
     eventually(lambda: all(peers(e) == sorted(f"{x.address}:8300" for x in remaining) for e in remaining))

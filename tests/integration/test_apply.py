@@ -14,7 +14,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from tests.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine
+from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, STANDIN_CONSUL_1, Engine
 from tests.integration.harness import LABEL, Fleet, Run
 
 
@@ -55,16 +55,16 @@ def test_empty_to_converged_with_labels_command_mounts_network(fleet3: Fleet) ->
             assert labels[f"{LABEL}.host"] == engine.name
             assert len(labels[f"{LABEL}.spec-hash"]) == 16
         assert agent["Config"]["Labels"][f"{LABEL}.role"] == ("server" if index == 0 else "client")
-        args = agent["Args"]
+        args = agent["Config"]["Cmd"]  # the command the product set (the image adds its entrypoint)
         if index == 0:
             assert args[:3] == ["agent", "-server", "-bootstrap-expect=1"]
         else:
             assert "-server" not in args
             assert f"-retry-join={server.address}" in args
         assert args[args.index("-advertise") + 1] == engine.address
-        assert args[args.index("-client") + 1] == "0.0.0.0"
+        assert args[args.index("-client") + 1] == engine.address
         assert f"-node={engine.name}" in args and "-ui" in args
-        assert agent["Config"]["Image"] == STANDIN_CONSUL_1
+        assert agent["Config"]["Image"] == AGENT_IMAGE_1
         binds = {m["Destination"]: m["Source"] for m in agent["Mounts"]}
         assert binds["/consul/data"] == str(fleet3.tmp / f"data-{engine.name}")
         assert registrator["Args"] == [
@@ -104,7 +104,7 @@ def test_second_apply_plans_and_does_nothing(fleet3: Fleet) -> None:
 def test_new_client_image_replaces_only_clients(fleet3: Fleet) -> None:
     converged(fleet3)
     before = fleet3.ids()
-    fleet3.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    fleet3.doc["consul"]["client_image"] = AGENT_IMAGE_2
     fleet3.write()
     plan = fleet3.plan()
     assert plan.code == 2
@@ -114,9 +114,9 @@ def test_new_client_image_replaces_only_clients(fleet3: Fleet) -> None:
         ("replace", "host3", "consul"),
     ]
     for action in actions:
-        assert action["reasons"] == [{"field": "image", "old": STANDIN_CONSUL_1, "new": STANDIN_CONSUL_2}]
+        assert action["reasons"] == [{"field": "image", "old": AGENT_IMAGE_1, "new": AGENT_IMAGE_2}]
     text = fleet3.cli("plan", str(fleet3.file), "--db", str(fleet3.db))
-    assert f"image: '{STANDIN_CONSUL_1}' -> '{STANDIN_CONSUL_2}'" in text.stdout
+    assert f"image: '{AGENT_IMAGE_1}' -> '{AGENT_IMAGE_2}'" in text.stdout
     converged(fleet3)
     after = fleet3.ids()
     assert after[("host1", "consul")] == before[("host1", "consul")]  # the server is untouched
@@ -126,7 +126,7 @@ def test_new_client_image_replaces_only_clients(fleet3: Fleet) -> None:
     for engine in fleet3.engines[1:]:
         attrs = fleet3.containers(engine)["consul"]
         assert after[(engine.name, "consul")] != before[(engine.name, "consul")]
-        assert attrs["Config"]["Image"] == STANDIN_CONSUL_2 and attrs["State"]["Running"]
+        assert attrs["Config"]["Image"] == AGENT_IMAGE_2 and attrs["State"]["Running"]
 
 
 def test_client_only_change_keeps_server_container(fleet3: Fleet) -> None:
@@ -150,6 +150,7 @@ def test_client_only_change_keeps_server_container(fleet3: Fleet) -> None:
 
 def test_growing_servers_does_not_replace_existing_agents(fleet3: Fleet) -> None:
     converged(fleet3)
+    fleet3.wait_consul_healthy()  # a server is disrupted next: its gate asks for a healthy cluster
     before = fleet3.ids()
     fleet3.doc["hosts"][1]["role"] = "server"
     fleet3.write()
@@ -352,7 +353,7 @@ def test_bad_topology_touches_nothing(fleet3: Fleet, bad: str) -> None:
 def test_client_side_changes_respect_the_in_flight_bound(fleet3: Fleet) -> None:
     converged(fleet3)
     fleet3.doc["rollout"]["max_parallel"] = 1
-    fleet3.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    fleet3.doc["consul"]["client_image"] = AGENT_IMAGE_2
     fleet3.write()
     run = converged(fleet3)
     assert sorted((r["host"], r["container"]) for r in run.json()["results"]) == [

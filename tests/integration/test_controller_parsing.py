@@ -15,7 +15,7 @@ from desired_state.load import Loaded
 from reconciler.audit import AuditLog
 from reconciler.controller import Controller, ControllerOptions
 from reconciler.sources import FileSource
-from tests.fleet import STANDIN_CONSUL_2, Engine, fleet_topology
+from tests.fleet import AGENT_IMAGE_2, Engine, fleet_topology
 from tests.integration.controller_harness import wait_for
 
 
@@ -55,9 +55,9 @@ def test_an_unchanged_document_is_parsed_and_rendered_once(
         # Rendered once too: the cached fleet is the object every pass used.
         assert parsed[0].fleet is parsed[0].fleet
 
-        doc["consul"]["image"] = STANDIN_CONSUL_2  # new bytes: parsed again, and followed
+        doc["consul"]["image"] = AGENT_IMAGE_2  # new bytes: parsed again, and followed
         path.write_text(yaml.safe_dump(doc))
-        wait_for(lambda: _agent_image(engine) == STANDIN_CONSUL_2, 30, "the new document to be enforced")
+        wait_for(lambda: _agent_image(engine) == AGENT_IMAGE_2, 30, "the new document to be enforced")
         passes = controller.passes_run
         wait_for(lambda: controller.passes_run >= passes + 3, 30, "three more passes")
         assert len(parsed) == 2

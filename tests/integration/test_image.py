@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.baseimage import BASE_IMAGE, ensure_base_image
-from tests.fleet import STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1, Engine, FleetError
+from tests.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "consul-reconciler-test/controller:dev"
@@ -158,15 +158,17 @@ def test_image_runs_as_reconciler_without_sources(
 def _topology(engine: Engine, data_dir: Path) -> dict[str, Any]:
     return {
         "cluster": CLUSTER,
-        "consul": {"image": STANDIN_CONSUL_1},
+        "consul": {"image": AGENT_IMAGE_1},
         "registrator": {"image": STANDIN_REGISTRATOR_1},
-        "rollout": {"gates": False},  # busybox stand-ins: no Consul HTTP API for the gates to ask
+        # gated, as in production: the controller's container (host network) asks the agent's HTTP API
+        "rollout": {"gates": True, "stabilization": 1},
         "hosts": [
             {
                 "name": engine.name,
                 # The engine's socket as the container sees it (mounted from the engine's host).
                 "docker": f"unix://{CONTAINER_SOCKET}",
                 "advertise": engine.address,
+                "client_address": engine.address,
                 "role": "server",
                 "data_dir": str(data_dir),
                 "timeout": 5,
@@ -281,9 +283,9 @@ def test_controller_container_converges_its_engine(
         labels = attrs["Config"]["Labels"]
         assert labels[f"{LABEL}.managed-by"] == CLUSTER
         assert labels[f"{LABEL}.host"] == engine.name
-    assert found["consul"]["Config"]["Image"] == STANDIN_CONSUL_1
+    assert found["consul"]["Config"]["Image"] == AGENT_IMAGE_1
     assert found["registrator"]["Config"]["Image"] == STANDIN_REGISTRATOR_1
-    args = found["consul"]["Args"]
+    args = found["consul"]["Config"]["Cmd"]
     assert args[args.index("-advertise") + 1] == engine.address
     # The audit log went where the image's CONSUL_RECONCILER_DB points: the state volume.
     audit_db = state / "audit.db"

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import consul as pyconsul
 import pytest
 import yaml
 
+from tests.agent_image import ACL_TOKEN, ensure_acl_agent_images
 from tests.consul_double import ConsulDouble
-from tests.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine
+from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
 from tests.integration.controller_harness import ControllerProcess, audit_rows, wait_for
 from tests.integration.harness import Fleet
 
@@ -78,7 +78,7 @@ def running(fleet: Fleet, engine: Engine, name: str, image: str | None = None) -
     return bool(attrs and attrs["State"]["Running"] and (image is None or attrs["Config"]["Image"] == image))
 
 
-def converged(fleet: Fleet, image: str = STANDIN_CONSUL_1) -> bool:
+def converged(fleet: Fleet, image: str = AGENT_IMAGE_1) -> bool:
     return all(running(fleet, e, "consul", image) and running(fleet, e, "registrator") for e in fleet.engines)
 
 
@@ -96,11 +96,11 @@ def test_kv_edit_replaces_at_once_and_status_is_written_back(
     ctl.wait_ready()
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge from the KV document")
     before = kv_fleet.ids()
-    kv_fleet.doc["consul"]["client_image"] = STANDIN_CONSUL_2
+    kv_fleet.doc["consul"]["client_image"] = AGENT_IMAGE_2
     push(consul, kv_fleet)
     for engine in kv_fleet.engines[1:]:
         wait_for(
-            lambda e=engine: running(kv_fleet, e, "consul", STANDIN_CONSUL_2), 15, "the KV edit to apply"
+            lambda e=engine: running(kv_fleet, e, "consul", AGENT_IMAGE_2), 15, "the KV edit to apply"
         )
     assert kv_fleet.ids()[("host1", "consul")] == before[("host1", "consul")]
     triggers = {r[0] for r in audit_rows(kv_fleet.db, "SELECT trigger FROM runs")}
@@ -271,18 +271,29 @@ def _hostname() -> str:
 def test_secrets_never_leak_acl_token_and_gossip_key(
     clean_fleet: list[Engine], tmp_path: Path, controllers: Any
 ) -> None:
-    token = "acl-" + uuid.uuid4().hex
+    """ACLs on everywhere (the KV double and the agents, default deny), the token given as a file while
+    $CONSUL_HTTP_TOKEN holds a stale one: the explicit token wins for the source, the lock, the status
+    write-back and the gates, and neither it nor the gossip key shows anywhere."""
+    token = ACL_TOKEN
     gossip = base64.b64encode(os.urandom(32)).decode()
+    acl_image, _ = ensure_acl_agent_images(clean_fleet)
     double = ConsulDouble(min_ttl=1.0, acl_token=token).start()
     try:
         fleet = Fleet(clean_fleet, tmp_path, cluster="secret")
+        fleet.doc["consul"]["image"] = acl_image
         fleet.doc["consul"]["encrypt"] = {"env": "CR_TEST_GOSSIP"}
-        fleet.env["CONSUL_HTTP_TOKEN"] = token
+        fleet.env["CONSUL_HTTP_TOKEN"] = "a-stale-token-that-must-lose"
         fleet.env["CR_TEST_GOSSIP"] = gossip
+        token_file = tmp_path / "consul-token"
+        token_file.write_text(token + "\n")
         double.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
-        ctl = controllers(fleet, double, "--interval", LONG_INTERVAL, *FAST_LOCK)
+        ctl = controllers(
+            fleet, double, "--interval", LONG_INTERVAL, "--consul-token-file", str(token_file), *FAST_LOCK
+        )
         ctl.wait_ready()
-        wait_for(lambda: converged(fleet), 30, "the fleet to converge with a token and a gossip key")
+        wait_for(lambda: converged(fleet, acl_image), 30, "convergence with a token and a gossip key")
+        # the registrators were created only once their agents answered agent/self with the token
+        assert audit_rows(fleet.db, "SELECT count(*) FROM actions WHERE status='failed'") == [(0,)]
         reader = pyconsul.Consul(host="127.0.0.1", port=double.port, token=token)
         wait_for(lambda: reader.kv.get("consul-reconciler/status/secret/host1")[1], 10, "status write-back")
         # everywhere a secret could show: logs, metrics, /status, audit DB, KV status, docker inspect, CLI
@@ -294,7 +305,9 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
             "kv status": json.dumps(
                 [e["Value"].decode() for e in reader.kv.get("consul-reconciler/", recurse=True)[1]]
             ),
-            "plan": fleet.cli("plan", source(double), "--db", str(fleet.db), "--json").stdout,
+            "plan": fleet.cli(
+                "plan", source(double), "--db", str(fleet.db), "--json", f"--consul-token-file={token_file}"
+            ).stdout,
             "audit": fleet.cli("audit", "--db", str(fleet.db), "--json").stdout,
         }
         for engine in fleet.engines:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import Engine, FleetError
+from tests.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError
 from tests.integration.harness import LABEL, Fleet, Run
 from tests.tlsengine import TLSEngine, start_tls_engine, stop_tls_engine
 
@@ -51,7 +51,6 @@ def tls_fleet(engine: TLSEngine, tmp: Path, *, ca: Path, cert: Path, key: Path) 
             "data_dir": str(engine.state_dir / "consul-data"),
         }
     )
-    fleet.doc["rollout"] = {"gates": False}
     fleet.write()
     for name in CA_BUNDLE_VARS:
         fleet.env.pop(name, None)
@@ -100,7 +99,7 @@ def test_apply_over_tls_converges(tls_engine: TLSEngine, tmp_path: Path) -> None
 
     found = managed(fleet, tls_engine)
     images = {attrs["Config"]["Image"] for attrs in found.values()}
-    assert images == {"consul-reconciler-standin/consul:1", "consul-reconciler-standin/registrator:1"}
+    assert images == {AGENT_IMAGE_1, STANDIN_REGISTRATOR_1}
     assert all(attrs["State"]["Running"] for attrs in found.values()), found.keys()
     names = " ".join(found)
     assert "consul" in names and "registrator" in names, names
