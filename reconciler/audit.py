@@ -504,6 +504,15 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+def _private_file(path: Path) -> None:
+    """The audit database holds the desired documents and every action: its folder is created 0700
+    and the file 0600 (SQLite gives its -wal and -shm files the database file's mode)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def _create_engine(url_text: str) -> Engine:
     url = make_url(url_text)
     if url.get_backend_name() != "sqlite":
@@ -518,7 +527,7 @@ def _create_engine(url_text: str) -> Engine:
         engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
     else:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(path)
         engine = create_engine(url, connect_args=connect_args)
     _configure_sqlite(engine)
     return engine
@@ -582,6 +591,10 @@ class AuditLog:
         )
         self._lock = threading.Lock()
         self._closed = False
+        # Records of what already happened (an action's outcome, a run's end) that the database did not
+        # take: written, in order, before anything else as soon as it takes writes again.
+        self._pending: list[Callable[[Session], None]] = []
+        self._pending_lock = threading.Lock()
         try:
             if _stored_revision(self._engine) != SCHEMA_REVISION:
                 _migrate(write_engine)
@@ -618,9 +631,40 @@ class AuditLog:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error."""
+        """A session whose transaction commits on success and rolls back on error. Records kept from
+        an earlier failure are written first (and a failure to write them fails this write too)."""
+        self.flush_pending()
         with self._write_sessions() as session, session.begin():
             yield session
+
+    def flush_pending(self) -> int:
+        """Write the records the database did not take earlier, oldest first; how many were written."""
+        written = 0
+        with self._pending_lock:
+            while self._pending:
+                with self._write_sessions() as session, session.begin():
+                    self._pending[0](session)
+                self._pending.pop(0)
+                written += 1
+        return written
+
+    @property
+    def pending(self) -> int:
+        """Records of things that happened that the database has not taken yet."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def _record_outcome(self, apply: Callable[[Session], None]) -> None:
+        """Write the record of something that already happened. If the database fails, the record is
+        kept (and written by the next write, or flush_pending) and the failure raised: an action that
+        succeeded is never later read as interrupted only because its row could not be finished."""
+        try:
+            with self._write() as session:
+                apply(session)
+        except Exception:
+            with self._pending_lock:
+                self._pending.append(apply)
+            raise
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -672,14 +716,18 @@ class AuditLog:
     ) -> None:
         """Close a run with a final status (anything but ``running``)."""
         _check_status(status, RUN_FINAL_STATUSES, "final run")
-        with self._write() as session:
+        finished = self._now()
+
+        def apply(session: Session) -> None:
             run = session.get(RunModel, run_id)
             if run is None:
                 raise KeyError(f"no run with id {run_id}")
             run.status = status
-            run.finished_at = self._now()
+            run.finished_at = finished
             run.summary = None if summary is None else _dumps(summary)
             run.error = error
+
+        self._record_outcome(apply)
 
     def runs(self, *, limit: int = 20, cluster_id: str | None = None) -> list[RunRow]:
         """Most recent runs first."""
@@ -755,7 +803,8 @@ class AuditLog:
         """
         _check_status(status, ACTION_FINAL_STATUSES, "final action")
         finished = self._now()
-        with self._write() as session:
+
+        def apply(session: Session) -> None:
             action = session.get(ActionModel, action_id)
             if action is None:
                 raise KeyError(f"no action with id {action_id}")
@@ -765,6 +814,8 @@ class AuditLog:
             if container_id is not None:
                 action.container_id = container_id
             action.error = error
+
+        self._record_outcome(apply)
 
     def record_action(
         self,
@@ -872,7 +923,13 @@ class AuditLog:
         with self._read() as session:
             return [ActionRow._from_model(m) for m in session.scalars(stmt)]
 
-    def mark_interrupted(self, *, cluster_id: str | None = None, controller: str | None = None) -> int:
+    def mark_interrupted(
+        self,
+        *,
+        cluster_id: str | None = None,
+        controller: str | None = None,
+        alive: Callable[[str | None, str | None], bool] | None = None,
+    ) -> int:
         """Close whatever a dead controller left open; returns the number of actions marked.
 
         Runs still ``running`` become ``interrupted`` and their actions still ``started``
@@ -890,7 +947,16 @@ class AuditLog:
             run_filter.append(RunModel.cluster_id == cluster_id)
         if controller is not None:
             run_filter.append(RunModel.controller == controller)
-        narrowed = cluster_id is not None or controller is not None
+        if alive is not None:
+            # Leave the runs of controllers still alive alone (a peer sharing this database)
+            with self._read() as session:
+                open_runs = session.execute(
+                    select(RunModel.id, RunModel.controller, RunModel.lock_holder).where(*run_filter)
+                ).all()
+            live = [run_id for run_id, owner, holder in open_runs if alive(owner, holder)]
+            if live:
+                run_filter.append(RunModel.id.not_in(live))
+        narrowed = cluster_id is not None or controller is not None or alive is not None
         with self._write() as session:
             act_stmt = update(ActionModel).where(ActionModel.status == "started")
             if narrowed:

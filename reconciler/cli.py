@@ -23,10 +23,12 @@ from desired_state.secrets import check_secrets
 from reconciler import __version__
 from reconciler.audit import ActionFilter, AuditLog, parse_since
 from reconciler.cliutil import open_audit, read_token_file
+from reconciler.consul_api import ConsulError
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
 from reconciler.kvcli import kv_app
 from reconciler.logs import setup_logging
+from reconciler.pauses import pauses_for
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
 from reconciler.present import docker_run_line, format_plan, text_table
 from reconciler.reconcile import PassOptions, compute_plan, run_pass
@@ -134,6 +136,23 @@ def _load(arg: str | None, opt: str | None = None, token: str | None = None) -> 
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False)
         raise typer.Exit(1) from None
+
+
+def _refuse_under_a_live_leader(src: ConsulSource) -> None:
+    """A controller that holds the leader lock acts on this cluster: a second actor would race it."""
+    from reconciler.leader import live_holder, lock_key_for
+
+    key = lock_key_for(src.address.key)
+    try:
+        holder = live_holder(src.consul, key)
+    except ConsulError as exc:
+        _fail(f"cannot tell whether a controller leads this cluster ({exc}); --force applies anyway")
+    if holder is not None:
+        _fail(
+            f"a running controller ({holder}) holds the leader lock {key} and acts on this cluster; "
+            "apply would act beside it. Let it converge (it follows the same document), stop it, or "
+            "pass --force"
+        )
 
 
 def _print_warnings(loaded: Loaded) -> None:
@@ -305,6 +324,14 @@ def apply(
     pull: PullOpt = True,
     stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
     consul_token_file: ConsulTokenFileOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="With a consul:// source, apply even while a running controller holds the leader lock "
+            "(both would act at once).",
+        ),
+    ] = False,
 ) -> None:
     """Run one pass: converge every host to the topology, recording each action in the audit log.
 
@@ -312,6 +339,9 @@ def apply(
     blocked by an unmanaged container, or the pass was refused.
     """
     token = _consul_token(consul_token_file)
+    src = _source(source, source_opt, token)
+    if isinstance(src, ConsulSource) and not force:
+        _refuse_under_a_live_leader(src)
     loaded = _load(source, source_opt, token)
     _print_warnings(loaded)
     audit = _audit(db)
@@ -325,10 +355,11 @@ def apply(
     try:
         result = run_pass(
             loaded,
-            source=_source(source, source_opt, token).describe(),
+            source=src.describe(),
             connections=connections,
             audit=audit,
             options=options,
+            pauses=pauses_for(src, audit),
         )
     finally:
         connections.close()
@@ -530,7 +561,7 @@ def status(
     try:
         desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
         states = audit.host_states(desired.cluster)
-        paused = audit.rollout_pause(desired.cluster)
+        paused = pauses_for(src, audit).get(desired.cluster)
         hosts: list[dict[str, Any]] = []
         names = [h.name for h in desired.hosts] + [
             o.name for o in observed.hosts if desired.host(o.name) is None
@@ -619,16 +650,23 @@ def resume(
 ) -> None:
     """Resume a server rollout paused by a failed health gate (after fixing its cause).
 
-    A paused rollout touches no server until this command, or until the desired state changes."""
+    A paused rollout touches no server until this command, or until the desired state changes. With
+    the desired state in Consul KV the pause is kept there too (KEY.pause), for every controller; this
+    clears both."""
+    src = _source(source, source_opt)
     loaded = _load(source, source_opt)
     cluster = loaded.topology.cluster
     audit = _audit(db)
+    pauses = pauses_for(src, audit)
     try:
-        pause = audit.rollout_pause(cluster)
+        pause = pauses.get(cluster)
         if pause is None:
             message = f"cluster {cluster}: no rollout is paused"
         else:
-            audit.resume_rollout(cluster)
+            try:
+                pauses.clear(cluster)
+            except ConsulError as exc:
+                _fail(str(exc))
             run_id = audit.start_run(
                 cluster_id=cluster,
                 trigger="resume",

@@ -158,13 +158,14 @@ class Consul:
     # --- KV -----------------------------------------------------------------------------------------
 
     def get(
-        self, key: str, *, index: int | None = None, wait: str | None = None
+        self, key: str, *, index: int | None = None, wait: str | None = None, consistent: bool = False
     ) -> tuple[int, KVEntry | None]:
-        """Read one key; with ``index`` this is a blocking query (up to ``wait``, e.g. "10s")."""
-        extra: dict[str, Any] = {}
+        """Read one key; with ``index`` this is a blocking query (up to ``wait``, e.g. "10s");
+        ``consistent``: Consul's ``?consistent`` mode (the leader confirms it still leads)."""
+        extra: dict[str, Any] = {"consistency": "consistent"} if consistent else {}
         if index:
             # py-consul stretches its timeout by the wait (plus Consul's wait/16 jitter) by itself
-            extra = {"index": index, "wait": wait or "10s"}
+            extra |= {"index": index, "wait": wait or "10s"}
         raw_index, data = self._call(f"reading {key}", self._client.kv.get, key, **extra)
         return int(raw_index or 0), None if data is None else _entry(data)
 

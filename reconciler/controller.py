@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -38,8 +40,9 @@ from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
-from reconciler.leader import LeaderLock
+from reconciler.leader import LeaderLock, lock_key_for
 from reconciler.metrics import Metrics
+from reconciler.pauses import pauses_for
 from reconciler.plan import Kind
 from reconciler.reconcile import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
@@ -92,6 +95,7 @@ class Controller:
         self.connections = Connections()
         self.backoff = BackoffTable(self.options.backoff)
         self.crashloops = CrashLoopDetector(self.options.crashloop_attempts, self.options.crashloop_window)
+        self.pauses = pauses_for(source, audit)
         self._stopping = threading.Event()
         self._scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}, timezone=UTC
@@ -113,6 +117,8 @@ class Controller:
         self._started = time.monotonic()
         self._pass_started: float | None = None
         self._last_pass_end: float | None = None
+        self._progress_at = time.monotonic()  # the running pass last moved on (or said it waits)
+        self._progress_what = "starting"
         self._last_result: PassResult | None = None
         self._lock = threading.Lock()
         self._recheck: threading.Timer | None = None
@@ -171,7 +177,7 @@ class Controller:
             self._file_watcher = self.source.watcher(lambda: self._request(kind))
             self._file_watcher.start()
         if isinstance(self.source, ConsulSource) and self.options.leader_election:
-            key = self.options.lock_key or f"{self.source.address.key}.leader"
+            key = self.options.lock_key or lock_key_for(self.source.address.key)
             self.lock = LeaderLock(
                 Consul(self.source.address.with_key(key), timeout=min(5.0, self.options.lock_ttl / 3)),
                 key,
@@ -238,6 +244,16 @@ class Controller:
         """May this controller start an action now? (not stopping, and the leader if electing)"""
         return not self._stopping.is_set() and (self.lock is None or self.lock.is_leader())
 
+    def _leadership_lost(self) -> str | None:
+        if self.lock is None or self.lock.is_leader():
+            return None
+        return "this controller is no longer the leader"
+
+    def _repairing(self) -> bool:
+        """May a repairs-only pass start an action now? (not stopping; the leader, or none knowable)"""
+        lock = self.lock
+        return not self._stopping.is_set() and (lock is None or lock.is_leader() or lock.leader_unknown())
+
     def _on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
         if action == "reconnected":
             log.info("event stream of %s is back; looking at it now", host)
@@ -296,10 +312,15 @@ class Controller:
             self._pass_errors = 0
             self._pass_error = None
 
+    def _progress(self, what: str) -> None:
+        with self._lock:
+            self._progress_at, self._progress_what = time.monotonic(), what
+
     def run_pass(self, request: Request) -> PassResult | None:
         started = time.monotonic()
         with self._lock:
             self._pass_started = started
+            self._progress_at, self._progress_what = started, f"a pass ({request.label()})"
         try:
             return self._run_pass(request, started)
         finally:
@@ -309,16 +330,24 @@ class Controller:
             self.passes_run += 1
 
     def _run_pass(self, request: Request, started: float) -> PassResult | None:
+        repairs_only = False
         if self.lock is not None and not self.lock.is_leader():
-            self.metrics.passes.labels("standby").inc()
-            return None  # a standby: observes nothing, acts on nothing
+            if not self.lock.leader_unknown():
+                self.metrics.passes.labels("standby").inc()
+                return None  # a standby under a live leader: observes nothing, acts on nothing
+            # Consul does not answer (the cluster this controller repairs may be the one it asks):
+            # no leader can be known, so do what needs none, from the kept document if need be.
+            repairs_only = True
+        written = self.audit.flush_pending()  # outcomes the database missed: recorded before anything else
+        if written:
+            log.info("recorded %d outcome(s) the audit database could not take earlier", written)
         loaded = self._load()
         if loaded is None:
             self.metrics.passes.labels("no-desired-state").inc()
             return None
         cluster = loaded.topology.cluster
         if cluster not in self._recovered:
-            found = self.audit.mark_interrupted(cluster_id=cluster)
+            found = self.audit.mark_interrupted(cluster_id=cluster, alive=self._run_alive)
             if found:
                 log.warning(
                     "found %d action(s) a previous controller left unfinished; marked interrupted; "
@@ -342,17 +371,37 @@ class Controller:
             connections=self.connections,
             audit=self.audit,
             options=self.options.passes,
-            trigger=request.label(),
+            trigger=request.label() + (" (repairs only: no leader can be known)" if repairs_only else ""),
             environ=self.environ,
-            should_stop=lambda: not self._acting(),
+            should_stop=(lambda: not self._repairing()) if repairs_only else (lambda: not self._acting()),
             deferred=deferred,
             controller=self.identity,
-            lock=self.lock.fencing() if self.lock is not None else None,
+            lock=self.lock.fencing() if self.lock is not None and not repairs_only else None,
+            confirm_leadership=self.lock.confirm if self.lock is not None else (lambda: None),
+            leadership_lost=self._leadership_lost,
+            repairs_only=repairs_only,
+            progress=self._progress,
+            pauses=self.pauses,
         )
         self._keep(loaded)
         self._after_pass(result, loaded, time.monotonic() - started)
         self._write_status(loaded, result)
         return result
+
+    def _run_alive(self, owner: str | None, holder: str | None) -> bool:
+        """Is the controller that left a run open still at work? (a peer sharing the audit database)
+        On this machine: its process exists. Under leader election: Consul still knows its session.
+        Otherwise, or when Consul cannot tell, it is taken for dead: its rows are marked interrupted."""
+        if owner and owner != self.identity:
+            host, _, pid = owner.rpartition(":")
+            if host == socket.gethostname() and pid.isdigit():
+                return _pid_alive(int(pid))
+        if holder and self.lock is not None:
+            try:
+                return self.lock.consul.session_alive(holder)
+            except ConsulError:
+                return False
+        return False
 
     def _keep(self, loaded: Loaded) -> None:
         """Remember the applied document: the last known good, even across restarts."""
@@ -487,7 +536,7 @@ class Controller:
         for host in observed_hosts - set(failed_hosts) - looping_hosts:
             self.backoff.succeeded(host)  # a clean pass: backoff and degraded state reset
 
-        pause = self.audit.rollout_pause(loaded.topology.cluster)
+        pause = self.pauses.get(loaded.topology.cluster)
         m.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
         waiting = self.backoff.waiting(now)
@@ -589,18 +638,35 @@ class Controller:
     # --- probes ------------------------------------------------------------------------------------
 
     def healthz(self) -> tuple[bool, dict[str, object]]:
+        """Alive and making progress, or legitimately waiting: a pass that moves on or waits on a gate
+        (each look at the cluster counts), passes that end, and a leader lock loop that goes round."""
         now = time.monotonic()
         limit = self.options.health_factor * self.options.interval
         with self._lock:
             running_since, last_end = self._pass_started, self._last_pass_end
-        if running_since is not None and now - running_since > limit:
+            progress_at, doing = self._progress_at, self._progress_what
+        if running_since is not None and now - progress_at > limit:
             return False, {
-                "reason": f"a pass has been running for {now - running_since:.0f}s (limit {limit:.0f}s)"
+                "reason": f"a pass has made no progress for {now - progress_at:.0f}s (limit {limit:.0f}s), "
+                f"running for {now - running_since:.0f}s; last: {doing}"
             }
         reference = last_end if last_end is not None else self._started
         if running_since is None and now - reference > limit:
             return False, {"reason": f"no pass ended in the last {now - reference:.0f}s (limit {limit:.0f}s)"}
-        return True, {"last_pass_ended_ago": None if last_end is None else round(now - last_end, 3)}
+        lock = self.lock
+        if lock is not None and lock.ident is not None:  # started
+            quiet = time.monotonic() - lock.last_beat
+            lock_limit = max(limit, lock.longest_round())
+            if quiet > lock_limit or not lock.is_alive():
+                return False, {
+                    "reason": f"the leader lock loop has not gone round for {quiet:.0f}s "
+                    f"(limit {lock_limit:.0f}s)"
+                }
+        ended_ago = None if last_end is None else round(now - last_end, 3)
+        detail: dict[str, object] = {"last_pass_ended_ago": ended_ago}
+        if running_since is not None:
+            detail["doing"] = doing
+        return True, detail
 
     def readyz(self) -> tuple[bool, dict[str, object]]:
         if self._last_valid is None:
@@ -640,7 +706,17 @@ class Controller:
                     "error": s.last_error,
                     "retry_in": round(max(0.0, s.retry_at - now), 3),
                 }
-                for h, s in self.backoff.hosts.items()
+                for h, s in list(self.backoff.hosts.items())  # a snapshot: the pass thread changes it
                 if s.failures
             },
         }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True

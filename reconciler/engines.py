@@ -69,6 +69,34 @@ def connect(host: str, endpoint: Endpoint) -> docker.DockerClient:
     return client
 
 
+def connect_bounded(host: str, endpoint: Endpoint) -> docker.DockerClient:
+    """``connect``, within the host's timeout. docker-py opens an ssh:// engine's SSH session while the
+    client is made, with no time limit of its own (paramiko waits 15 s for a banner, and longer for
+    the rest): that part runs in a thread given the host's timeout, and is abandoned past it."""
+    if not endpoint.url.startswith("ssh://"):
+        return connect(host, endpoint)
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            outcome["client"] = connect(host, endpoint)
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=attempt, name=f"ssh-connect-{host}", daemon=True)
+    worker.start()
+    worker.join(max(1.0, endpoint.timeout))
+    if worker.is_alive():
+        raise EngineError(host, f"SSH to {endpoint.url} did not complete within {endpoint.timeout:g}s")
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, EngineError):
+            raise error
+        raise EngineError(host, f"cannot connect to {endpoint.url}: {describe_error(error)}") from None
+    client: docker.DockerClient = outcome["client"]
+    return client
+
+
 def describe_error(exc: BaseException) -> str:
     """A one-line, human-readable cause for a failed engine call."""
     if isinstance(exc, requests.exceptions.SSLError):
@@ -115,9 +143,16 @@ class Connections:
             cached = self._clients.get(host)
             if cached is not None and cached[0] == endpoint:
                 return cached[1]
+        # Connected outside the lock: one engine that is slow to answer (an SSH server that never
+        # speaks) must not hold up the others.
+        client = connect_bounded(host, endpoint)
+        with self._lock:
+            cached = self._clients.get(host)
+            if cached is not None and cached[0] == endpoint:  # another thread connected meanwhile
+                client.close()
+                return cached[1]
             if cached is not None:
                 cached[1].close()
-            client = connect(host, endpoint)
             client.api.hooks["response"].append(self._counter(host))
             self._clients[host] = (endpoint, client)
             return client

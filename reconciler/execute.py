@@ -16,6 +16,7 @@ a leftover temporary container is ours but not desired and is removed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -52,6 +53,12 @@ class ActionError(Exception):
     """An action could not be carried out; the message names host, container and cause."""
 
 
+class Fenced(ActionError):
+    """The controller lost the right to act (stopping, or no longer the leader) in the middle of an
+    action: it stopped before the next disruptive step. The next pass (here or on the new leader)
+    finds what was done and goes on from there."""
+
+
 @dataclass
 class ExecOptions:
     pull: bool = True
@@ -59,6 +66,7 @@ class ExecOptions:
     start_timeout: float = 30.0
     max_workers: int = 32
     max_parallel: int = 32  # client/registrator changes in flight at once (hosts in parallel)
+    pull_timeout: float = 600.0  # an image pull that takes longer is abandoned
     environ: Mapping[str, str] | None = None  # where secret references resolve (default os.environ)
 
 
@@ -101,8 +109,15 @@ class Executor:
         desired_servers: frozenset[str] = frozenset(),
         server_hold: str | None = None,
         on_pause: Callable[[str], None] = lambda reason: None,
+        confirm_leadership: Callable[[], str | None] = lambda: None,
+        leadership_lost: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._gates = gates
+        # Fencing: None, or why this controller may no longer disrupt anything (it lost leadership);
+        # the first is local and cheap, the second asks Consul (before a server is disrupted). A
+        # controller that is only stopping (SIGTERM) finishes the action in flight.
+        self._leadership_lost = leadership_lost
+        self._confirm_leadership = confirm_leadership
         self._desired_servers = desired_servers
         self._server_hold = server_hold  # set: no server is disrupted this pass (the reason)
         self._paused = server_hold is not None  # a stored pause: not even a repair of a server goes on
@@ -231,6 +246,10 @@ class Executor:
         started = time.monotonic()
         try:
             container_id = self._perform(action)
+        except Fenced as exc:
+            self._audit.finish_action(row, status="interrupted", error=exc.args[0])
+            log.warning("%s", exc.args[0], extra={"host": action.host, "container": action.name})
+            return ActionResult(action, "skipped", STOPPED_ACTING, audit_id=row)
         except Exception as exc:
             message = exc.args[0] if isinstance(exc, ActionError) else describe_error(exc)
             with self._lock:
@@ -276,7 +295,14 @@ class Executor:
         client = self._client(action.host)
         if action.kind is Kind.CREATE:
             assert action.desired is not None
-            container = self._create(client, action.desired, action.desired.name)
+            # Made under a temporary name and renamed once its files (the gossip key) are in place: a
+            # crash in between leaves a temporary container the next pass removes, never an agent
+            # under its final name without its key.
+            spec = action.desired
+            temporary = _temporary_name(spec)
+            self._remove_if_present(client, temporary)  # a leftover of an interrupted creation
+            container = self._create(client, spec, temporary)
+            self._rename(container, spec.name, action)
             self._start_and_wait(container, action)
             return str(container.id)
         if action.kind is Kind.START:
@@ -292,23 +318,45 @@ class Executor:
         if action.kind is Kind.REMOVE:
             assert action.observed is not None
             self._leave_if_server(client, action, action.observed.id)
+            self._fence(action, "stopping")
             self._stop_and_remove(client, action.observed.id, action)
             return action.observed.id
         raise ActionError(f"host {action.host}: {action.kind.value} is not an action the executor performs")
 
     def _replace(self, client: docker.DockerClient, action: Action, spec: ContainerSpec, old_id: str) -> str:
-        temporary = f"{spec.name}-next-{spec.spec_hash()[:8]}"
+        temporary = _temporary_name(spec)
         self._remove_if_present(client, temporary)  # a leftover of an interrupted replacement
         new = self._create(client, spec, temporary)
         try:
             self._leave_if_server(client, action, old_id)
+            self._fence(action, "stopping the old container")
         except Exception:
             new.remove(force=True)  # nothing was stopped: leave no temporary container behind either
             raise
         self._stop_and_remove(client, old_id, action)
-        new.rename(spec.name)
+        self._rename(new, spec.name, action)
         self._start_and_wait(new, action)
         return str(new.id)
+
+    def _rename(self, container: Container, name: str, action: Action) -> None:
+        try:
+            container.rename(name)
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            raise ActionError(
+                f"host {action.host}: cannot name the new container {name}: {describe_error(exc)}"
+            ) from None
+
+    def _fence(self, action: Action, step: str, *, server: bool = False) -> None:
+        """Right before a disruptive step: may this controller still act? For a server, Consul itself
+        must confirm that the lock key still names this controller's session."""
+        why = self._leadership_lost()
+        if why is None and server:
+            why = self._confirm_leadership()
+        if why is not None:
+            what = f"{action.kind.value} of {action.name}"
+            raise Fenced(f"host {action.host}: {what} stopped before {step}: {why}")
 
     def _leave_if_server(self, client: docker.DockerClient, action: Action, container_id: str) -> None:
         """Never stop a server that may still be a voter without a graceful leave: its restart policy is
@@ -319,20 +367,21 @@ class Executor:
         fails (a timeout, or the connection closed by the exiting agent), what is observed decides: the
         other servers see the member ``left``, or its container exited, and it has left; otherwise the
         leave failed, the restart policy is put back as it was and nothing is stopped."""
-        if self._gates is None or not action.observed or action.observed.role != "server":
+        if self._gates is None or not action.observed or not action.observed.is_consul_server:
             return
         try:
             container = client.containers.get(container_id)
         except docker.errors.NotFound:
             return
-        if container.status not in ("running", "restarting"):
-            return
+        if container.status != "running":
+            return  # stopped, or crash-looping ("restarting"): no agent there to leave
         http = action.observed.agent_http
         if not http:
             raise ActionError(
                 f"host {action.host}: server {action.name} has no agent address label; not "
                 "stopping a possible voter without a leave"
             )
+        self._fence(action, f"the leave of server {action.node}", server=True)
         policy = dict(container.attrs.get("HostConfig", {}).get("RestartPolicy") or {"Name": "no"})
         container.update(restart_policy={"Name": "no"})
         try:
@@ -367,8 +416,8 @@ class Executor:
         deadline = time.monotonic() + (self._options.stop_timeout if patient else 0.0)
         while True:
             container.reload()
-            if container.status not in ("running", "restarting"):
-                return f"its container has exited ({container.status})"
+            if container.status != "running":
+                return f"its container is not running ({container.status})"
             status = self._gates.member_status(action.node or "")
             if status == "left":
                 return "the other servers see it left"
@@ -427,8 +476,21 @@ class Executor:
                 f"host {spec.host}: image {spec.image} is not present and pulling is off (--no-pull)"
             )
         log.info("pulling %s on %s", spec.image, spec.host)
+        repository, tag = _split_image(spec.image)
+        deadline = time.monotonic() + self._options.pull_timeout
         try:
-            client.images.pull(spec.image)
+            for progress in client.api.pull(repository, tag=tag, stream=True, decode=True):
+                if progress.get("error"):
+                    why = progress["error"]
+                    raise ActionError(f"host {spec.host}: cannot pull image {spec.image}: {why}")
+                lost = self._leadership_lost()
+                if lost is not None:
+                    raise Fenced(f"host {spec.host}: pulling {spec.image} abandoned: {lost}")
+                if time.monotonic() > deadline:
+                    raise ActionError(
+                        f"host {spec.host}: pulling {spec.image} took more than "
+                        f"{self._options.pull_timeout:.0f}s; abandoned"
+                    )
         except docker.errors.APIError as exc:
             raise ActionError(
                 f"host {spec.host}: cannot pull image {spec.image}: {describe_error(exc)}"
@@ -496,14 +558,32 @@ class Executor:
 
 
 def _down(action: Action) -> bool:
-    return action.observed is not None and action.observed.state not in ("running", "restarting")
+    """The observed container is not serving: stopped, never started, or crash-looping ("restarting":
+    a server that keeps dying is failed, and repairing it must not wait behind gates or a leave)."""
+    return action.observed is not None and action.observed.state != "running"
+
+
+def _temporary_name(spec: ContainerSpec) -> str:
+    return f"{spec.name}-next-{spec.spec_hash()[:8]}"
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    """``repo[:tag]`` or ``repo@digest`` -> (repository, tag or digest) for the pull API."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"
 
 
 def disrupts_server(action: Action) -> bool:
-    """A replace, remove or adoption that stops a Consul server (desired or current role). Removing a
-    container that never started (the temporary container of an interrupted replacement) stops
-    nothing: no agent ever ran in it."""
-    was_server = action.observed is not None and action.observed.role == "server"
+    """A replace, remove or adoption that stops a Consul server (desired or current role; a container
+    started by hand is one by its command line). Removing a container that never started (the
+    temporary container of an interrupted replacement) stops nothing: no agent ever ran in it."""
+    was_server = action.observed is not None and action.observed.is_consul_server
     never_started = (
         action.kind is Kind.REMOVE and action.observed is not None and action.observed.state == "created"
     )

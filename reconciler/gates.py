@@ -95,6 +95,8 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
         return "; ".join(problems)
     if view.healthy is False:
         others = [n for n, ok in sorted(view.server_health.items()) if not ok and n != subject]
+        if not others and view.server_health:
+            return None  # the subject is the only unhealthy server: replacing it is the repair
         detail = f" (unhealthy: {', '.join(others)})" if others else ""
         return f"autopilot reports the cluster unhealthy, failure tolerance {view.failure_tolerance}{detail}"
     return None

@@ -2,23 +2,70 @@
 
 Bound to 127.0.0.1 by default. On any other address a bearer token is required for
 everything but /healthz (the controller refuses to start without one there).
+
+Limits, so that a client cannot tie it up: a connection idle for ``idle_timeout`` seconds is closed;
+a request's line and headers may take ``MAX_HEAD`` bytes in all (431 beyond, before any of it is
+looked at); at most ``MAX_CONNECTIONS`` connections are served at once (more are closed at once).
 """
 
 from __future__ import annotations
 
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, BinaryIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger("consul_reconciler.http")
 
 Probe = Callable[[], tuple[bool, dict[str, object]]]
+
+MAX_HEAD = 16 * 1024  # request line and headers, in bytes
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 10.0  # seconds
+
+
+class _HeadLimit:
+    """The request's stream, refusing to give more than ``limit`` bytes of request line and headers."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream, self._left = stream, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._stream.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"request line and headers over {MAX_HEAD} bytes")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: this one is closed unanswered
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def is_loopback(host: str) -> bool:
@@ -46,6 +93,7 @@ class StatusServer:
         readyz: Probe,
         status: Callable[[], dict[str, object]],
         token: str | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         host, port = parse_address(address)
         if not is_loopback(host) and not token:
@@ -56,6 +104,17 @@ class StatusServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout  # on the socket: an idle or slow client is dropped
+
+            def setup(self) -> None:
+                super().setup()
+                self._head = _HeadLimit(self.rfile, MAX_HEAD)  # type: ignore[arg-type]
+                self.rfile = self._head  # type: ignore[assignment]
+
+            def handle_one_request(self) -> None:
+                self._head._left = MAX_HEAD  # each request on the connection gets its own budget
+                super().handle_one_request()  # a timed-out read closes the connection (http.server)
+
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("http %s", format % args)
 
@@ -83,8 +142,7 @@ class StatusServer:
                 self.wfile.write(body)
 
         self._token = token
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
 
     @property

@@ -56,6 +56,24 @@ def lock_timing_problem(ttl: float, lock_delay: float) -> str | None:
     return None
 
 
+def lock_key_for(source_key: str) -> str:
+    """The leader lock's key for a desired state kept at ``source_key``."""
+    return f"{source_key}.leader"
+
+
+def live_holder(consul: Consul, key: str) -> str | None:
+    """Who holds the lock ``key`` with a session Consul still knows (the holder's identity as it wrote
+    it, else its session id); None when nobody does."""
+    _, entry = consul.get(key)
+    if entry is None or not entry.session or not consul.session_alive(entry.session):
+        return None
+    try:
+        holder = json.loads(entry.value or b"{}").get("holder")
+    except (ValueError, AttributeError):
+        holder = None
+    return str(holder or f"session {entry.session}")
+
+
 def _go_duration(seconds: float) -> str:
     return f"{max(MIN_WATCH, seconds) * 1000:.0f}ms"
 
@@ -96,6 +114,9 @@ class LeaderLock(threading.Thread):
         self._last_renewal_sent = 0.0
         self._key_index = 0
         self._last_holder: str | None = None  # another session seen holding the key, as a standby
+        self._consul_ok: bool | None = None  # the last exchange with Consul worked (None: none yet)
+        self.last_contact: float | None = None  # clock time of the last successful exchange
+        self.last_beat: float = clock()  # clock time the loop last went round (answered or not)
 
     # --- what the controller asks ------------------------------------------------------------------
 
@@ -109,11 +130,32 @@ class LeaderLock(threading.Thread):
         with self._lock:
             return self.session, self.lock_index
 
+    def leader_unknown(self) -> bool:
+        """No leader can be known: this controller does not lead and Consul did not answer its last
+        request (or answered that it has no leader itself). Only repairs that Docker serialises by
+        name (create a missing container, start a stopped one) may run then."""
+        return self._consul_ok is False and not self.is_leader()
+
+    def confirm(self) -> str | None:
+        """Right before a server is disrupted: does Consul (a consistent read) still give the lock key
+        to this controller's session? None if so, else why not (and this controller stands down)."""
+        if not self.is_leader():
+            return "this controller is no longer the leader"
+        try:
+            _, entry = self.consul.get(self.key, consistent=True)
+        except ConsulError as exc:
+            return f"Consul could not confirm the leadership: {exc}"
+        if entry is None or entry.session != self.session:
+            self._lost("Consul no longer gives the lock key to this session")
+            return "Consul no longer gives the lock key to this controller's session"
+        return None
+
     # --- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> None:
         delay = 0.5
         while not self._halt.is_set():
+            self.last_beat = self._clock()
             try:
                 if self.session is None:
                     sent = self._clock()
@@ -126,6 +168,7 @@ class LeaderLock(threading.Thread):
                 else:
                     self._try_acquire()
                 delay = 0.5
+                self._consul_ok, self.last_contact = True, self._clock()
             except ConsulRefused as exc:
                 self.fatal = str(exc)
                 log.error("leader lock %s: %s", self.key, exc)
@@ -133,6 +176,7 @@ class LeaderLock(threading.Thread):
                 self._on_fatal(str(exc))
                 break
             except ConsulError as exc:
+                self._consul_ok = False
                 log.warning("leader lock %s: %s", self.key, exc)
                 if "invalid session" in str(exc).lower():
                     self.session = None  # Consul no longer knows it (expired while away): make a new one
@@ -162,7 +206,8 @@ class LeaderLock(threading.Thread):
             with self._lock:
                 self._leading = True
                 self._announced = False
-                self._last_renewal_sent = sent
+                # an acquire does not reset the session's TTL (only a renewal does): the freshness
+                # still counts from the last renewal sent
                 self._acting_from = sent + grace
                 self._key_index = index
                 self.lock_index = entry.lock_index if entry else None
@@ -257,6 +302,11 @@ class LeaderLock(threading.Thread):
             except ConsulError:
                 pass  # it expires by itself
             self.session = None
+
+    def longest_round(self) -> float:
+        """The longest one round of the loop may take: a standby's blocking wait, a request's timeout
+        and the retry delay, each bounded by a fraction of the TTL."""
+        return 2 * self.ttl
 
     def stop(self) -> None:
         self._halt.set()

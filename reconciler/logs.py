@@ -37,3 +37,6 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # The SSH library logs a traceback for every failed connection; the controller reports the failure
+    # itself, in one line naming the host. Its detail only with -v.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)

@@ -68,4 +68,5 @@ def _container(raw: Mapping[str, Any]) -> ObservedContainer:
         image=str(raw.get("Image", "")),
         state=str(raw.get("State", "unknown")),
         labels=dict(raw.get("Labels") or {}),
+        command=str(raw.get("Command") or ""),
     )

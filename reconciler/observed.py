@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ class ObservedContainer:
     image: str
     state: str  # Docker's State: created, running, paused, restarting, removing, exited, dead
     labels: dict[str, str] = field(default_factory=dict)
+    command: str = ""  # Docker's "Command": the entrypoint and arguments, joined by spaces
 
     @property
     def managed_by(self) -> str | None:
@@ -39,7 +41,19 @@ class ObservedContainer:
 
     @property
     def agent_http(self) -> str | None:
-        return self.labels.get(L.AGENT_HTTP)
+        """The agent's HTTP address: our label, or for a container started by hand, its command line."""
+        if self.managed_by is not None:
+            return self.labels.get(L.AGENT_HTTP)
+        return _http_from_command(self.command)
+
+    @property
+    def is_consul_server(self) -> bool:
+        """A Consul server agent: by our role label, or for a container started by hand (``docker run
+        ... consul agent -server ...``), by its command line."""
+        if self.managed_by is not None:
+            return self.role == "server"
+        words = _words(self.command)
+        return "agent" in words and any(w in ("-server", "--server", "-server=true") for w in words)
 
     def record(self) -> dict[str, Any] | None:
         return L.record_from(self.labels)
@@ -76,3 +90,36 @@ class ObservedFleet:
 
     def host(self, name: str) -> ObservedHost | None:
         return self._by_name.get(name)
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return command.split()
+
+
+def _flag(words: list[str], name: str) -> str | None:
+    """The last value of ``-name value`` or ``-name=value`` in a Consul command line."""
+    found = None
+    for i, word in enumerate(words):
+        bare = word.lstrip("-")
+        if word.startswith("-") and bare == name and i + 1 < len(words):
+            found = words[i + 1]
+        elif word.startswith("-") and bare.startswith(name + "="):
+            found = bare.split("=", 1)[1]
+    return found
+
+
+def _http_from_command(command: str) -> str | None:
+    """HOST:PORT of the agent's HTTP API from ``consul agent`` flags: -client (its first address; an
+    unspecified one is reached at -advertise or -bind) and -http-port (8500)."""
+    words = _words(command)
+    if "agent" not in words:
+        return None
+    client = (_flag(words, "client") or "127.0.0.1").split()[0]
+    if client in ("0.0.0.0", "::", "[::]"):
+        client = _flag(words, "advertise") or _flag(words, "bind") or "127.0.0.1"
+    port = _flag(words, "http-port") or "8500"
+    host = f"[{client}]" if ":" in client and not client.startswith("[") else client
+    return f"{host}:{port}"

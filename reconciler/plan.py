@@ -19,7 +19,7 @@ order in the topology; hosts that left it come after, by name.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -140,6 +140,16 @@ class Plan:
             "refused": self.refused,
             "deferred": dict(self.deferred),
         }
+
+
+REPAIRS = (Kind.CREATE, Kind.START)
+
+
+def repairs_only(plan: Plan) -> Plan:
+    """The part of a plan that needs no leader: creating a missing container and starting a stopped
+    one. Docker's name uniqueness serialises them (two controllers cannot both create ``consul`` on a
+    host), while replacing, removing and adopting stay with the leader."""
+    return replace(plan, actions=tuple(a for a in plan.actions if a.kind in REPAIRS), retired_hosts=())
 
 
 def make_plan(

@@ -6,6 +6,7 @@ The glue between the pure core and the shell. Used by the CLI's ``plan`` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,7 +22,9 @@ from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
 from reconciler.observe import observe_fleet
 from reconciler.observed import ObservedFleet
+from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Change, Kind, Plan, make_plan
+from reconciler.plan import repairs_only as only_repairs
 from reconciler.rollout import ConsulGates
 
 log = logging.getLogger("consul_reconciler.pass")
@@ -114,8 +117,19 @@ def run_pass(
     deferred: Mapping[str, str] | None = None,
     controller: str | None = None,
     lock: tuple[str | None, int | None] | None = None,
+    confirm_leadership: Callable[[], str | None] = lambda: None,
+    leadership_lost: Callable[[], str | None] = lambda: None,
+    repairs_only: bool = False,
+    progress: Callable[[str], None] = lambda what: None,
+    pauses: RolloutPauses | None = None,
 ) -> PassResult:
+    """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
+    containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
+    right before every disruptive step and ``confirm_leadership`` (Consul) before a server is
+    disrupted: a reason stops the action there."""
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
+    if repairs_only:
+        plan = only_repairs(plan)
     cluster = desired.cluster
     if plan.is_noop and not plan.deferred:
         # Nothing to do and nothing wrong: no run row (a controller's resync would otherwise write
@@ -184,6 +198,7 @@ def run_pass(
     rollout = loaded.topology.rollout
     exec_options = replace(options.exec, max_parallel=rollout.max_parallel)
     gates = hold = None
+    store = pauses or AuditPauses(audit)
     if rollout.gates:
         gates = ConsulGates(
             server_agents(desired, observed),
@@ -192,8 +207,9 @@ def run_pass(
             agent_timeout=rollout.agent_timeout,
             leave_timeout=rollout.leave_timeout,
             token=resolve_token(options.consul_token, environ),
+            progress=progress,
         )
-        hold = _pause_in_force(audit, cluster, loaded.digest)
+        hold = _pause_in_force(store, cluster, loaded.digest)
     executor = Executor(
         connections,
         endpoints,
@@ -205,9 +221,18 @@ def run_pass(
         gates=gates,
         desired_servers=frozenset(h.node_name for h in loaded.topology.servers),
         server_hold=hold,
-        on_pause=lambda reason: audit.pause_rollout(cluster, reason, loaded.digest),
+        on_pause=lambda reason: store.set(cluster, reason, loaded.digest),
+        confirm_leadership=confirm_leadership,
+        leadership_lost=leadership_lost,
     )
-    applied = executor.apply(plan)
+    try:
+        applied = executor.apply(plan)
+    except Exception as exc:
+        # Most likely the audit database failed after a Docker action: the outcomes already known are
+        # kept by the audit log and written when it is back; so is this run's end.
+        with contextlib.suppress(Exception):
+            audit.finish_run(run_id, status="failed", error=f"the pass stopped: {type(exc).__name__}: {exc}")
+        raise
     for host in plan.retired_hosts:
         if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
             audit.forget_host(cluster, host)
@@ -243,14 +268,14 @@ def server_agents(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, s
     return agents
 
 
-def _pause_in_force(audit: AuditLog, cluster: str, digest: str) -> str | None:
+def _pause_in_force(pauses: RolloutPauses, cluster: str, digest: str) -> str | None:
     """A paused rollout holds servers until `resume`, or until the desired document changes."""
-    pause = audit.rollout_pause(cluster)
+    pause = pauses.get(cluster)
     if pause is None:
         return None
     reason, paused_digest, since = pause
     if paused_digest != digest:
-        audit.resume_rollout(cluster)
+        pauses.clear(cluster)
         log.info("the desired state changed since the rollout paused; resuming")
         return None
     when = since.isoformat(timespec="seconds")

@@ -28,6 +28,7 @@ class ConsulGates:
         token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        progress: Callable[[str], None] = lambda what: None,
     ) -> None:
         self.servers = dict(servers)
         self.deadline = deadline
@@ -37,6 +38,7 @@ class ConsulGates:
         self._token = token
         self._clock = clock
         self._sleep = sleep
+        self._progress = progress  # told at every look while waiting: a wait is not a wedge
 
     def agent(self, http: str, timeout: float = 3.0) -> ConsulAgent:
         return ConsulAgent(http, token=self._token, timeout=timeout)
@@ -76,7 +78,11 @@ class ConsulGates:
 
     def leave(self, http: str) -> None:
         """Ask the agent at ``http`` to leave; Consul answers once it has (seconds, for a server)."""
-        self.agent(http, timeout=self.leave_timeout).leave()
+        self._progress(f"waiting up to {self.leave_timeout:g}s for the agent at {http} to leave")
+        try:
+            self.agent(http, timeout=self.leave_timeout).leave()
+        finally:
+            self._progress(f"the agent at {http} answered its leave")
 
     def member_status(self, node: str) -> str | None:
         """``node``'s gossip status (alive, leaving, left, failed) as the first other server agent that
@@ -119,6 +125,7 @@ class ConsulGates:
         while self._clock() - started < self.deadline:
             reason = check(self.view())
             now = self._clock()
+            self._progress(f"waiting for {what}: {reason or 'stabilising'}")
             if reason is None:
                 good_since = good_since if good_since is not None else now
                 if now - good_since >= self.stabilization:
@@ -149,6 +156,7 @@ class ConsulGates:
         started = self._clock()
         last = ""
         while self._clock() - started < self.agent_timeout:
+            self._progress(f"waiting for the agent at {http} to answer")
             try:
                 self.agent(http).self_info()
                 return None

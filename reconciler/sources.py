@@ -119,6 +119,7 @@ class KVWatcher(threading.Thread):
         self._key = key
         self._on_change = on_change
         self._wait = wait
+        self._wait_seconds = _seconds(wait)
         self._max_delay = max_delay
         self._halt = threading.Event()
         self.healthy = threading.Event()
@@ -156,8 +157,19 @@ class KVWatcher(threading.Thread):
                     )
                 modify = current
                 self._on_change()
-            elif unchanged and time.monotonic() - asked < 0.05:
-                self._halt.wait(0.1)  # an answer without waiting and without change: never a hot loop
+            elif unchanged and time.monotonic() - asked < self._wait_seconds / 2:
+                # an early answer without change (a Consul that does not hold the query): at most one
+                # such request a second, never a hot loop
+                self._halt.wait(max(0.0, 1.0 - (time.monotonic() - asked)))
 
     def stop(self) -> None:
         self._halt.set()
+
+
+def _seconds(duration: str) -> float:
+    """A Go duration as Consul takes it for ``wait`` ("30s", "1m", "500ms") in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in ("ms", "s", "m", "h"):
+        if duration.endswith(unit):
+            return float(duration[: -len(unit)]) * units[unit]
+    return float(duration)

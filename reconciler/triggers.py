@@ -18,10 +18,12 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils
+from docker.types.daemon import CancellableStream
 
 from desired_state.spec import Endpoint
 from reconciler import labels as L
-from reconciler.engines import connect, describe_error
+from reconciler.engines import connect_bounded, describe_error
 
 log = logging.getLogger("consul_reconciler.triggers")
 
@@ -109,8 +111,12 @@ class FileWatcher(threading.Thread):
 class EventWatcher(threading.Thread):
     """One Docker event stream for one host, filtered to our cluster's containers.
 
-    Reconnects with capped exponential backoff when the engine goes away; asks for a
-    pass when it reconnects (what happened while it was away is unknown)."""
+    The stream is asked for a window at a time (``until`` = now + ``window``), then again from where
+    the last one ended (``since``), so no event is missed between windows and a half-open connection
+    (an engine that went away without closing it) is noticed: a healthy engine ends each window
+    itself, and a stream silent for longer than the window plus ``grace`` is taken as lost. A lost
+    stream is reconnected with capped exponential backoff, from the base delay again once a stream
+    worked, and a reconnection asks for a pass (what happened while away is unknown)."""
 
     def __init__(
         self,
@@ -119,6 +125,8 @@ class EventWatcher(threading.Thread):
         cluster: str,
         on_event: Callable[[str, str, Mapping[str, Any]], None],
         max_delay: float = 30.0,
+        window: float = 60.0,
+        grace: float = 15.0,
     ) -> None:
         super().__init__(name=f"events-{host}", daemon=True)
         self.host = host
@@ -126,53 +134,81 @@ class EventWatcher(threading.Thread):
         self._cluster = cluster
         self._on_event = on_event
         self._max_delay = max_delay
+        self._window = window
+        self._grace = grace
         self._halt = threading.Event()
         self._lock = threading.Lock()
         self._stream: Any = None
         self._client: docker.DockerClient | None = None
+        self._since: float | None = None  # engine time the next window starts from
         self.connected = threading.Event()
+        self.delay = 0.5  # the wait before the next reconnection attempt
+        self.windows = 0  # windows that ended as asked (a healthy stream)
 
     def run(self) -> None:
-        delay = 0.5
-        first = True
+        base = self.delay
+        lost = False  # a stream was lost since the last one that worked: the next one asks for a pass
         while not self._halt.is_set():
             try:
-                self._listen(first)
-                delay = 0.5
+                began = time.monotonic()
+                self._listen(lost)
+                self.windows += 1
+                lost = False
+                self.delay = base
+                if time.monotonic() - began < self._window / 2 and not self._halt.is_set():
+                    # ended far sooner than asked: the engine's clock is ahead of ours. Never a hot
+                    # loop; the next window starts from the engine's "now" (since=None).
+                    self._since = None
+                    self._halt.wait(self._window / 2)
+                continue  # the window ended as asked: the next one at once, from where it stopped
             except Exception as exc:  # any failure of the stream: reconnect with backoff
                 if self._halt.is_set():
                     break
+                if self.connected.is_set():
+                    self.delay = base  # this stream had worked: start the backoff over
                 self.connected.clear()
+                lost = True
                 log.debug("event stream of %s lost: %s", self.host, describe_error(exc))
             finally:
                 self._close_stream()
-            first = False
-            if self._halt.wait(delay):
+            if self._halt.wait(self.delay):
                 break
-            delay = min(self._max_delay, delay * 2)
+            self.delay = min(self._max_delay, self.delay * 2)
 
-    def _listen(self, first: bool) -> None:
-        # No read timeout: the stream is idle for as long as nothing happens.
-        client = connect(self.host, Endpoint(**{**self.endpoint.to_dict(), "timeout": 10.0}))
-        client.api.timeout = None
+    def _listen(self, after_loss: bool) -> None:
+        client = connect_bounded(self.host, Endpoint(**{**self.endpoint.to_dict(), "timeout": 10.0}))
         filters = {
             "type": ["container"],
             "label": [f"{L.MANAGED_BY}={self._cluster}"],
             "event": list(WATCHED_EVENTS),
         }
-        stream = client.api.events(decode=True, filters=filters)
+        now = time.time()
+        since = self._since if self._since is not None else now
+        self._since = since  # a stream lost in this window is asked for again from its start
+        until = now + self._window
+        # docker-py's events() reads without a timeout; the same request with one: silent for longer
+        # than the window plus the grace, the connection is gone.
+        api = client.api
+        response = api._get(
+            api._url("/events"),
+            params={"since": since, "until": until, "filters": docker.utils.convert_filters(filters)},
+            stream=True,
+            timeout=self._window + self._grace,
+        )
+        api._raise_for_status(response)
+        stream = CancellableStream(api._stream_helper(response, decode=True), response)
         with self._lock:
             self._client, self._stream = client, stream
         if self._halt.is_set():
             return
         self.connected.set()
-        if not first:
+        if after_loss:
             self._on_event(self.host, "reconnected", {})
         for event in stream:
             if self._halt.is_set():
                 return
             self._on_event(self.host, str(event.get("Action") or event.get("status")), event)
-        raise ConnectionError("event stream ended")
+        self._since = until  # the engine ended the window: the next one starts where it stopped
 
     def _close_stream(self) -> None:
         with self._lock:

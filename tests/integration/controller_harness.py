@@ -98,6 +98,8 @@ class ControllerProcess:
 
 def audit_rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Read the audit database directly (a second reader, as an operator's query would)."""
+    if not Path(db).exists():
+        return []  # not created yet
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         return list(connection.execute(sql, params))

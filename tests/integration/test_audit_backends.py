@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from reconciler.audit import MIGRATIONS_DIR, ActionFilter, AuditLog, Base, HostState
-from tests.fleet import Engine
+from tests.fleet import AGENT_IMAGE_2, Engine
 from tests.integration.controller_harness import ControllerProcess
 from tests.integration.harness import Fleet
 from tests.pgserver import PostgresError, fresh_database
@@ -220,5 +220,92 @@ def test_database_read_only_the_controller_pauses_and_resumes_by_itself(
             set_read_only(name, False)
         wait_for(lambda: "registrator" in fleet.containers(host3), 30, "the repair once writable again")
         wait_for(lambda: '"pass_error": null' in ctl.get("/status")[1], 10, "the error to clear")
+    finally:
+        ctl.stop()
+
+
+def test_a_live_peers_open_run_is_left_alone_a_dead_ones_is_closed(db_url: str) -> None:
+    log = AuditLog(db_url)
+    try:
+        live = log.start_run(cluster_id="c", trigger="t", source="s", digest=None, lock_holder="session-live")
+        log.start_action(live, seq=1, host="h1", kind="replace")
+        dead = log.start_run(cluster_id="c", trigger="t", source="s", digest=None, lock_holder="session-gone")
+        log.start_action(dead, seq=1, host="h2", kind="replace")
+        assert log.mark_interrupted(cluster_id="c", alive=lambda owner, holder: holder == "session-live") == 1
+        assert log.get_run(live).status == "running"  # type: ignore[union-attr]
+        assert log.get_run(dead).status == "interrupted"  # type: ignore[union-attr]
+        assert [a.status for a in log.actions(ActionFilter(host="h1"))] == ["started"]
+    finally:
+        log.close()
+
+
+def test_outcomes_the_database_missed_are_written_once_it_is_back() -> None:
+    from tests.pgserver import ensure_postgres, stop_postgres
+
+    url = fresh_database(f"missed_{uuid.uuid4().hex[:10]}")
+    log = AuditLog(url)
+    try:
+        run = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
+        row = log.start_action(run, seq=1, host="h1", kind="replace")
+        stop_postgres()  # the Docker action is done; then the database goes away
+        try:
+            with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises
+                log.finish_action(row, status="succeeded", container_id="new-id")
+            with pytest.raises(Exception):  # noqa: B017
+                log.finish_run(run, status="failed", error="the pass stopped")
+            assert log.pending == 2
+        finally:
+            ensure_postgres()
+        assert log.flush_pending() == 2 and log.pending == 0
+        [action] = log.actions(ActionFilter(run_id=run))
+        assert (action.status, action.container_id) == ("succeeded", "new-id")
+        assert log.get_run(run).status == "failed"  # type: ignore[union-attr]
+        assert log.mark_interrupted(cluster_id="c") == 0  # nothing is left to read as interrupted
+    finally:
+        log.close()
+
+
+def test_an_action_recorded_after_the_database_came_back_reads_as_it_happened(
+    clean_fleet: list[Engine], tmp_path: Path
+) -> None:
+    """The controller replaces a server (a 5 s graceful leave); the database goes down meanwhile, so the
+    action's outcome cannot be written when the Docker work is done. Once the database is back, the
+    row reads succeeded (not interrupted, not started) and the run is closed."""
+    from tests.integration.controller_harness import wait_for
+    from tests.pgserver import ensure_postgres, stop_postgres
+
+    url = fresh_database(f"after_{uuid.uuid4().hex[:10]}")
+    fleet = Fleet(clean_fleet[:1], tmp_path)
+    assert fleet.apply().code == 0
+    fleet.wait_consul_healthy()
+    ctl = _quick_retry_controller(fleet, url, tmp_path)
+    try:
+        ctl.wait_ready()
+        fleet.doc["consul"]["image"] = AGENT_IMAGE_2
+        fleet.write()
+        log = AuditLog(url)
+        try:
+            wait_for(
+                lambda: [a for a in log.actions(ActionFilter(kind="replace")) if a.status == "started"],
+                20,
+                "the replacement to start",
+            )
+        finally:
+            log.close()
+        stop_postgres()  # during the server's leave
+        try:
+            wait_for(lambda: '"pass_error": null' not in ctl.get("/status")[1], 30, "the failed pass")
+        finally:
+            ensure_postgres()
+        log = AuditLog(url)
+        try:
+            wait_for(
+                lambda: [a.status for a in log.actions(ActionFilter(kind="replace"))] == ["succeeded"],
+                30,
+                "the outcome written once the database is back",
+            )
+            assert all(r.status != "running" for r in log.runs(cluster_id="itest"))
+        finally:
+            log.close()
     finally:
         ctl.stop()

@@ -251,7 +251,8 @@ def test_sigterm_mid_pass_finishes_the_action_and_exits_zero(fleet3: Fleet, cont
     assert audit_rows(fleet3.db, "SELECT count(*) FROM actions WHERE status='started'") == [(0,)]
 
 
-def test_healthz_503_when_wedged_and_metrics_move(fleet3: Fleet, controllers: Any) -> None:
+def test_metrics_move_with_passes_and_actions(fleet3: Fleet, controllers: Any) -> None:
+    """(/healthz under a wedged step and through a long gate wait: tests/integration/test_crash_windows.py)"""
     fleet3.doc["hosts"] = fleet3.doc["hosts"][:1]
     fleet3.write()
     ctl = controllers(fleet3, "--interval", "1", "--stop-timeout", "30")
@@ -269,14 +270,13 @@ def test_healthz_503_when_wedged_and_metrics_move(fleet3: Fleet, controllers: An
 
     fleet3.doc["consul"]["image"] = AGENT_IMAGE_2  # the server's replacement: a 5 s leave, then its gates
     fleet3.write()
-    _code, body = wait_for(lambda: (r := ctl.get("/healthz"))[0] == 503 and r, 15, "/healthz to turn 503")
-    assert "running for" in body
-    wait_for(lambda: ctl.get("/healthz")[0] == 200, 45, "/healthz to recover after the pass ends")
-    metrics = ctl.get("/metrics")[1]
-    assert (
-        metric_value(metrics, "consul_reconciler_actions_total", {"kind": "replace", "status": "succeeded"})
-        == 1
+    replaced = {"kind": "replace", "status": "succeeded"}
+    wait_for(
+        lambda: metric_value(ctl.get("/metrics")[1], "consul_reconciler_actions_total", replaced) == 1,
+        60,
+        "the replacement counted",
     )
+    assert ctl.get("/healthz")[0] == 200  # a pass that waits on Consul's gates is not a wedge
     # drift is what the last pass planned; the pass after the replacement finds none
     wait_for(
         lambda: metric_value(ctl.get("/metrics")[1], "consul_reconciler_drift", {"host": "host1"}) == 0,

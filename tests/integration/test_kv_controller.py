@@ -183,8 +183,9 @@ def test_every_server_down_and_consul_with_them_restart_brings_them_back(
     kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
 ) -> None:
     """The desired state lives in the very cluster being managed: with every agent (and so Consul)
-    down, a controller that starts now must still bring them back, from the kept document."""
-    first = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
+    down, a controller that starts now must still bring them back, from the kept document, with
+    leader election on: no leader can be known, and creating what is missing needs none."""
+    first = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
     first.wait_ready()
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     first.signal(signal.SIGTERM)
@@ -197,11 +198,14 @@ def test_every_server_down_and_consul_with_them_restart_brings_them_back(
                 container.remove(force=True)
         finally:
             client.close()
-    second = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
+    second = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
     wait_for(lambda: converged(kv_fleet), 40, "the fleet to come back from the kept document")
     doc = status(second)
     assert doc["enforcing"]["from"] == "kept document"
     assert "unreachable" in (doc["source_error"] or "")
+    assert doc["leader"] is False  # it never led: it only created what was missing
+    triggers = {t for (t,) in audit_rows(kv_fleet.db, "SELECT trigger FROM runs WHERE lock_index IS NULL")}
+    assert any("repairs only" in t for t in triggers), triggers
 
 
 def test_two_controllers_one_acts_and_the_other_takes_over(
@@ -234,28 +238,42 @@ def test_two_controllers_one_acts_and_the_other_takes_over(
     assert len(owners) == 2  # two holders, two fencing tokens
 
 
-def test_unreachable_consul_leader_stops_acting_standby_never_starts(
+def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
     kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
 ) -> None:
+    """Consul away: the leader stops leading within the TTL; no leader can be known, so what needs no
+    leader still happens (a missing container is created, serialised by Docker's names), and what
+    needs one (removing a container no longer desired) waits for a leader."""
     a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
     b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     wait_for(lambda: status(a)["leader"] or status(b)["leader"], 10, "a leader")
     consul.take_down()
     took_down = time.monotonic()
-    wait_for(lambda: not status(a)["leader"] and not status(b)["leader"], 5, "the leader to stop acting")
+    wait_for(lambda: not status(a)["leader"] and not status(b)["leader"], 5, "the leader to stop leading")
     assert time.monotonic() - took_down < 2.0  # within the TTL
-    rows_before = audit_rows(kv_fleet.db, "SELECT count(*) FROM actions")
-    client = kv_fleet.engines[1].client()
+    host2 = kv_fleet.engines[1]
+    client = host2.client()
     try:
+        labels = client.containers.get("registrator").labels
+        client.containers.run(  # ours, and no longer desired: removing it needs a leader
+            "consul-reconciler-standin/registrator:1", ["extra"], name="extra", labels=labels, detach=True,
+            network_mode="none",
+        )  # fmt: skip
         client.containers.get("registrator").remove(force=True)
     finally:
         client.close()
+    wait_for(lambda: running(kv_fleet, host2, "registrator"), 30, "the missing registrator created")
     time.sleep(2.0)
-    assert audit_rows(kv_fleet.db, "SELECT count(*) FROM actions") == rows_before  # nobody acts
-    assert not running(kv_fleet, kv_fleet.engines[1], "registrator")
+    assert "extra" in kv_fleet.containers(host2)  # no removal without a leader
+    repairs = audit_rows(
+        kv_fleet.db,
+        "SELECT r.trigger, r.lock_index, a.kind FROM actions a JOIN runs r ON a.run_id = r.id "
+        "WHERE a.host='host2' AND a.container='registrator' AND a.status='succeeded' ORDER BY a.id DESC",
+    )
+    assert "repairs only" in repairs[0][0] and repairs[0][1] is None and repairs[0][2] == "create"
     consul.bring_up()
-    wait_for(lambda: running(kv_fleet, kv_fleet.engines[1], "registrator"), 30, "a leader to act again")
+    wait_for(lambda: "extra" not in kv_fleet.containers(host2), 30, "a leader to remove what is not desired")
 
 
 def kv_client(double: ConsulDouble) -> pyconsul.Consul:

@@ -856,3 +856,14 @@ def test_an_up_to_date_database_opens_without_alembic(db_path: Path) -> None:
             db.execute(f"DROP INDEX ix_actions_{index}")
     assert opens_with_alembic()
     assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
+
+
+def test_a_new_database_and_its_folder_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "consul-reconciler" / "audit.db"
+    with AuditLog(str(path)) as audit:
+        run = audit.start_run(cluster_id="c", trigger="t", source="s", digest=None)
+        audit.finish_run(run, status="succeeded")
+        wal = path.with_name("audit.db-wal")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (path, wal) if p.exists()}
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert modes and set(modes.values()) == {0o600}, modes

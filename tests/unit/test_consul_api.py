@@ -226,6 +226,7 @@ def test_a_session_lost_during_an_outage_is_replaced_and_some_controller_leads_a
         eventually(lambda: pair.leader() is None, 5, "nobody leading while Consul is away")
         # longer than twice the TTL: the sessions expire meanwhile (the cluster is up, only unreachable)
         eventually(lambda: not double.session_ids(), 10, "the sessions expired")
+        time.sleep(1.5)  # and their lock-delay (1 s) is over: an acquire now meets "invalid session"
         double.bring_up()
         eventually(pair.leader, 2.0 + 1.0 + 5, "a leader within TTL + lock-delay")
 
@@ -295,3 +296,105 @@ def test_run_stops_with_one_error_when_consul_refuses_the_session_ttl(tmp_path: 
     assert result.returncode == 1, result.stderr
     assert "Invalid Session TTL" in result.stderr and "--lock-ttl" in result.stderr
     assert len(creates) == 1  # asked once, then stopped; not retried for ever
+
+
+def test_an_acquire_is_not_a_renewal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consul resets a session's TTL only on renew: a lock taken late in its session's TTL must stop
+    acting half a TTL after its last renewal, not half a TTL after the acquire."""
+    now = [0.0]
+    with ConsulDouble(min_ttl=1.0) as double:
+        address = ConsulAddress.parse(f"consul://{double.address}/{KEY}")
+        consul = Consul(address, timeout=1.0)
+        lock = LeaderLock(consul, KEY, "late", ttl=10, lock_delay=5, clock=lambda: now[0])
+        lock.session = lock.consul.create_session("late", 10, 5)  # created (a renewal) at 0
+        now[0] = 4.0  # standing by for 4 s, then the lock is free and taken
+        lock._try_acquire()
+        assert lock._leading
+        assert lock.is_leader()  # 4 s after the last renewal: still within half the TTL
+        now[0] = 5.5  # 1.5 s after the acquire, 5.5 s after the last renewal
+        assert not lock.is_leader()
+
+
+def test_a_standby_whose_lock_loop_stopped_is_unhealthy(tmp_path: Path) -> None:
+    from reconciler.audit import AuditLog
+    from reconciler.controller import Controller, ControllerOptions
+    from reconciler.sources import ConsulSource
+
+    with ConsulDouble(min_ttl=1.0) as double:
+        double.kv_put("infra/topology", b"cluster: x\nhosts: []\n")
+        source = ConsulSource(ConsulAddress.parse(f"consul://{double.address}/infra/topology"))
+        options = ControllerOptions(interval=1, http=None, watch_events=False, lock_ttl=2, lock_delay=1)
+        audit = AuditLog(str(tmp_path / "audit.db"))
+        controller = Controller(source, audit, options)
+        loop = threading.Thread(target=controller.run, daemon=True)
+        loop.start()
+        try:
+            eventually(lambda: controller.lock and controller.lock.last_contact, 10, "the lock loop")
+            assert controller.healthz()[0]
+            assert controller.lock is not None
+            controller.lock.stop()  # the lock loop ends: this controller could never lead again
+            controller.lock.join(10)
+            ok, detail = controller.healthz()
+            assert not ok and "leader lock loop" in str(detail["reason"])
+        finally:
+            controller.stop()
+            loop.join(15)
+            audit.close()
+
+
+def test_the_kv_watcher_never_spins_on_a_consul_that_answers_at_once_unchanged() -> None:
+    import http.server
+
+    asked: list[float] = []
+
+    class Immediate(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a Consul that never holds a blocking query: the same index, at once
+            asked.append(time.monotonic())
+            body = b'[{"Key": "k", "Value": "eA==", "ModifyIndex": 5, "LockIndex": 0, "Flags": 0}]'
+            self.send_response(200)
+            self.send_header("X-Consul-Index", "5")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Immediate)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    consul = Consul(ConsulAddress.parse(f"consul://127.0.0.1:{server.server_address[1]}/k"), timeout=2.0)
+    watcher = KVWatcher(consul, "k", lambda: None, wait="30s")
+    watcher.start()
+    try:
+        time.sleep(3.0)
+    finally:
+        watcher.stop()
+        server.shutdown()
+    assert 2 <= len(asked) <= 5, f"{len(asked)} requests in 3 s"  # about one a second, not a hot loop
+
+
+def test_apply_refuses_while_a_live_controller_holds_the_lock(tmp_path: Path) -> None:
+    document = (
+        b"cluster: x\nhosts:\n"
+        b"  - {name: h1, docker: 'unix:///nonexistent.sock', advertise: 127.0.10.1, role: server}\n"
+    )
+
+    def apply(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "apply", f"consul://{double.address}/infra/topology",
+             "--db", str(tmp_path / "a.db"), *extra],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    with ConsulDouble(min_ttl=1.0) as double:
+        double.kv_put("infra/topology", document)
+        consul = Consul(ConsulAddress.parse(f"consul://{double.address}/infra/topology"))
+        session = consul.create_session("a running controller", 30, 15)
+        assert consul.put("infra/topology.leader", b'{"holder": "mgmt:4242"}', acquire=session)
+        refused = apply()
+        assert refused.returncode == 1
+        assert "mgmt:4242" in refused.stderr and "--force" in refused.stderr, refused.stderr
+        forced = apply("--force")
+        assert "leader lock" not in forced.stderr and "host h1" in forced.stdout + forced.stderr
+        consul.destroy_session(session)  # the controller is gone: its lock is free
+        assert "leader lock" not in apply().stderr

@@ -44,7 +44,8 @@ def test_another_server_down_or_not_a_voter_holds_the_rollout() -> None:
         autopilot(False, 0, ("s1", "alive", True), ("s2", "alive", True), ("s3", "failed", False)),
     )
     assert before_disruption(view, "s2", DESIRED) == "server s3 is failed"
-    assert before_disruption(view, "s3", DESIRED) is not None  # autopilot still unhealthy
+    # the failed server itself is the only unhealthy one: replacing it is its repair, not a risk
+    assert before_disruption(view, "s3", DESIRED) is None
     joining = ClusterView.from_api(
         "s1:8300",
         raft(("s1", True, True), ("s2", False, True), ("s3", False, False)),
@@ -84,3 +85,15 @@ def test_after_removal_needs_the_server_gone_from_raft_and_health() -> None:
 def test_followers_first_leader_last() -> None:
     assert leader_last(["s1", "s2", "s3"], "s1") == ["s2", "s3", "s1"]
     assert leader_last(["s1", "s2"], None) == ["s1", "s2"]
+
+
+def test_the_only_unhealthy_server_may_be_replaced_but_not_while_another_is_unhealthy() -> None:
+    crashlooping = ClusterView.from_api(
+        "s1:8300",
+        raft(("s1", True, True), ("s2", False, True), ("s3", False, True)),
+        autopilot(False, 0, ("s1", "alive", True), ("s2", "alive", True), ("s3", "alive", False)),
+    )
+    assert before_disruption(crashlooping, "s3", DESIRED) is None
+    assert before_disruption(crashlooping, "s2", DESIRED) == (
+        "autopilot reports the cluster unhealthy, failure tolerance 0 (unhealthy: s3)"
+    )
