@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +26,8 @@ from desired_state.spec import DesiredFleet
 
 MAX_DOCUMENT_BYTES = 4 << 20  # 4 MiB: 10,000 hosts in the style of examples/blog.yaml are ~1.3 MiB
 MAX_DEPTH = 32
+MAX_VALUES = 250_000  # scalars, mappings and lists: 10,000 hosts take about 70,000
+MAX_ISSUES = 100  # errors reported one by one; the rest are counted
 _SECRET_FIELDS = frozenset({"encrypt"})  # fields whose values are never shown in an error
 
 
@@ -77,7 +80,28 @@ def load_topology(data: bytes, *, source: str = "", fmt: str | None = None) -> L
 
     ``fmt`` is "yaml" or "json"; by default a document whose first non-blank
     character is ``{`` is read as JSON, anything else as YAML (a superset).
+
+    Whatever goes wrong reading it, the answer is a TopologyError (never another exception): a
+    document that cannot be read is a refused document, and the last valid state stays in force.
     """
+    try:
+        return _load(data, source, fmt)
+    except TopologyError:
+        raise
+    except RecursionError:
+        raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source) from None
+    except MemoryError:
+        issue = Issue("", "the document needs more memory than there is to read it")
+        raise TopologyError([issue], source) from None
+    except Exception as exc:  # a parser or validator failing in a way of its own: still a refusal
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise TopologyError(
+            [Issue("", f"the document cannot be read: {type(exc).__name__}" + (f": {text}" if text else ""))],
+            source,
+        ) from None
+
+
+def _load(data: bytes, source: str, fmt: str | None) -> Loaded:
     if len(data) > MAX_DOCUMENT_BYTES:
         raise TopologyError(
             [Issue("", f"the document is {len(data):,} bytes; the limit is {MAX_DOCUMENT_BYTES:,}")], source
@@ -100,7 +124,7 @@ def load_topology(data: bytes, *, source: str = "", fmt: str | None = None) -> L
         raise TopologyError(
             [Issue("", f"the document must be a mapping of fields, not {_kind(raw)}", 1)], source
         )
-    _check_depth(raw, source)
+    _check_size(raw, source)
     try:
         topology = Topology.model_validate(raw)
     except ValidationError as exc:
@@ -130,6 +154,24 @@ def _compose_node(self: _StrictLoader, parent: yaml.Node | None, index: Any) -> 
 _StrictLoader.compose_node = _compose_node  # type: ignore[method-assign,assignment]
 
 
+def _construct_object(self: yaml.SafeLoader, node: yaml.Node, deep: bool = False) -> Any:
+    """A value the constructors cannot make (``!!int abc``, an impossible ``!!timestamp``, an integer
+    of more digits than Python converts) is a located YAML error, not an exception of its own."""
+    try:
+        return yaml.SafeLoader.construct_object(self, node, deep)
+    except (yaml.YAMLError, RecursionError):
+        raise
+    except Exception as exc:  # ValueError, OverflowError, PyYAML's own AttributeError on a bad timestamp
+        shown = _show(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{shown} cannot be read as {node.tag.rsplit(':', 1)[-1]}: {reason}", node.start_mark
+        ) from None
+
+
+_StrictLoader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
+
+
 # libyaml's parser, when PyYAML was built with it: about 5x faster than the pure-Python one (a
 # 10,000-host document: 3 s -> 0.6 s). It is used only for documents it takes without a word to
 # say; anything to report (a syntax error, an alias, a duplicate key, an empty document) is
@@ -143,7 +185,16 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, LineMap]:
         parsed = _parse_yaml_fast(_FAST_LOADER, text)
         if parsed is not None:
             return parsed
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
+        at: int = exc.position
+        where = (text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1)
+        char = exc.character
+        what = f"character #x{char:04x}" if isinstance(char, int) else "a character"
+        what = f"unacceptable {what}"
+        issue = Issue("", f"malformed YAML: {what} (control characters are not allowed)", *where)
+        raise TopologyError([issue], source) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -166,16 +217,17 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, LineMap]:
 
 
 def _parse_yaml_fast(loader_class: type[yaml.SafeLoader], text: str) -> tuple[Any, LineMap] | None:
-    """The document and its line map, or None if there is anything to report about it."""
+    """The document and its line map, or None if there is anything to report about it (the pure
+    loader then says what, and where)."""
     loader = loader_class(text)
     try:
         node = loader.get_single_node()
         if node is None or _has_alias(node):
             return None
         lines: LineMap = {}
-        _map_lines(node, "", lines)  # raises on a duplicate key
+        _map_lines(node, "", lines)  # raises on a duplicate key or a merge key
         return loader.construct_document(node), lines
-    except (yaml.YAMLError, RecursionError):
+    except Exception:
         return None
     finally:
         loader.dispose()
@@ -206,6 +258,14 @@ def _map_lines(node: yaml.Node, path: str, lines: LineMap, depth: int = 0) -> No
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "merge keys (<<) are not allowed in a topology: they can give a field a second value "
+                    "silently; write the fields out",
+                    key_node.start_mark,
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
@@ -217,12 +277,27 @@ def _map_lines(node: yaml.Node, path: str, lines: LineMap, depth: int = 0) -> No
             _map_lines(item, f"{path}[{index}]", lines, depth + 1)
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+
+
+def _second_occurrence(text: str, quoted: str) -> tuple[int | None, int | None]:
+    """Line and column of the second time ``quoted`` (a JSON string) stands as a key in ``text``."""
+    found = [m.start() for m in re.finditer(re.escape(quoted) + r"\s*:", text)]
+    if len(found) < 2:
+        return None, None
+    at = found[1]
+    return text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+
+
 def _parse_json(text: str, source: str) -> tuple[Any, LineMap]:
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key, value in pairs:
             if key in result:
-                raise ValueError(f"duplicate key {key!r}")
+                raise _DuplicateKey(key)
             result[key] = value
         return result
 
@@ -232,18 +307,32 @@ def _parse_json(text: str, source: str) -> tuple[Any, LineMap]:
         raise TopologyError(
             [Issue("", f"malformed JSON: {exc.msg}", exc.lineno, exc.colno)], source
         ) from None
+    except _DuplicateKey as exc:
+        line, column = _second_occurrence(text, json.dumps(exc.key))
+        raise TopologyError(
+            [Issue("", f"malformed JSON: duplicate key {exc.key!r}", line, column)], source
+        ) from None
     except ValueError as exc:
         raise TopologyError([Issue("", f"malformed JSON: {exc}")], source) from None
     except RecursionError:
         raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source) from None
 
 
-def _check_depth(raw: Any, source: str) -> None:
+def _check_size(raw: Any, source: str) -> None:
+    """Not nested deeper than MAX_DEPTH, and no more than MAX_VALUES values: a document just under the
+    byte limit could otherwise hold a million values, each an error to compute and report."""
     stack: list[tuple[Any, int]] = [(raw, 0)]
+    count = 0
     while stack:
         value, depth = stack.pop()
+        count += 1
         if depth > MAX_DEPTH:
             raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source)
+        if count > MAX_VALUES:
+            raise TopologyError(
+                [Issue("", f"the document holds more than {MAX_VALUES:,} values; a topology has far fewer")],
+                source,
+            )
         if isinstance(value, Mapping):
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
@@ -264,6 +353,14 @@ def format_path(loc: Iterable[int | str]) -> str:
 
 
 def _issues_from(exc: ValidationError, lines: LineMap) -> list[Issue]:
+    issues = _each_issue(exc, lines)
+    if len(issues) > MAX_ISSUES:
+        more = len(issues) - MAX_ISSUES
+        issues = [*issues[:MAX_ISSUES], Issue("", f"... and {more:,} more error(s); fix these first")]
+    return issues
+
+
+def _each_issue(exc: ValidationError, lines: LineMap) -> list[Issue]:
     issues: list[Issue] = []
     for error in exc.errors(include_url=False):
         loc = tuple(p for p in error["loc"] if not _is_union_tag(p))

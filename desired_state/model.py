@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     field_validator,
     model_validator,
@@ -43,9 +44,15 @@ _IMAGE_REF = re.compile(
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>[a-z0-9]+:[a-fA-F0-9]{32,}))?$"
 )
+_DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}  # hex digits, as the OCI image spec defines them
 
 ContainerName = Annotated[str, StringConstraints(pattern=_CONTAINER_NAME)]
 NodeName = Annotated[str, StringConstraints(pattern=_NODE_NAME)]
+# No lax coercion: a string where a boolean or a number is declared is an error (``gates: "off"`` is
+# not quietly false), and so is a boolean where a number is declared. An integer is a number.
+Bool = Annotated[bool, Strict()]
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict()]
 
 
 class Role(StrEnum):
@@ -59,14 +66,47 @@ class NetworkMode(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, allow_inf_nan=False)
 
 
 def check_image_reference(value: str) -> str:
-    if not _IMAGE_REF.match(value):
+    match = _IMAGE_REF.match(value)
+    if not match:
         raise ValueError(
             f"{value!r} is not a valid image reference "
             "(expected [registry/]name[:tag][@sha256:digest], lower-case name)"
+        )
+    if match.group("digest"):
+        algorithm, _, hexdigits = match.group("digest").partition(":")
+        wanted = _DIGEST_LENGTHS.get(algorithm)
+        if wanted is None:
+            raise ValueError(f"{value!r}: digest algorithm {algorithm!r} is not sha256 or sha512")
+        if len(hexdigits) != wanted:
+            raise ValueError(
+                f"{value!r}: a {algorithm} digest has {wanted} hex digits, not {len(hexdigits)}"
+            )
+    return value
+
+
+# Host folders that must never be mounted read-write into an agent (its entrypoint changes the owner
+# of its data folder): the system's own, and Docker's.
+_SYSTEM_DIRS = frozenset(
+    (
+        *("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media"),
+        *("/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"),
+        *("/var/lib", "/var/log", "/var/run", "/var/lib/docker"),
+    )
+)
+_SYSTEM_TREES: tuple[str, ...] = ("/bin/", "/boot/", "/dev/", "/etc/", "/lib/", "/lib64/", "/proc/")
+_SYSTEM_TREES += ("/sbin/", "/sys/", "/usr/", "/var/lib/docker/")
+
+
+def _check_data_dir(value: str) -> str:
+    normal = str(PurePosixPath(re.sub("/+", "/", value)))  # POSIX keeps a leading "//": not here
+    if normal in _SYSTEM_DIRS or normal.startswith(_SYSTEM_TREES) or (normal + "/").startswith(_SYSTEM_TREES):
+        raise ValueError(
+            f"{value!r} is a system folder; the agent's data folder is mounted read-write and owned by "
+            "the agent: give a folder of its own (e.g. /var/lib/consul)"
         )
     return value
 
@@ -107,6 +147,29 @@ class SecretRef(_Strict):
         return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
 
 
+# The agent flags a topology field already governs (or that defeat the controller's safety), and
+# what to write instead.
+_GOVERNED_FLAGS = {
+    "server": "use hosts[].role",
+    "bootstrap-expect": "it follows the number of servers",
+    "bootstrap": "a single-server bootstrap is never safe to repeat; the controller never bootstraps",
+    "dev": "a dev agent keeps no data; use a real agent",
+    "node": "use hosts[].name or hosts[].node",
+    "node-id": "the agent keeps its own in its data folder",
+    "datacenter": "use datacenter",
+    "data-dir": "use hosts[].data_dir",
+    "config-dir": "the controller writes the agent's config folder (the gossip key)",
+    "client": "use consul.client_address or hosts[].client_address",
+    "bind": "use hosts[].bind",
+    "advertise": "use hosts[].advertise",
+    "retry-join": "the servers are joined from the topology",
+    "join": "the servers are joined from the topology",
+    "rejoin": "the servers are joined from the topology",
+    "encrypt": "use consul.encrypt (a reference, never the key)",
+    "ui": "use consul.ui",
+}
+
+
 def _check_extra_args(values: tuple[str, ...]) -> tuple[str, ...]:
     for index, arg in enumerate(values):
         if not arg.startswith("-"):
@@ -114,10 +177,9 @@ def _check_extra_args(values: tuple[str, ...]) -> tuple[str, ...]:
         if any(ch in arg for ch in ("\0", "\n")):
             raise ValueError(f"item {index}: {arg!r} contains a newline or NUL")
         flag = re.split(r"[=\s]", arg, maxsplit=1)[0]  # the value may be a secret: never echo it
-        if flag.lstrip("-") in ("encrypt", "server", "bootstrap-expect", "node", "advertise"):
-            raise ValueError(
-                f"item {index}: {flag!r} is set by the topology itself; use its own field instead"
-            )
+        governed = _GOVERNED_FLAGS.get(flag.lstrip("-"))
+        if governed is not None:
+            raise ValueError(f"item {index}: {flag!r} is set by the topology itself: {governed}")
     return values
 
 
@@ -125,7 +187,7 @@ class ConsulSettings(_Strict):
     image: str = DEFAULT_CONSUL_IMAGE
     server_image: str | None = Field(default=None, description="Overrides 'image' for servers")
     client_image: str | None = Field(default=None, description="Overrides 'image' for clients")
-    ui: bool = True
+    ui: Bool = True
     client_address: str = "0.0.0.0"
     encrypt: SecretRef | None = None
     extra_args: tuple[str, ...] = ()
@@ -152,11 +214,11 @@ class ConsulSettings(_Strict):
 
 
 class RegistratorSettings(_Strict):
-    enabled: bool = True
+    enabled: Bool = True
     image: str = DEFAULT_REGISTRATOR_IMAGE
-    internal: bool = True
-    resync: Annotated[int, Field(ge=0, le=86400)] | None = None
-    cleanup: bool = False
+    internal: Bool = True
+    resync: Annotated[Int, Field(ge=0, le=86400)] | None = None
+    cleanup: Bool = False
     deregister: Literal["always", "on-success"] | None = None
     tags: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:=/-]+$")], ...] = ()
 
@@ -187,25 +249,46 @@ class Host(_Strict):
     network: NetworkMode = NetworkMode.HOST
     data_dir: str = "/var/lib/consul-reconciler/data"
     tls: TLSFiles | None = None
-    timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    timeout: Annotated[Number, Field(gt=0, le=600)] = 10.0
     docker_socket: str | None = Field(
         default=None,
         description="The Docker socket on that host, mounted into Registrator "
         "(default: the unix:// endpoint's path, else /var/run/docker.sock)",
     )
-    registrator: bool | None = None
+    registrator: Bool | None = None
 
-    @field_validator("advertise", "bind", "client_address")
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str) -> str:
+        address = ipaddress.ip_address(_ip_or_raise(value))
+        if address.is_unspecified:
+            raise ValueError(
+                f"{value!r} is no address the other agents can reach (advertise one of this host's)"
+            )
+        _unicast(value, address)
+        return str(address)
+
+    @field_validator("bind", "client_address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return str(ipaddress.ip_address(_ip_or_raise(value)))
+        address = ipaddress.ip_address(_ip_or_raise(value))
+        _unicast(value, address)
+        return str(address)
 
     @field_validator("docker")
     @classmethod
     def _docker_url(cls, value: str) -> str:
+        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError(f"{value!r} contains whitespace or a control character")
         parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{value!r}: the port is not a number from 1 to 65535") from None
+        if port == 0:
+            raise ValueError(f"{value!r}: port 0 is no port to connect to")
         if parts.scheme not in DOCKER_URL_SCHEMES:
             raise ValueError(
                 f"{value!r} has unsupported scheme {parts.scheme!r} "
@@ -215,7 +298,7 @@ class Host(_Strict):
             raise ValueError(f"{value!r}: a unix:// endpoint needs an absolute socket path (unix:///path)")
         if parts.scheme in ("tcp", "ssh") and not parts.hostname:
             raise ValueError(f"{value!r}: a {parts.scheme}:// endpoint needs a host name or address")
-        if parts.scheme == "tcp" and parts.port is None:
+        if parts.scheme == "tcp" and port is None:
             raise ValueError(f"{value!r}: a tcp:// endpoint needs a port (tcp://host:2376)")
         return value
 
@@ -223,6 +306,11 @@ class Host(_Strict):
     @classmethod
     def _paths(cls, value: str | None) -> str | None:
         return None if value is None else _check_absolute_path(value, "a host path")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: str) -> str:
+        return _check_data_dir(value)
 
     @model_validator(mode="after")
     def _tls_only_for_tcp(self) -> Host:
@@ -233,6 +321,20 @@ class Host(_Strict):
     @property
     def node_name(self) -> str:
         return self.node or self.name
+
+    @property
+    def engine(self) -> str:
+        """The Docker endpoint in one normal form, to tell whether two hosts name the same engine:
+        scheme and host lower-case, the default ssh port written out, repeated and trailing '/' dropped
+        from a socket path."""
+        parts = urlsplit(self.docker)
+        scheme = parts.scheme.lower()
+        if scheme == "unix":
+            return "unix://" + str(PurePosixPath(re.sub("/+", "/", parts.path)))
+        host = (parts.hostname or "").lower()
+        port = parts.port or (22 if scheme == "ssh" else None)
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{scheme}://{user}{host}:{port}"
 
     @property
     def socket_path(self) -> str:
@@ -247,17 +349,17 @@ class RolloutSettings(_Strict):
     """How disruptive changes roll out. The Consul health gates need each agent's HTTP API
     (port 8500 on its client address) to be reachable from the controller."""
 
-    gates: bool = Field(
+    gates: Bool = Field(
         default=True,
         description="Consul health gates around replacing or removing a server. Turn off only for "
         "agents without Consul's HTTP API: off, no leader/voter/autopilot check, no graceful leave "
         "(servers are stopped, their peers see them failed), no wait for a replacement to become a voter",
     )
-    deadline: Annotated[float, Field(gt=0, le=86400)] = 300.0
-    stabilization: Annotated[float, Field(ge=0, le=3600)] = 10.0
-    max_parallel: Annotated[int, Field(ge=1, le=1000)] = 4
-    agent_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
-    leave_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
+    deadline: Annotated[Number, Field(gt=0, le=86400)] = 300.0
+    stabilization: Annotated[Number, Field(ge=0, le=3600)] = 10.0
+    max_parallel: Annotated[Int, Field(ge=1, le=1000)] = 4
+    agent_timeout: Annotated[Number, Field(gt=0, le=600)] = 30.0
+    leave_timeout: Annotated[Number, Field(gt=0, le=3600)] = Field(
         default=60.0,
         description="seconds a server's graceful leave may take: Consul answers PUT /v1/agent/leave only "
         "once the agent has left (leave_drain_time, 5 s by default, then its removal from the raft peers)",
@@ -293,10 +395,12 @@ class Topology(_Strict):
         problems: list[str] = []
         if not self.hosts:
             raise ValueError("hosts: the topology has no hosts; at least one server is needed")
-        _unique(problems, "name", [h.name for h in self.hosts])
-        _unique(problems, "node", [h.node_name for h in self.hosts])
+        # Consul compares node names without regard to case: so do these checks
+        names, nodes = [h.name for h in self.hosts], [h.node_name for h in self.hosts]
+        _unique(problems, "name", [n.lower() for n in names], names)
+        _unique(problems, "node", [n.lower() for n in nodes], nodes)
         _unique(problems, "advertise", [h.advertise for h in self.hosts])
-        _unique(problems, "docker", [h.docker for h in self.hosts])
+        _unique(problems, "docker", [h.engine for h in self.hosts], [h.docker for h in self.hosts])
         if not any(h.role is Role.SERVER for h in self.hosts):
             problems.append("hosts: no host has role 'server'; a Consul datacenter needs at least one")
         if problems:
@@ -321,13 +425,25 @@ class Topology(_Strict):
         return found
 
 
-def _unique(problems: list[str], field: str, values: list[str]) -> None:
+def _unique(problems: list[str], field: str, keys: list[str], shown: list[str] | None = None) -> None:
+    """Each key once; a repeat is named by its index and its value as written (``shown``)."""
     seen: dict[str, int] = {}
-    for index, value in enumerate(values):
-        if value in seen:
-            problems.append(f"hosts[{index}].{field}: {value!r} is already used by hosts[{seen[value]}]")
+    for index, key in enumerate(keys):
+        if key in seen:
+            first = seen[key]
+            written = (shown or keys)[index]
+            same = "" if shown is None or shown[first] == written else f" (as {shown[first]!r})"
+            problems.append(f"hosts[{index}].{field}: {written!r} is already used by hosts[{first}]{same}")
         else:
-            seen[value] = index
+            seen[key] = index
+
+
+def _unicast(value: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    if address.is_multicast or (isinstance(address, ipaddress.IPv4Address) and address == _BROADCAST):
+        raise ValueError(f"{value!r} is a multicast or broadcast address; an agent needs a unicast one")
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
 def _ip_or_raise(value: str) -> str:

@@ -86,7 +86,9 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
     command += [f"-node={host.node_name}", f"-datacenter={topology.datacenter}"]
     for peer in servers:
         if peer.name != host.name:
-            join = f"-retry-join={peer.advertise}"
+            # Consul parses a join address as host[:port]: a literal IPv6 address needs its brackets
+            target = f"[{peer.advertise}]" if ":" in peer.advertise else peer.advertise
+            join = f"-retry-join={target}"
             command.append(join)
             bootstrap.add(join)
     if host.bind:

@@ -10,12 +10,13 @@ import base64
 import binascii
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from desired_state.load import Issue
 from desired_state.model import SecretRef, Topology
+from desired_state.readfile import read_bounded
 
 REDACTED = "(redacted)"
+MAX_SECRET_BYTES = 64 * 1024  # a gossip key is 44 bytes, a token 36; a secret file is never megabytes
 
 
 class SecretError(Exception):
@@ -23,7 +24,7 @@ class SecretError(Exception):
 
 
 def _read_file(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
+    return read_bounded(path, MAX_SECRET_BYTES).decode("utf-8")
 
 
 def resolve(

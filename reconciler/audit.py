@@ -1199,4 +1199,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"invalid time {text!r}: expected {_SINCE_FORMS}") from None
-    return _as_utc(parsed)
+    try:
+        return _as_utc(parsed)
+    except OverflowError:
+        raise ValueError(f"time {text!r} is outside the years 1 to 9999 in UTC") from None

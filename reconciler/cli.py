@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -199,7 +200,7 @@ def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: Sou
         if as_json:
             _emit_json({"valid": False, "errors": [i.to_dict() for i in exc.issues], "warnings": []})
         else:
-            err.print(f"{source}: {len(exc.issues)} error(s)", markup=False)
+            err.print(f"{src.describe()}: {len(exc.issues)} error(s)", markup=False)
             for issue in exc.issues:
                 err.print(f"  error: {issue}", markup=False)
         raise typer.Exit(1) from None
@@ -777,7 +778,18 @@ app.add_typer(kv_app, name="kv")
 
 
 def main() -> None:
-    app()
+    """The command line; no input ends in a traceback (with -v, an unexpected failure shows one)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a failure no command handled: one line, the detail with -v
+        if logging.getLogger("consul_reconciler").isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        what = type(exc).__name__ + (f": {first}" if first else "")
+        err.print(f"error: {what} (unexpected; -v shows where)", markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from desired_state.load import MAX_DOCUMENT_BYTES
+from desired_state.readfile import UnreadableFile, read_bounded
 from reconciler.consul_api import Consul, ConsulAddress, ConsulError
 from reconciler.triggers import FileWatcher
 
@@ -47,7 +49,9 @@ class FileSource:
 
     def read(self) -> bytes:
         try:
-            return self.path.read_bytes()
+            return read_bounded(self.path, MAX_DOCUMENT_BYTES)
+        except UnreadableFile as exc:
+            raise SourceError(f"{exc}; give the topology file") from None
         except FileNotFoundError:
             raise SourceError(f"{self.path}: no such file") from None
         except IsADirectoryError:

@@ -430,3 +430,51 @@ def test_no_pull_reports_the_missing_image_per_host_and_keeps_what_runs(
         assert error.startswith(f"host {host}: image {missing} is not present and pulling is off"), error
     assert fleet3.ids() == before
     assert all_running(fleet3)
+
+
+MALFORMED = {
+    "tagged scalar": "cluster: ctl\nhosts:\n  - {name: host1, timeout: !!int abc}\n",
+    "impossible timestamp": "cluster: ctl\nwhen: !!timestamp 2024-13-45\nhosts: []\n",
+    "huge integer": "cluster: ctl\nhosts:\n  - {name: host1, timeout: " + "9" * 5000 + "}\n",
+    "NUL character": "cluster: ctl\x00\nhosts: []\n",
+    "merge key": "cluster: ctl\nhosts:\n  - <<: {name: host9}\n    name: host1\n",
+    "not UTF-8": "cluster: ctl\nhosts: [\xff\xfe]\n",
+    "a string for a boolean": "cluster: ctl\nrollout: {gates: 'off'}\nhosts: []\n",
+}
+
+
+def test_every_class_of_malformed_document_is_refused_and_the_last_valid_state_kept(
+    fleet3: Fleet, controllers: Any
+) -> None:
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL)
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 30, "the fleet to converge")
+    valid = fleet3.file.read_bytes()
+    before = fleet3.ids()
+    host2 = fleet3.engines[1]
+    for number, (what, text) in enumerate(MALFORMED.items(), start=1):
+        fleet3.file.write_bytes(text.encode("latin-1") if what == "not UTF-8" else text.encode())
+        wait_for(
+            lambda n=number: len(audit_rows(fleet3.db, "SELECT id FROM runs WHERE status='refused'")) >= n,
+            15,
+            f"the {what} document refused",
+        )
+        client = host2.client()
+        try:
+            client.containers.get("registrator").remove(force=True)  # drift while it is refused
+        finally:
+            client.close()
+        wait_for(lambda: running(fleet3, host2, "registrator"), 20, f"repair under the {what} document")
+        assert ctl.alive(), f"the controller stopped on the {what} document:\n{ctl.log()}"
+    refused = "SELECT error FROM runs WHERE status='refused' ORDER BY id"
+    errors = [e for (e,) in audit_rows(fleet3.db, refused)]
+    assert len(errors) == len(MALFORMED) and all("keeping the last valid state" in e for e in errors), errors
+    assert "Traceback" not in ctl.log()
+    after = fleet3.ids()
+    assert {k: v for k, v in after.items() if k != ("host2", "registrator")} == {
+        k: v for k, v in before.items() if k != ("host2", "registrator")
+    }  # nothing but the repairs was done
+    # a later valid document is applied
+    fleet3.file.write_bytes(valid.replace(AGENT_IMAGE_1.encode(), AGENT_IMAGE_2.encode()))
+    for engine in fleet3.engines[1:]:
+        wait_for(lambda e=engine: running(fleet3, e, "consul", AGENT_IMAGE_2), 30, "the valid document")

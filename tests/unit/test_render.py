@@ -427,3 +427,18 @@ def test_record_is_json_ready_and_complete() -> None:
     }
     assert json.loads(json.dumps(record)) == record
     assert record["mounts"] == ["/var/lib/consul-reconciler/data:/consul/data"]
+
+
+def test_ipv6_join_targets_are_bracketed_as_consul_requires() -> None:
+    data = {
+        "cluster": "v6",
+        "hosts": [
+            host("node1", "fd00::1", docker="unix:///a.sock"),
+            host("node2", "fd00::2", docker="unix:///b.sock"),
+            host("node3", "127.0.10.3", docker="unix:///c.sock", role="client"),
+        ],
+    }
+    fleet = render(topology(data))
+    joins = [a for a in the_spec(fleet, "node3", "consul").command if a.startswith("-retry-join")]
+    assert joins == ["-retry-join=[fd00::1]", "-retry-join=[fd00::2]"]
+    assert "-retry-join=[fd00::2]" in the_spec(fleet, "node1", "consul").command
