@@ -449,7 +449,6 @@ def test_every_class_of_malformed_document_is_refused_and_the_last_valid_state_k
     ctl = controllers(fleet3, "--interval", LONG_INTERVAL)
     ctl.wait_ready()
     wait_for(lambda: all_running(fleet3), 30, "the fleet to converge")
-    valid = fleet3.file.read_bytes()
     before = fleet3.ids()
     host2 = fleet3.engines[1]
     for number, (what, text) in enumerate(MALFORMED.items(), start=1):
@@ -475,6 +474,7 @@ def test_every_class_of_malformed_document_is_refused_and_the_last_valid_state_k
         k: v for k, v in before.items() if k != ("host2", "registrator")
     }  # nothing but the repairs was done
     # a later valid document is applied
-    fleet3.file.write_bytes(valid.replace(AGENT_IMAGE_1.encode(), AGENT_IMAGE_2.encode()))
+    fleet3.doc["consul"]["client_image"] = AGENT_IMAGE_2
+    fleet3.write()
     for engine in fleet3.engines[1:]:
         wait_for(lambda e=engine: running(fleet3, e, "consul", AGENT_IMAGE_2), 30, "the valid document")
