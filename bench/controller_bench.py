@@ -68,7 +68,7 @@ def kv_write_to_first_action(engines: list[Engine], tmp: Path, trials: int) -> l
         client.close()
     double = ConsulDouble().start()
     key = "bench/topology"
-    doc = fleet_topology(engines, tmp, "benchkv")
+    doc = fleet_topology(engines, tmp, "benchkv", consul_image=STANDIN_CONSUL_1, gates=False)
     double.kv_put(key, yaml.safe_dump(doc).encode())
     audit = AuditLog(str(tmp / "kv-audit.db"))
     source = ConsulSource(ConsulAddress.parse(f"consul://{double.address}/{key}"))
@@ -124,7 +124,7 @@ def main() -> None:
             container.remove(force=True)
         client.close()
     tmp = Path(tempfile.mkdtemp(prefix="crbench-"))
-    topology = fleet_topology(engines, tmp, "bench")
+    topology = fleet_topology(engines, tmp, "bench", consul_image=STANDIN_CONSUL_1, gates=False)
     path = tmp / "topology.yaml"
     path.write_text(yaml.safe_dump(topology))
     audit = AuditLog(str(tmp / "audit.db"))

@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crsoak")
 
-from tests.fleet import Engine, ensure_engines, ensure_standin_images, fleet_topology, reset_engines  # noqa: E402
+from tests.fleet import (  # noqa: E402
+    STANDIN_CONSUL_1,
+    Engine,
+    ensure_engines,
+    ensure_standin_images,
+    fleet_topology,
+    reset_engines,
+)
 from tests.integration.controller_harness import ControllerProcess, wait_for  # noqa: E402
 
 
@@ -82,7 +89,9 @@ def main() -> None:
     reset_engines(engines)
     work = Path(tempfile.mkdtemp(prefix="crsoak-"))
     topology, db = work / "topology.yaml", work / "audit.db"
-    topology.write_text(yaml.safe_dump(fleet_topology(engines, work, "soak")))
+    # Docker faults only: busybox agents without gates
+    document = fleet_topology(engines, work, "soak", consul_image=STANDIN_CONSUL_1, gates=False)
+    topology.write_text(yaml.safe_dump(document))
     ctl = ControllerProcess(
         topology, db, work / "controller.log", "--interval", "30", "--crashloop-attempts", "1000000"
     )
