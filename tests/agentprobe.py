@@ -173,3 +173,13 @@ def leader_of(agents: Sequence[Standin]) -> Standin:
 
     rpc = eventually(agreed, what="one leader agreed by all")
     return next(a for a in agents if a.rpc == rpc)
+
+
+def start_cluster(make: Callable[..., Standin], count: int = 3, **kwargs: Any) -> list[Standin]:
+    servers = [make(f"server{i}", expect=count, **kwargs) for i in range(1, count + 1)]
+    for server in servers:
+        server.join = [s.address for s in servers if s is not server]
+    for server in servers:
+        server.start()
+    leader_of(servers)
+    return servers

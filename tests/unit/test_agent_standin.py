@@ -24,7 +24,17 @@ from typing import Any
 import pytest
 
 from tests.agent_standin import REFUSE_MARKER, parse_flags
-from tests.agentprobe import DRAIN, HEARTBEAT, STANDIN, TOKEN, Standin, call, eventually, leader_of
+from tests.agentprobe import (
+    DRAIN,
+    HEARTBEAT,
+    STANDIN,
+    TOKEN,
+    Standin,
+    call,
+    eventually,
+    leader_of,
+    start_cluster,
+)
 
 
 def health(agent: Standin) -> tuple[int, dict[str, Any]]:
@@ -36,16 +46,6 @@ def health(agent: Standin) -> tuple[int, dict[str, Any]]:
 def healthy(agent: Standin, tolerance: int) -> bool:
     status, body = health(agent)
     return status == 200 and body["Healthy"] is True and body["FailureTolerance"] == tolerance
-
-
-def start_cluster(make: Callable[..., Standin], count: int = 3, **kwargs: Any) -> list[Standin]:
-    servers = [make(f"server{i}", expect=count, **kwargs) for i in range(1, count + 1)]
-    for server in servers:
-        server.join = [s.address for s in servers if s is not server]
-    for server in servers:
-        server.start()
-    leader_of(servers)
-    return servers
 
 
 @pytest.fixture

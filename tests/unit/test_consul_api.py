@@ -24,7 +24,7 @@ from reconciler.consul_api import (
 )
 from reconciler.leader import LeaderLock, lock_timing_problem
 from reconciler.sources import KVWatcher
-from tests.agentprobe import DRAIN, TOKEN, Standin, eventually, leader_of
+from tests.agentprobe import DRAIN, TOKEN, Standin, eventually, leader_of, start_cluster
 from tests.consul_double import ConsulDouble
 
 KEY = "infra/topology.leader"
@@ -64,13 +64,7 @@ def test_an_explicit_token_wins_over_consul_http_token_for_kv_and_sessions(
 @pytest.fixture
 def acl_cluster(agents: Callable[..., Standin]) -> list[Standin]:
     """Three stand-in servers with ACLs on, default deny, and a management token."""
-    servers = [agents(f"server{i}", expect=3, acl=True) for i in range(1, 4)]
-    for server in servers:
-        server.join = [s.address for s in servers if s is not server]
-    for server in servers:
-        server.start()
-    leader_of(servers)
-    return servers
+    return start_cluster(agents, acl=True)
 
 
 def test_every_agent_call_carries_the_token_and_it_wins_over_the_environment(
@@ -93,11 +87,7 @@ def test_every_agent_call_carries_the_token_and_it_wins_over_the_environment(
 def test_the_leave_answers_once_the_server_has_left_and_a_short_timeout_is_no_answer(
     agents: Callable[..., Standin],
 ) -> None:
-    servers = [agents(f"server{i}", expect=3) for i in range(1, 4)]
-    for server in servers:
-        server.join = [s.address for s in servers if s is not server]
-    for server in servers:
-        server.start()
+    servers = start_cluster(agents)
     leader = leader_of(servers)
     first, second = [s for s in servers if s is not leader]
     with pytest.raises(ConsulUnreachable, match="did not answer within 1s"):
