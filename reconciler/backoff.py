@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 
@@ -53,8 +54,13 @@ class BackoffTable:
         """Hosts still inside their backoff window."""
         return {h: s for h, s in self.hosts.items() if s.failures and s.retry_at > now}
 
-    def next_retry(self, now: float) -> float | None:
-        pending = [s.retry_at for s in self.hosts.values() if s.failures and s.retry_at > now]
+    def next_retry(self, among: Collection[str]) -> float | None:
+        """When the first of these hosts in backoff may be tried again; None when none is.
+
+        A time already past is returned too: a pass that deferred a host because its window had not
+        ended may finish after it has, and that host still needs its pass (nothing else asks for it).
+        """
+        pending = [s.retry_at for h, s in self.hosts.items() if s.failures and h in among]
         return min(pending) if pending else None
 
 

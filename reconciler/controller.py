@@ -545,7 +545,7 @@ class Controller:
         m.hosts_backoff.set(len(waiting))
         if result.ok and not waiting:
             m.last_success.set(time.time())
-        self._schedule_retry(now)
+        self._schedule_retry(now, {h.name for h in loaded.topology.hosts})
         if result.status == "waiting" and not self._stopping.is_set():
             # a server change waits for the cluster: look again soon, not only at the next resync
             self._request_in("rollout-wait", WAITING_RECHECK)
@@ -566,8 +566,10 @@ class Controller:
             result.run_id, seq=seq, host=host, kind=kind, status="skipped", reason=[{"message": message}]
         )
 
-    def _schedule_retry(self, now: float) -> None:
-        next_retry = self.backoff.next_retry(now)
+    def _schedule_retry(self, now: float, hosts: set[str]) -> None:
+        """One pass at the end of the first backoff window among the desired hosts (at once when it
+        ended while this pass ran: the pass deferred that host, and no other trigger may come)."""
+        next_retry = self.backoff.next_retry(hosts)
         if next_retry is None or self._stopping.is_set():
             return
         self._request_in("backoff-retry", max(0.0, next_retry - now) + 0.01)

@@ -96,6 +96,16 @@ class ControllerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def stop_all(started: list[ControllerProcess], tail: int = 80) -> None:
+    """Stop the controllers a test started and print the end of each log: pytest shows it when the
+    test failed (a timed-out wait then says what the controller was doing), and drops it otherwise."""
+    for number, proc in enumerate(started):
+        proc.stop()
+        lines = proc.log().splitlines()[-tail:]
+        print(f"--- controller {number} ({proc.log_path.name}), last {len(lines)} lines ---")
+        print("\n".join(lines))
+
+
 def audit_rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Read the audit database directly (a second reader, as an operator's query would)."""
     if not Path(db).exists():

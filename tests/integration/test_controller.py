@@ -22,6 +22,7 @@ from tests.integration.controller_harness import (
     ControllerProcess,
     audit_rows,
     free_port,
+    stop_all,
     wait_for,
 )
 from tests.integration.harness import LABEL, Fleet
@@ -46,8 +47,7 @@ def controllers(tmp_path: Path) -> Any:
         return proc
 
     yield start
-    for proc in started:
-        proc.stop()
+    stop_all(started)
 
 
 def running(fleet: Fleet, engine: Engine, name: str, image: str | None = None) -> dict[str, Any] | None:
@@ -97,9 +97,7 @@ def test_drift_repaired_at_once_and_file_edits_followed(fleet3: Fleet, controlle
     fleet3.doc["consul"]["client_image"] = AGENT_IMAGE_2
     fleet3.write()
     for engine in fleet3.engines[1:]:
-        wait_for(
-            lambda e=engine: running(fleet3, e, "consul", AGENT_IMAGE_2), 15, "the file edit to apply"
-        )
+        wait_for(lambda e=engine: running(fleet3, e, "consul", AGENT_IMAGE_2), 15, "the file edit to apply")
     assert running(fleet3, fleet3.engines[0], "consul", AGENT_IMAGE_1)  # the server keeps its image
     kinds = {(r[0], r[1], r[2]) for r in audit_rows(fleet3.db, "SELECT kind, host, container FROM actions")}
     assert {

@@ -21,7 +21,7 @@ import yaml
 from tests.agent_image import ACL_TOKEN, ensure_acl_agent_images
 from tests.consul_double import ConsulDouble
 from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
-from tests.integration.controller_harness import ControllerProcess, audit_rows, wait_for
+from tests.integration.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
 from tests.integration.harness import Fleet
 
 KEY = "consul-reconciler/topology"
@@ -69,8 +69,7 @@ def controllers(tmp_path: Path) -> Iterator[Any]:
         return proc
 
     yield start
-    for proc in started:
-        proc.stop()
+    stop_all(started)
 
 
 def running(fleet: Fleet, engine: Engine, name: str, image: str | None = None) -> bool:

@@ -26,7 +26,7 @@ import yaml
 from tests.agent_image import ACL_TOKEN, ensure_acl_agent_images, ensure_agent_image
 from tests.agent_standin import REFUSE_LEAVE_MARKER
 from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
-from tests.integration.controller_harness import ControllerProcess, audit_rows, wait_for
+from tests.integration.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
 from tests.integration.harness import Fleet
 
 LONG_INTERVAL = "600"
@@ -181,8 +181,7 @@ def controllers(tmp_path: Path) -> Iterator[Any]:
         return proc
 
     yield start
-    for proc in started:
-        proc.stop()
+    stop_all(started)
 
 
 def converge(fleet: Fleet, servers: int, token: str | None = None) -> None:
