@@ -9,6 +9,14 @@ cd "$(dirname "$0")/.."
 
 source scripts/bootstrap.sh
 
+# --- a real Consul, built from its Go module ---------------------------------------------------
+# tests/real_consul.py: Go's caches and the binary live in /var/cache/consul-reconciler (keyed by the
+# module's files and the Go version); the first build on a machine takes about 4.5 minutes, a rerun
+# finds it. No Go toolchain, or a build that fails, fails the test command: the integration suite runs
+# against this Consul and never skips it.
+step "real Consul $(sed -n 's|^\s*github.com/hashicorp/consul \(v[0-9.]*\)$|\1|p' tests/consul_agent/go.mod) from its Go module"
+.venv/bin/python -m tests.real_consul build || die "the real Consul of the integration suite could not be built"
+
 # --- lint and tests --------------------------------------------------------------------------
 step "ruff check ."
 .venv/bin/python -m ruff check .

@@ -10,7 +10,9 @@ Engine ``i`` (1-based) is a separate ``dockerd`` with its own state folder under
     $ROOT/host<i>/dockerd.log   everything dockerd and its containerd print
 
 Each host is also given a loopback address, ``127.0.10.<i>``, that containers of that host (which
-use host networking) bind to, so that hosts do not clash on ports. Nothing here sends traffic
+use host networking) bind to, so that hosts do not clash on ports. ``CR_FLEET_NET=127.0.20`` gives
+another ``/24`` of loopback (with another ``CR_FLEET_ROOT``, a second test session that keeps clear
+of the first: their agents would otherwise bind the same addresses). Nothing here sends traffic
 anywhere but to the engines' unix sockets.
 
 Stopping an engine (SIGTERM to its dockerd) is a host going down; starting it again with the
@@ -51,6 +53,8 @@ import docker
 
 DEFAULT_ROOT = "/tmp/crfleet"
 ROOT_ENV = "CR_FLEET_ROOT"
+NET_ENV = "CR_FLEET_NET"
+DEFAULT_NET = "127.0.10"
 STORAGE_DRIVER_ENV = "CR_FLEET_STORAGE_DRIVER"
 DEFAULT_ENGINES = 3
 START_TIMEOUT = 60.0
@@ -113,6 +117,15 @@ class FleetError(RuntimeError):
 def fleet_root() -> Path:
     """The folder holding every engine's state folder (``$CR_FLEET_ROOT`` or /tmp/crfleet)."""
     return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def fleet_net() -> str:
+    """The first three octets of the hosts' loopback addresses (``$CR_FLEET_NET`` or 127.0.10)."""
+    net = os.environ.get(NET_ENV) or DEFAULT_NET
+    octets = net.split(".")
+    if len(octets) != 3 or octets[0] != "127" or not all(o.isdigit() and int(o) <= 255 for o in octets):
+        raise FleetError(f"{NET_ENV}={net!r}: give three octets of loopback, such as 127.0.20")
+    return net
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,7 +358,7 @@ class Engine:
             state_dir=state_dir,
             socket_path=socket_path,
             url=f"unix://{socket_path}",
-            address=f"127.0.10.{index}",
+            address=f"{fleet_net()}.{index}",
         )
 
     # Paths ------------------------------------------------------------------------------------
@@ -893,7 +906,9 @@ def fleet_topology(
                 "client_address": e.address,  # each agent's HTTP API on its host's own address
                 "role": "server" if i < servers else "client",
                 "data_dir": str(data_root / f"data-{e.name}"),
-                "timeout": 5,
+                # Docker calls on a busy 2-core machine (a real Consul cluster beside the engines) took
+                # over 5 s now and then: a bound for a host that hangs, not a latency target
+                "timeout": 15,
             }
             for i, e in enumerate(engines)
         ],
