@@ -310,6 +310,7 @@ class Executor:
             container = client.containers.get(action.observed.id)
             if container.status == "paused":
                 container.unpause()
+            self._restore_restart_policy(container, action)
             self._start_and_wait(container, action)
             return str(container.id)
         if action.kind in (Kind.REPLACE, Kind.ADOPT):
@@ -513,6 +514,21 @@ class Executor:
                 info.mtime = int(time.time())
                 tar.addfile(info, io.BytesIO(data))
         return buffer.getvalue()
+
+    @staticmethod
+    def _restore_restart_policy(container: Container, action: Action) -> None:
+        """A server whose leave was begun by a controller that died since exits with the restart policy
+        set to "no" (so Docker would not bring it back mid-leave). Started again, it gets the spec's
+        policy back, or Docker would leave it down the next time it dies."""
+        if action.desired is None:
+            return
+        current = (container.attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no"
+        if current != action.desired.restart_policy:
+            container.update(restart_policy={"Name": action.desired.restart_policy})
+            log.info(
+                "%s/%s: restart policy %r restored to %r", action.host, action.name, current,
+                action.desired.restart_policy,
+            )  # fmt: skip
 
     def _start_and_wait(self, container: Container, action: Action) -> None:
         container.start()

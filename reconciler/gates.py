@@ -32,6 +32,9 @@ class ClusterView:
     failure_tolerance: int | None = None
     server_health: dict[str, bool] = field(default_factory=dict)  # node -> autopilot Healthy
     serf: dict[str, str] = field(default_factory=dict)  # node -> alive | failed | left
+    # server agents in the LAN gossip pool, as the agent asked lists them (agent/members): node ->
+    # alive | leaving | left | failed; None when the members were not asked
+    members: dict[str, str] | None = None
     peers_known: bool = False  # some server had a raft configuration (peers exist)
     error: str | None = None
 
@@ -44,7 +47,11 @@ class ClusterView:
 
     @classmethod
     def from_api(
-        cls, leader: str, raft: dict[str, Any] | None, autopilot: dict[str, Any] | None
+        cls,
+        leader: str,
+        raft: dict[str, Any] | None,
+        autopilot: dict[str, Any] | None,
+        members: list[dict[str, Any]] | None = None,
     ) -> ClusterView:
         servers = tuple(
             RaftServer(
@@ -67,8 +74,22 @@ class ClusterView:
             failure_tolerance=None if autopilot is None else int(autopilot.get("FailureTolerance", 0)),
             server_health=health,
             serf=serf,
+            members=None if members is None else server_members(members),
             peers_known=bool(servers),
         )
+
+
+# Serf's member status codes as /v1/agent/members reports them (serf.MemberStatus)
+MEMBER_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
+
+
+def server_members(members: list[dict[str, Any]]) -> dict[str, str]:
+    """The Consul servers among LAN members (tag role=consul), by node name, with their status."""
+    return {
+        str(m.get("Name")): MEMBER_STATUS.get(int(m.get("Status") or 0), "unknown")
+        for m in members
+        if (m.get("Tags") or {}).get("role") == "consul"
+    }
 
 
 def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable[str]) -> str | None:
@@ -85,12 +106,22 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
         return "the cluster has no leader"
     problems: list[str] = []
     in_raft = {s.node for s in view.servers}
-    # servers the topology wants that are not in the raft configuration do not exist yet (being added)
     for node in sorted((set(desired_servers) & in_raft) - {subject}):
         if view.serf.get(node, "alive" if view.voter(node) else "") != "alive":
             problems.append(f"server {node} is {view.serf.get(node) or 'not a member'}")
         elif not view.voter(node):
             problems.append(f"server {node} is not a voter yet")
+    # A server the topology wants that is not in the raft configuration: one that was never started
+    # (being added) holds nothing. One the gossip pool knows is either joining (not a voter yet) or on
+    # its way out: a leader's leave removes it from the raft peers first, seconds before its gossip
+    # says "leaving" (Consul's Server.Leave), and a leave begun by a controller that died since is
+    # still running. Disrupting another server then would take two out at once.
+    for node in sorted(set(desired_servers) - in_raft - {subject}):
+        status = (view.members or {}).get(node)
+        if status == "alive":
+            problems.append(f"server {node} is not in the raft peers (joining, or leaving)")
+        elif status in ("leaving", "failed"):
+            problems.append(f"server {node} is {status}")
     if problems:
         return "; ".join(problems)
     if view.healthy is False:

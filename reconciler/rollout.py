@@ -7,13 +7,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from reconciler.consul_api import ConsulAgent, ConsulError
-from reconciler.gates import ClusterView, after_removal, after_replacement
+from reconciler.gates import MEMBER_STATUS, ClusterView, after_removal, after_replacement
 
 log = logging.getLogger("consul_reconciler.rollout")
 
 INTERRUPTED = "gate interrupted"
 # serf's MemberStatus, the "Status" of /v1/agent/members (hashicorp/serf serf/serf.go)
-MEMBER_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
 
 
 class ConsulGates:
@@ -60,7 +59,9 @@ class ConsulGates:
                 fallback = fallback or ClusterView(leader="", peers_known=self._has_peers(agent))
                 continue
             try:
-                view = ClusterView.from_api(leader, agent.raft_configuration(), agent.autopilot_health())
+                view = ClusterView.from_api(
+                    leader, agent.raft_configuration(), agent.autopilot_health(), agent.members()
+                )
             except ConsulError as exc:
                 errors.append(str(exc))
                 continue

@@ -54,6 +54,34 @@ def test_another_server_down_or_not_a_voter_holds_the_rollout() -> None:
     assert before_disruption(joining, "s1", DESIRED) == "server s3 is not a voter yet"
 
 
+def members(*nodes: tuple[str, int]) -> list[dict[str, Any]]:
+    return [{"Name": n, "Status": status, "Tags": {"role": "consul"}} for n, status in nodes] + [
+        {"Name": "client1", "Status": 1, "Tags": {"role": "node"}}
+    ]
+
+
+def test_a_desired_server_missing_from_raft_holds_unless_it_never_started() -> None:
+    """Seen against real Consul in the SIGKILL campaign: a controller was killed while the old leader
+    (s1) was leaving; Consul's Server.Leave removes a leader from the raft peers first, seconds before
+    its gossip says "leaving". The next controller saw two voters, both alive, and replaced s3: two
+    servers out at once. A server the gossip pool knows but raft does not now holds the rollout."""
+    two_voters = raft(("s2", True, True), ("s3", False, True))
+    health = autopilot(True, 0, ("s2", "alive", True), ("s3", "alive", True))
+    leaving = ClusterView.from_api("s2:8300", two_voters, health, members(("s1", 1), ("s2", 1), ("s3", 1)))
+    assert before_disruption(leaving, "s3", DESIRED) == (
+        "server s1 is not in the raft peers (joining, or leaving)"
+    )
+    later = ClusterView.from_api("s2:8300", two_voters, health, members(("s1", 2), ("s2", 1), ("s3", 1)))
+    assert before_disruption(later, "s3", DESIRED) == "server s1 is leaving"
+    # never started (scale-up in progress, its container not yet created): nothing to wait for
+    absent = ClusterView.from_api("s2:8300", two_voters, health, members(("s2", 1), ("s3", 1)))
+    assert before_disruption(absent, "s3", DESIRED) is None
+    # left and gone: its container is down, so its repair comes first (not this gate's decision)
+    gone = ClusterView.from_api("s2:8300", two_voters, health, members(("s1", 3), ("s2", 1), ("s3", 1)))
+    assert before_disruption(gone, "s3", DESIRED) is None
+    assert leaving.members == {"s1": "alive", "s2": "alive", "s3": "alive"}  # clients are not servers
+
+
 def test_no_leader_with_peers_is_recovery_required_never_a_bootstrap() -> None:
     view = ClusterView(leader="", peers_known=True)
     assert "recovery required" in (before_disruption(view, "s1", DESIRED) or "")
