@@ -53,6 +53,11 @@ log = logging.getLogger("consul_reconciler.controller")
 REPAIR_KINDS = (Kind.CREATE, Kind.START)
 EVENT_RECHECK_DELAY = 0.1  # seconds
 WAITING_RECHECK = 2.0  # seconds between looks while a server rollout waits for the cluster
+# A desired-state source that could not be read is read again after 1, 2, 4 ... s (at most 30 s): its
+# watcher may not see the recovery (a blocking query held since before a leaderless spell answers
+# only at the end of its wait, and unchanged), and the resync interval may be minutes.
+SOURCE_RETRY_FIRST = 1.0
+SOURCE_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Controller:
         self._file_watcher: Watcher | None = None
         self.lock: LeaderLock | None = None
         self._source_error: str | None = None
+        self._source_failures = 0
         self._enforcing_kept: str | None = None  # digest of a kept document enforced since start-up
         self._kept_digest: str | None = None
         self._status_written: dict[str, str] = {}
@@ -421,10 +427,15 @@ class Controller:
             data = self.source.read()
         except SourceError as exc:
             self._source_error = str(exc)
+            self._source_failures += 1
+            if not self._stopping.is_set():
+                retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self._source_failures - 1))
+                self._request_in("source-retry", retry)
             self.metrics.desired_state_source_up.set(0)
             self._reject(digest_of(str(exc).encode()), str(exc))
             return self._last_valid or self._kept()
         self._source_error = None
+        self._source_failures = 0
         self.metrics.desired_state_source_up.set(1)
         digest = digest_of(data)
         if self._last_valid is not None and digest == self._last_valid.digest:
