@@ -1,6 +1,7 @@
 """Fault campaign: SIGKILL the controller at random points of passes that replace containers.
 
     .venv/bin/python bench/campaign.py --trials 50 [--seed N] [--write RELIABILITY.md]
+    .venv/bin/python bench/campaign.py --consul real --trials 20 [--first-engine 21]
 
 Each trial changes the agents' image on a 3-host fleet of real engines (three servers: the agent
 stand-in, with the health gates on, so each server's replacement is a graceful leave of Consul's
@@ -9,11 +10,20 @@ delay, starts a new controller, and checks once it converged: every host runs ex
 containers (no duplicate, no leftover temporary, no orphan), every audit row is resolved (none left
 "started"), and the kill was found and marked "interrupted" when it landed mid-action. The seed is
 printed; the same seed replays the same delays.
+
+With ``--consul real`` the three servers are real Consul agents (tests/real_consul.py: built from
+Consul's Go module; a leave takes about 13 s, a new server becomes a voter after autopilot's 10 s
+stabilisation), the kills land anywhere in a rollout of about 90 s, and a second sampler asks every
+server for ``/v1/status/leader`` ten times a second: quorum lost means a stretch in which no server
+knows a leader for longer than an election takes (``--election-bound``, 10 s), or a server that
+answered left with no leader for good. ``--first-engine`` puts the fleet on other engines (and
+loopback addresses) than the test suite's, so both can run at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import signal
@@ -42,6 +52,7 @@ from tests.fleet import (  # noqa: E402
     reset_engines,
 )
 from tests.integration.controller_harness import ControllerProcess, wait_for  # noqa: E402
+from tests.real_consul import REAL_CONSUL_1, ensure_images  # noqa: E402
 
 RESOLVED = {"succeeded", "failed", "interrupted", "skipped", "waiting"}
 
@@ -54,6 +65,7 @@ class Outcome:
     recovery_s: list[float] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     max_servers_down: int = 0
+    leaderless_s: list[float] = field(default_factory=list)  # real Consul: each stretch without a leader
 
 
 class ServerSampler:
@@ -87,6 +99,45 @@ class ServerSampler:
         self._thread.join(5)
 
 
+class LeaderSampler:
+    """Asks every server's HTTP API for /v1/status/leader ten times a second; records each stretch in
+    which no answering server knew a leader (an election, or quorum lost)."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        import urllib.request
+
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+        self.addresses = addresses
+        self.windows: list[float] = []
+        self._since: float | None = None
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _leader(self, address: str) -> str:
+        try:
+            with self._opener.open(f"http://{address}:8500/v1/status/leader", timeout=0.5) as response:
+                return str(response.read().decode().strip('"\n'))
+        except Exception:
+            return ""
+
+    def _loop(self) -> None:
+        while not self._halt.wait(0.1):
+            now = time.monotonic()
+            if any(self._leader(a) for a in self.addresses):
+                if self._since is not None:
+                    self.windows.append(now - self._since)
+                    self._since = None
+            elif self._since is None:
+                self._since = now
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(5)
+        if self._since is not None:
+            self.windows.append(time.monotonic() - self._since)
+
+
 def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -117,15 +168,40 @@ def _converged(engines: list[Engine], image: str) -> bool:
     return True
 
 
-def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) -> Outcome:
+def run_campaign(
+    trials: int,
+    seed: int,
+    workdir: Path,
+    max_delay: float | None = None,
+    *,
+    real: bool = False,
+    first_engine: int = 1,
+    election_bound: float = 10.0,
+) -> Outcome:
     """Alternates the servers between two agent images; each server's replacement is in flight for
     seconds (the graceful leave, then the gates), long enough to be killed anywhere in it."""
     rng = random.Random(seed)
-    engines = ensure_engines(3)
+    if first_engine == 1:
+        engines = ensure_engines(3)
+    else:
+        root = Path(os.environ.get("CR_FLEET_ROOT") or "/tmp/crcampaign-engines")
+        engines = [Engine.at(first_engine + i, root) for i in range(3)]
+        for engine in engines:
+            engine.start()
     ensure_standin_images(engines)
-    ensure_agent_images(engines)
+    if real:
+        old, new = ensure_images(engines)
+        max_delay = 60.0 if max_delay is None else max_delay  # a real rollout of three takes ~90 s
+    else:
+        ensure_agent_images(engines)
+        old, new = AGENT_IMAGE_1, AGENT_IMAGE_2
+        max_delay = 2.0 if max_delay is None else max_delay
     reset_engines(engines)
-    doc = fleet_topology(engines, workdir, "campaign", consul_image=AGENT_IMAGE_1, servers=3)
+    doc = fleet_topology(engines, workdir, "campaign", consul_image=old, servers=3)
+    if real:
+        for host in doc["hosts"]:  # type: ignore[attr-defined]
+            host["bind"] = host["advertise"]  # real agents on one machine: each on its own address
+    leaders: LeaderSampler | None = None
     sampler: ServerSampler | None = None
     topology, db = workdir / "topology.yaml", workdir / "audit.db"
     topology.write_text(yaml.safe_dump(doc))
@@ -134,11 +210,14 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
         topology, db, workdir / "controller.log", "--interval", "600", "--stop-timeout", "1"
     )
     try:
-        ctl.wait_ready(60)
-        wait_for(lambda: _converged(engines, AGENT_IMAGE_1), 60, "the first convergence")
+        ctl.wait_ready(600 if real else 60)
+        wait_for(lambda: _converged(engines, old), 60, "the first convergence")
+        if real:
+            wait_for(lambda: _has_leader(engines), 60, "the first leader")
+            leaders = LeaderSampler([e.address for e in engines])
         sampler = ServerSampler(engines)  # from here on, at most one server may be down at a time
         for trial in range(trials):
-            image = AGENT_IMAGE_2 if trial % 2 == 0 else AGENT_IMAGE_1
+            image = new if trial % 2 == 0 else old
             doc["consul"]["image"] = image  # type: ignore[index]
             topology.write_text(yaml.safe_dump(doc))
             time.sleep(rng.uniform(0.0, max_delay))
@@ -151,8 +230,17 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
             )
             outcome.trials += 1
             try:
-                ctl.wait_ready(60)  # its first pass is done: what the killed one left is marked
-                wait_for(lambda img=image: _converged(engines, img), 120, f"convergence after trial {trial}")
+                # its first pass is done: what the killed one left is marked. Against real Consul that pass
+                # may carry on the rollout, a server at a time (a leave, then the new voter): minutes
+                ctl.wait_ready(600 if real else 60)
+                converge_within = 300 if real else 120
+                wait_for(
+                    functools.partial(_converged, engines, image),
+                    converge_within,
+                    f"convergence after trial {trial}",
+                )
+                if real:
+                    wait_for(lambda: _healthy(engines), 60, f"autopilot healthy after trial {trial}")
             except AssertionError as exc:
                 outcome.violations.append(f"trial {trial}: {exc}; state {_state(engines)}")
                 continue
@@ -174,7 +262,17 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
         ctl.stop()
         if sampler is not None:
             sampler.stop()
+        if leaders is not None:
+            leaders.stop()
+            outcome.leaderless_s = leaders.windows
     outcome.max_servers_down = sampler.max_down if sampler else 0
+    long_windows = [w for w in outcome.leaderless_s if w > election_bound]
+    if long_windows:
+        outcome.violations.append(
+            f"quorum lost: {len(long_windows)} stretch(es) without a leader "
+            f"longer than {election_bound:.0f} s "
+            f"({', '.join(f'{w:.1f} s' for w in long_windows)})"
+        )
     if outcome.max_servers_down > 1:
         outcome.violations.append(
             f"{outcome.max_servers_down} servers were down at once (sampled every 50 ms)"
@@ -182,16 +280,53 @@ def run_campaign(trials: int, seed: int, workdir: Path, max_delay: float = 2.0) 
     return outcome
 
 
-def report(outcome: Outcome, seed: int, trials: int) -> str:
+def _get_json(address: str, path: str) -> object:
+    import json
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{address}:8500{path}", timeout=2) as response:
+        return json.loads(response.read())
+
+
+def _has_leader(engines: list[Engine]) -> bool:
+    try:
+        return bool(_get_json(engines[0].address, "/v1/status/leader"))
+    except Exception:
+        return False
+
+
+def _healthy(engines: list[Engine]) -> bool:
+    for engine in engines:
+        try:
+            body = _get_json(engine.address, "/v1/operator/autopilot/health")
+        except Exception:
+            continue
+        return bool(body["Healthy"]) and len(body["Servers"] or []) == len(engines)  # type: ignore[index]
+    return False
+
+
+def report(outcome: Outcome, seed: int, trials: int, real: bool = False) -> str:
     rec = outcome.recovery_s or [0.0]
+    flag = " --consul real" if real else ""
+    windows = outcome.leaderless_s
     lines = [
-        f"SIGKILL campaign: {outcome.trials} trials, seed {seed} "
-        f"(`.venv/bin/python bench/campaign.py --trials {trials} --seed {seed}`)",
+        f"SIGKILL campaign{' on real Consul ' + REAL_CONSUL_1.rpartition(':')[2] if real else ''}: "
+        f"{outcome.trials} trials, seed {seed} "
+        f"(`.venv/bin/python bench/campaign.py{flag} --trials {trials} --seed {seed}`)",
         f"- converged after the restart: {outcome.converged}/{outcome.trials}",
         f"- kills that landed mid-action (a row left 'started', found and marked 'interrupted'): "
         f"{outcome.mid_action}",
         f"- restart -> converged: median {statistics.median(rec):.2f} s, max {max(rec):.2f} s",
         f"- most servers down at once (3 servers, sampled every 50 ms): {outcome.max_servers_down}",
+        *(
+            [
+                f"- stretches with no leader (every server asked 10 times a second): {len(windows)}, "
+                f"longest {max(windows, default=0.0):.1f} s"
+            ]
+            if real
+            else []
+        ),
         f"- invariant violations: {len(outcome.violations)}",
         *[f"  - {v}" for v in outcome.violations[:10]],
     ]
@@ -205,11 +340,32 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--write", type=Path, default=None, help="append the figures to this file")
+    parser.add_argument(
+        "--consul",
+        choices=("standin", "real"),
+        default="standin",
+        help="the servers: the agent stand-in (default) or real Consul built from its Go module",
+    )
+    parser.add_argument(
+        "--first-engine",
+        type=int,
+        default=1,
+        help="engines N..N+2 (loopback 127.0.10.N..): other than 1 keeps clear of the test suite's",
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     print(f"seed {seed}", flush=True)
-    outcome = run_campaign(args.trials, seed, Path(tempfile.mkdtemp(prefix="crcampaign-")))
-    text = report(outcome, seed, args.trials)
+    real = args.consul == "real"
+    started = time.monotonic()
+    outcome = run_campaign(
+        args.trials,
+        seed,
+        Path(tempfile.mkdtemp(prefix="crcampaign-")),
+        real=real,
+        first_engine=args.first_engine,
+    )
+    minutes, seconds = divmod(int(time.monotonic() - started), 60)
+    text = report(outcome, seed, args.trials, real) + f"\n- wall time: {minutes} min {seconds} s"
     print(text)
     if args.write:
         with args.write.open("a") as out:

@@ -17,6 +17,7 @@ import docker.errors
 import yaml
 
 from tests.fleet import Engine, fleet_topology
+from tests.real_consul import ensure_images
 
 LABEL = "io.consul-reconciler"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
@@ -43,6 +44,16 @@ class Fleet:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONSUL_RECONCILER")}
         self.doc: dict[str, Any] = fleet_topology(self.engines, tmp, cluster)
         self.write()
+
+    def use_real_consul(self, *, acl: bool = False) -> tuple[str, str]:
+        """Make the agents real Consul (tests/real_consul.py), each bound to its host's loopback address
+        (real agents on one machine clash on 0.0.0.0); returns the two image tags (old, new)."""
+        old, new = ensure_images(self.engines, acl=acl)
+        self.doc["consul"]["image"] = old
+        for host in self.doc["hosts"]:
+            host["bind"] = host["advertise"]
+        self.write()
+        return old, new
 
     def write(self) -> None:
         self.file.write_text(yaml.safe_dump(self.doc, sort_keys=False))
@@ -101,7 +112,7 @@ class Fleet:
                     body = json.loads(response.read())
             except (OSError, ValueError):
                 return False
-            return bool(body["Healthy"]) and (servers is None or len(body["Servers"]) == servers)
+            return bool(body["Healthy"]) and (servers is None or len(body["Servers"] or []) == servers)
 
         deadline = time.monotonic() + timeout
         while not healthy():

@@ -1,6 +1,13 @@
-"""The controller with its desired state in Consul KV (the protocol-level double, over real HTTP),
-on real engines: edits followed at once, bad documents refused, the source's loss survived, and
-two controllers of which exactly one acts.
+"""The controller with its desired state in Consul KV, on real engines: edits followed at once, bad
+documents refused, the source's loss survived, and two controllers of which exactly one acts.
+
+The store is a real Consul server (tests/real_consul.py, built from Consul's Go module, run as a
+process on its own loopback address, as a management cluster of one), and the managed agents are real
+Consul too, in containers on the engines. Real Consul's own rules hold: a session's TTL is at least
+10 s (``session_ttl_min``) and a dead holder's session is invalidated one to two TTLs after its last
+renewal, so the lock here is ``--lock-ttl 10 --lock-delay 5``. Only the last test, a Consul that
+answers slowly or has no leader, uses the protocol double (tests/consul_double.py): a real Consul
+cannot be made slow on demand.
 """
 
 from __future__ import annotations
@@ -18,38 +25,52 @@ import consul as pyconsul
 import pytest
 import yaml
 
-from tests.agent_image import ACL_TOKEN, ensure_acl_agent_images
 from tests.consul_double import ConsulDouble
-from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
+from tests.fleet import AGENT_IMAGE_1, Engine
+from tests.integration.consul_checks import try_get
 from tests.integration.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
 from tests.integration.harness import Fleet
+from tests.real_consul import ACL_TOKEN, REAL_CONSUL_1, REAL_CONSUL_2, ConsulServer
 
 KEY = "consul-reconciler/topology"
 LONG_INTERVAL = "600"
-FAST_LOCK = ("--lock-ttl", "2", "--lock-delay", "1")
+LOCK_TTL = 10.0  # real Consul's session_ttl_min
+LOCK = ("--lock-ttl", "10", "--lock-delay", "5")
+FAST_LOCK = ("--lock-ttl", "2", "--lock-delay", "1")  # the double's (its minimum TTL is set to 1 s)
+Store = ConsulServer | ConsulDouble
 
 
 @pytest.fixture
-def consul() -> Iterator[ConsulDouble]:
-    double = ConsulDouble(min_ttl=1.0).start()
+def consul(tmp_path: Path) -> Iterator[ConsulServer]:
+    server = ConsulServer(tmp_path / "kvstore").start()
     try:
-        yield double
+        yield server
     finally:
-        double.stop()
+        server.kill()
 
 
 @pytest.fixture
-def kv_fleet(clean_fleet: list[Engine], tmp_path: Path, consul: ConsulDouble) -> Fleet:
+def double() -> Iterator[ConsulDouble]:
+    model = ConsulDouble(min_ttl=1.0).start()
+    try:
+        yield model
+    finally:
+        model.stop()
+
+
+@pytest.fixture
+def kv_fleet(clean_fleet: list[Engine], tmp_path: Path, consul: ConsulServer) -> Fleet:
     fleet = Fleet(clean_fleet, tmp_path, cluster="kv")
+    fleet.use_real_consul()
     push(consul, fleet)
     return fleet
 
 
-def push(consul: ConsulDouble, fleet: Fleet) -> None:
+def push(consul: Store, fleet: Fleet) -> None:
     consul.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
 
 
-def source(consul: ConsulDouble) -> str:
+def source(consul: Store) -> str:
     return f"consul://{consul.address}/{KEY}"
 
 
@@ -57,7 +78,7 @@ def source(consul: ConsulDouble) -> str:
 def controllers(tmp_path: Path) -> Iterator[Any]:
     started: list[ControllerProcess] = []
 
-    def start(fleet: Fleet, consul: ConsulDouble, *args: str, db: Path | None = None) -> ControllerProcess:
+    def start(fleet: Fleet, consul: Store, *args: str, db: Path | None = None) -> ControllerProcess:
         proc = ControllerProcess(
             source(consul),
             db or fleet.db,
@@ -77,7 +98,7 @@ def running(fleet: Fleet, engine: Engine, name: str, image: str | None = None) -
     return bool(attrs and attrs["State"]["Running"] and (image is None or attrs["Config"]["Image"] == image))
 
 
-def converged(fleet: Fleet, image: str = AGENT_IMAGE_1) -> bool:
+def converged(fleet: Fleet, image: str = REAL_CONSUL_1) -> bool:
     return all(running(fleet, e, "consul", image) and running(fleet, e, "registrator") for e in fleet.engines)
 
 
@@ -89,18 +110,16 @@ def status(ctl: ControllerProcess) -> dict[str, Any]:
 
 
 def test_kv_edit_replaces_at_once_and_status_is_written_back(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+    kv_fleet: Fleet, consul: ConsulServer, controllers: Any
 ) -> None:
-    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     ctl.wait_ready()
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge from the KV document")
     before = kv_fleet.ids()
-    kv_fleet.doc["consul"]["client_image"] = AGENT_IMAGE_2
+    kv_fleet.doc["consul"]["client_image"] = REAL_CONSUL_2
     push(consul, kv_fleet)
     for engine in kv_fleet.engines[1:]:
-        wait_for(
-            lambda e=engine: running(kv_fleet, e, "consul", AGENT_IMAGE_2), 15, "the KV edit to apply"
-        )
+        wait_for(lambda e=engine: running(kv_fleet, e, "consul", REAL_CONSUL_2), 30, "the KV edit to apply")
     assert kv_fleet.ids()[("host1", "consul")] == before[("host1", "consul")]
     triggers = {r[0] for r in audit_rows(kv_fleet.db, "SELECT trigger FROM runs")}
     assert "interval" not in ",".join(triggers)
@@ -115,9 +134,9 @@ def test_kv_edit_replaces_at_once_and_status_is_written_back(
 
 
 def test_invalid_kv_document_is_refused_and_nothing_torn_down(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+    kv_fleet: Fleet, consul: ConsulServer, controllers: Any
 ) -> None:
-    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     ctl.wait_ready()
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     good = status(ctl)["desired_digest"]
@@ -145,14 +164,14 @@ def test_invalid_kv_document_is_refused_and_nothing_torn_down(
 
 
 def test_consul_down_key_deleted_or_empty_keeps_enforcing(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+    kv_fleet: Fleet, consul: ConsulServer, controllers: Any
 ) -> None:
     ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
     ctl.wait_ready()
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     host3 = kv_fleet.engines[2]
     for breakage, what in (
-        (lambda: kv_client(consul).kv.delete(KEY), "does not exist"),
+        (lambda: consul.kv_delete(KEY), "does not exist"),
         (lambda: consul.kv_put(KEY, b""), "is empty"),
         (consul.take_down, "unreachable"),
     ):
@@ -179,12 +198,12 @@ def test_consul_down_key_deleted_or_empty_keeps_enforcing(
 
 
 def test_every_server_down_and_consul_with_them_restart_brings_them_back(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+    kv_fleet: Fleet, consul: ConsulServer, controllers: Any
 ) -> None:
     """The desired state lives in the very cluster being managed: with every agent (and so Consul)
     down, a controller that starts now must still bring them back, from the kept document, with
     leader election on: no leader can be known, and creating what is missing needs none."""
-    first = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    first = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     first.wait_ready()
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     first.signal(signal.SIGTERM)
@@ -197,7 +216,7 @@ def test_every_server_down_and_consul_with_them_restart_brings_them_back(
                 container.remove(force=True)
         finally:
             client.close()
-    second = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    second = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     wait_for(lambda: converged(kv_fleet), 40, "the fleet to come back from the kept document")
     doc = status(second)
     assert doc["enforcing"]["from"] == "kept document"
@@ -208,10 +227,10 @@ def test_every_server_down_and_consul_with_them_restart_brings_them_back(
 
 
 def test_two_controllers_one_acts_and_the_other_takes_over(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any, tmp_path: Path
+    kv_fleet: Fleet, consul: ConsulServer, controllers: Any, tmp_path: Path
 ) -> None:
-    a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
-    b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
+    b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     wait_for(lambda: status(a)["leader"] or status(b)["leader"], 10, "a leader")
     leader, standby = (a, b) if status(a)["leader"] else (b, a)
@@ -223,34 +242,45 @@ def test_two_controllers_one_acts_and_the_other_takes_over(
         )
     }
     assert acting == {f"{_hostname()}:{leader.proc.pid}"}
-    # SIGKILL the leader: the standby takes over after TTL + lock-delay and converges
+    # SIGKILL the leader: real Consul invalidates its session one to two TTLs after its last renewal,
+    # then the lock-delay runs; only then may the standby take the lock and act
     leader.signal(signal.SIGKILL)
     leader.wait(10)
+    killed = time.monotonic()
     client = kv_fleet.engines[1].client()
     try:
         client.containers.get("registrator").remove(force=True)
     finally:
         client.close()
-    wait_for(lambda: status(standby)["leader"], 20, "the standby to take the lock")
+    wait_for(lambda: status(standby)["leader"], 2 * LOCK_TTL + 15, "the standby to take the lock")
+    took_over = time.monotonic() - killed
+    print(f"the standby took the lock {took_over:.1f} s after the leader was killed")
+    assert took_over >= LOCK_TTL * 0.5, took_over  # not before the session could have expired
     wait_for(lambda: running(kv_fleet, kv_fleet.engines[1], "registrator"), 20, "the new leader to repair")
     owners = audit_rows(kv_fleet.db, "SELECT DISTINCT lock_index FROM runs WHERE lock_index IS NOT NULL")
     assert len(owners) == 2  # two holders, two fencing tokens
 
 
 def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+    kv_fleet: Fleet, consul: ConsulServer, controllers: Any
 ) -> None:
     """Consul away: the leader stops leading within the TTL; no leader can be known, so what needs no
     leader still happens (a missing container is created, serialised by Docker's names), and what
     needs one (removing a container no longer desired) waits for a leader."""
-    a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
-    b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *FAST_LOCK)
+    a = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
+    b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     wait_for(lambda: status(a)["leader"] or status(b)["leader"], 10, "a leader")
     consul.take_down()
     took_down = time.monotonic()
-    wait_for(lambda: not status(a)["leader"] and not status(b)["leader"], 5, "the leader to stop leading")
-    assert time.monotonic() - took_down < 2.0  # within the TTL
+    wait_for(
+        lambda: not status(a)["leader"] and not status(b)["leader"],
+        LOCK_TTL + 5,
+        "the leader to stop leading",
+    )
+    stood_down = time.monotonic() - took_down
+    print(f"the leader stopped leading {stood_down:.1f} s after Consul went down")
+    assert stood_down < LOCK_TTL  # within the TTL: before anyone else could have taken the lock
     host2 = kv_fleet.engines[1]
     client = host2.client()
     try:
@@ -275,8 +305,9 @@ def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
     wait_for(lambda: "extra" not in kv_fleet.containers(host2), 30, "a leader to remove what is not desired")
 
 
-def kv_client(double: ConsulDouble) -> pyconsul.Consul:
-    return pyconsul.Consul(host="127.0.0.1", port=double.port)
+def kv_client(store: Store, token: str | None = None) -> pyconsul.Consul:
+    host = store.host if isinstance(store, ConsulServer) else "127.0.0.1"
+    return pyconsul.Consul(host=host, port=store.port, token=token)
 
 
 def _hostname() -> str:
@@ -288,31 +319,45 @@ def _hostname() -> str:
 def test_secrets_never_leak_acl_token_and_gossip_key(
     clean_fleet: list[Engine], tmp_path: Path, controllers: Any
 ) -> None:
-    """ACLs on everywhere (the KV double and the agents, default deny), the token given as a file while
-    $CONSUL_HTTP_TOKEN holds a stale one: the explicit token wins for the source, the lock, the status
-    write-back and the gates, and neither it nor the gossip key shows anywhere."""
+    """ACLs on everywhere (the store and the agents, real Consul, default deny), the token given as a
+    file while $CONSUL_HTTP_TOKEN holds a stale one: the explicit token wins for the source, the lock,
+    the status write-back and the gates; without a token the controller says why it cannot work; the
+    gossip key, given by reference, reaches the agents (their gossip is encrypted, as /v1/agent/self
+    reports), and neither secret shows anywhere."""
     token = ACL_TOKEN
     gossip = base64.b64encode(os.urandom(32)).decode()
-    acl_image, _ = ensure_acl_agent_images(clean_fleet)
-    double = ConsulDouble(min_ttl=1.0, acl_token=token).start()
-    try:
+    with ConsulServer(tmp_path / "kvstore", acl=True) as store:
         fleet = Fleet(clean_fleet, tmp_path, cluster="secret")
-        fleet.doc["consul"]["image"] = acl_image
+        acl_image, _ = fleet.use_real_consul(acl=True)
         fleet.doc["consul"]["encrypt"] = {"env": "CR_TEST_GOSSIP"}
         fleet.env["CONSUL_HTTP_TOKEN"] = "a-stale-token-that-must-lose"
         fleet.env["CR_TEST_GOSSIP"] = gossip
         token_file = tmp_path / "consul-token"
         token_file.write_text(token + "\n")
-        double.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
+        store.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
+        # without the token (only the stale one): a clear error, nothing done
+        refused = fleet.cli("plan", source(store), "--db", str(fleet.db), "--json")
+        assert refused.code != 0, refused.stdout
+        assert "ACL" in refused.stderr or "403" in refused.stderr, refused.stderr
+        assert store.address in refused.stderr, refused.stderr
         ctl = controllers(
-            fleet, double, "--interval", LONG_INTERVAL, "--consul-token-file", str(token_file), *FAST_LOCK
+            fleet, store, "--interval", LONG_INTERVAL, "--consul-token-file", str(token_file), *LOCK
         )
         ctl.wait_ready()
         wait_for(lambda: converged(fleet, acl_image), 30, "convergence with a token and a gossip key")
         # the registrators were created only once their agents answered agent/self with the token
         assert audit_rows(fleet.db, "SELECT count(*) FROM actions WHERE status='failed'") == [(0,)]
-        reader = pyconsul.Consul(host="127.0.0.1", port=double.port, token=token)
+        reader = kv_client(store, token)
         wait_for(lambda: reader.kv.get("consul-reconciler/status/secret/host1")[1], 10, "status write-back")
+        # the key reached every agent: real Consul reports its LAN gossip encrypted, all three members
+        # alive (asked over HTTP with the token: py-consul leaves it off agent/self and agent/members)
+        for engine in fleet.engines:
+            address = f"{engine.address}:8500"
+            stats = wait_for(lambda a=address: try_get(a, "/v1/agent/self", token), 30, "agent/self")["Stats"]
+            assert stats["serf_lan"]["encrypted"] == "true", (engine.name, stats["serf_lan"])
+        first = f"{fleet.engines[0].address}:8500"
+        alive = lambda: [int(m["Status"]) for m in try_get(first, "/v1/agent/members", token) or []]  # noqa: E731
+        wait_for(lambda: alive() == [1, 1, 1], 30, "three alive members over encrypted gossip")
         # everywhere a secret could show: logs, metrics, /status, audit DB, KV status, docker inspect, CLI
         places = {
             "controller log": ctl.log(),
@@ -323,8 +368,9 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
                 [e["Value"].decode() for e in reader.kv.get("consul-reconciler/", recurse=True)[1]]
             ),
             "plan": fleet.cli(
-                "plan", source(double), "--db", str(fleet.db), "--json", f"--consul-token-file={token_file}"
+                "plan", source(store), "--db", str(fleet.db), "--json", f"--consul-token-file={token_file}"
             ).stdout,
+            "refused plan": refused.stdout + refused.stderr,
             "audit": fleet.cli("audit", "--db", str(fleet.db), "--json").stdout,
         }
         for engine in fleet.engines:
@@ -340,16 +386,18 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
             .exec_run(["cat", "/consul/config/encrypt.json"])
         )
         assert json.loads(exec_run.output) == {"encrypt": gossip}  # the agent did get it
-    finally:
-        double.stop()
 
 
 def test_consul_slow_or_leaderless_keeps_enforcing_and_says_so(
-    kv_fleet: Fleet, consul: ConsulDouble, controllers: Any
+    clean_fleet: list[Engine], tmp_path: Path, double: ConsulDouble, controllers: Any
 ) -> None:
+    """The double: a real Consul cannot be made to answer slowly, or to lose its leader, on demand."""
+    kv_fleet = Fleet(clean_fleet, tmp_path, cluster="kv")  # the agent stand-in, as the double is a model
+    consul = double
+    push(consul, kv_fleet)
     ctl = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, "--no-leader-election")
     ctl.wait_ready()
-    wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
+    wait_for(lambda: converged(kv_fleet, AGENT_IMAGE_1), 30, "the fleet to converge")
     host2 = kv_fleet.engines[1]
     for fault, heal, what in (
         (lambda: consul.set_no_leader(True), lambda: consul.set_no_leader(False), "No cluster leader"),

@@ -1,0 +1,119 @@
+"""What the Consul-facing tests ask the agents, over Consul's own HTTP API with the token on every
+request (py-consul leaves it off some calls, agent/self among them): a sampler of every server's
+leader, raft configuration and member statuses, and the checks around a rollout."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.integration.harness import Fleet
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+
+
+def get(addr: str, path: str, token: str | None, timeout: float = 1.0) -> Any:
+    headers = {"X-Consul-Token": token} if token else {}
+    request = urllib.request.Request(f"http://{addr}{path}", headers=headers)
+    with _OPENER.open(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+@dataclass
+class Sampler:
+    """Polls every server's leader, raft configuration and members until stopped (10+ times a second)."""
+
+    addresses: dict[str, str]  # node -> "ip:8500"
+    token: str | None = None
+    period: float = 0.05
+    samples: list[tuple[float, dict[str, str | None]]] = field(default_factory=list)
+    statuses: dict[str, set[int]] = field(default_factory=dict)  # node -> member Status values seen
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            leaders: dict[str, str | None] = {}
+            for node, addr in self.addresses.items():
+                try:
+                    leaders[node] = get(addr, "/v1/status/leader", self.token, 0.5)
+                    get(addr, "/v1/operator/raft/configuration?stale", self.token, 0.5)
+                    for member in get(addr, "/v1/agent/members", self.token, 0.5):
+                        if member.get("Tags", {}).get("role") == "consul":
+                            self.statuses.setdefault(member["Name"], set()).add(int(member["Status"]))
+                except Exception:
+                    leaders[node] = None  # not answering (down, or being replaced)
+            self.samples.append((time.monotonic(), leaders))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def leader_at(self, index: int) -> str | None:
+        known = {v for v in self.samples[index][1].values() if v}
+        return known.pop() if len(known) == 1 else None
+
+    def windows(self) -> list[tuple[float, str | None, str | None]]:
+        """Each stretch in which no live server reported a leader: (length, leader before, after)."""
+        found: list[tuple[float, str | None, str | None]] = []
+        start: int | None = None
+        for i, (_, leaders) in enumerate(self.samples):
+            has_leader = any(v for v in leaders.values())
+            if not has_leader and start is None:
+                start = i
+            elif has_leader and start is not None:
+                before = self.leader_at(start - 1) if start > 0 else None
+                found.append((self.samples[i][0] - self.samples[start][0], before, self.leader_at(i)))
+                start = None
+        if start is not None:
+            found.append((self.samples[-1][0] - self.samples[start][0], None, None))
+        return found
+
+    def most_down(self) -> int:
+        return max((sum(1 for v in leaders.values() if v is None) for _, leaders in self.samples), default=0)
+
+
+def leader_node(fleet: Fleet, servers: int, token: str | None = None) -> str:
+    for host in fleet.doc["hosts"][:servers]:
+        try:
+            raft = get(f"{host['advertise']}:8500", "/v1/operator/raft/configuration", token)
+            return next(s["Node"] for s in raft["Servers"] if s["Leader"])
+        except Exception:
+            continue
+    raise AssertionError("no server reports a leader")
+
+
+def healthy(fleet: Fleet, servers: int, token: str | None = None) -> bool:
+    addr = fleet.doc["hosts"][0]["advertise"]
+    try:
+        body = get(f"{addr}:8500", "/v1/operator/autopilot/health", token)
+    except Exception:
+        return False
+    return bool(body["Healthy"]) and len(body["Servers"] or []) == servers
+
+
+def images(fleet: Fleet, count: int) -> list[str | None]:
+    found = []
+    for engine in fleet.engines[:count]:
+        attrs = fleet.containers(engine).get("consul")
+        found.append(attrs["Config"]["Image"] if attrs and attrs["State"]["Running"] else None)
+    return found
+
+
+def try_get(addr: str, path: str, token: str | None, timeout: float = 1.0) -> Any:
+    """``get``, or None while the agent does not answer (starting, restarting, gone)."""
+    try:
+        return get(addr, path, token, timeout)
+    except Exception:
+        return None
