@@ -16,6 +16,8 @@ import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,6 +261,86 @@ def test_two_controllers_one_acts_and_the_other_takes_over(
     wait_for(lambda: running(kv_fleet, kv_fleet.engines[1], "registrator"), 20, "the new leader to repair")
     owners = audit_rows(kv_fleet.db, "SELECT DISTINCT lock_index FROM runs WHERE lock_index IS NOT NULL")
     assert len(owners) == 2  # two holders, two fencing tokens
+    # the lock key deleted under the new leader: it stands down at once (it watches its key), and
+    # takes the key again; a second controller started meanwhile never leads beside it
+    third = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
+    wait_for(lambda: third.get("/status")[0] == 200, 30, "the third controller to answer")  # a standby
+    consul.kv_delete(f"{KEY}.leader")
+    leaders_seen: list[int] = []
+
+    def one_leader_again() -> bool:
+        count = sum(1 for ctl in (standby, third) if status(ctl)["leader"])
+        leaders_seen.append(count)
+        return count == 1
+
+    wait_for(one_leader_again, 2 * LOCK_TTL + 15, "a leader again after the key was deleted", interval=0.1)
+    assert max(leaders_seen) <= 1, leaders_seen
+    assert consul.kv_get(f"{KEY}.leader") is not None
+
+
+def test_kv_commands_against_real_consul_write_only_by_check_and_set(
+    consul: ConsulServer, tmp_path: Path
+) -> None:
+    """push creates (CAS on absent), leaves an unchanged document alone, updates with a CAS on the index
+    it read; pull gives the bytes back; an edit that loses the race to another writer is a conflict that
+    overwrites nothing and keeps the edit. (history and diff read the audit database, not Consul.)"""
+    url = source(consul)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "CONSUL_RECONCILER"))}
+
+    def kv(*args: str, editor: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"EDITOR": editor, "VISUAL": ""} if editor else {}
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "kv", *args],
+            capture_output=True, text=True, env={**env, **extra}, timeout=60,
+        )  # fmt: skip
+
+    def index() -> int:
+        return int(json.loads(consul._request("GET", f"/v1/kv/{KEY}"))[0]["ModifyIndex"])
+
+    host = {"name": "h1", "docker": "unix:///x.sock", "advertise": "127.0.20.9", "role": "server"}
+    doc: dict[str, Any] = {"cluster": "kvcli", "hosts": [host]}
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(yaml.safe_dump(doc))
+    created = kv("push", str(topology), "--consul", url, "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["result"] == "created"
+    first = index()
+    assert kv("push", str(topology), "--consul", url).stdout.startswith("unchanged: ")
+    assert index() == first  # nothing written
+    doc["hosts"][0]["advertise"] = "127.0.20.10"
+    topology.write_text(yaml.safe_dump(doc))
+    updated = json.loads(kv("push", str(topology), "--consul", url, "--json").stdout)
+    assert (updated["result"], updated["old_index"], updated["new_index"]) == ("updated", first, index())
+    pulled = kv("pull", "--consul", url)
+    assert pulled.returncode == 0 and pulled.stdout == topology.read_text()
+    # an editor during whose edit another operator writes the key: Consul refuses edit's CAS write
+    other = yaml.safe_dump({**doc, "cluster": "other"}).encode()
+    script = tmp_path / "editor.py"
+    script.write_text(
+        "import sys, urllib.request\n"
+        "path = sys.argv[-1]\n"
+        "text = open(path).read()\n"
+        f"request = urllib.request.Request('http://{consul.address}/v1/kv/{KEY}', data={other!r},"
+        " method='PUT')\n"
+        "urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request).read()\n"
+        "open(path, 'w').write(text.replace('127.0.20.10', '127.0.20.11'))\n"
+    )
+    raced = kv("edit", "--consul", url, editor=f"{sys.executable} -S {script}")
+    assert raced.returncode == 1, raced.stdout + raced.stderr
+    assert "changed in Consul since you opened it" in raced.stderr, raced.stderr
+    assert "nothing was written" in raced.stderr
+    kept = Path(raced.stderr.split("your edit is kept in ", 1)[1].split(";", 1)[0])
+    assert "127.0.20.11" in kept.read_text()  # the edit is not lost
+    kept.unlink()
+    assert consul.kv_get(KEY) == other  # the other operator's write stands
+    plain = tmp_path / "plain.py"
+    plain.write_text(
+        "import sys\np = sys.argv[-1]\nt = open(p).read()\nopen(p, 'w').write(t.replace('other', 'edited'))\n"
+    )
+    before = index()
+    edited = kv("edit", "--consul", url, editor=f"{sys.executable} -S {plain}")
+    assert edited.returncode == 0, edited.stderr
+    assert index() > before and b"cluster: edited" in (consul.kv_get(KEY) or b"")
 
 
 def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
