@@ -47,6 +47,9 @@ log = logging.getLogger("consul_reconciler.execute")
 
 
 STOPPED_ACTING = "skipped: the controller stopped acting (stopping, or no longer the leader)"
+# How long a server seen "left" after a leave call that did not answer gets to exit by itself: Consul's
+# leave_drain_time (5 s) plus raftRemoveGracePeriod (5 s), with a margin (agent/consul/server.go, Leave)
+LEAVE_EXIT_GRACE = 15.0
 
 
 class ActionError(Exception):
@@ -396,18 +399,22 @@ class Executor:
                     "not stopping it"
                 ) from None
             log.warning("server %s: the leave call ended with %s, but %s", action.node, exc, left)
-        deadline = time.monotonic() + self._options.stop_timeout
+            # Seen left, but its leave is not over: Consul's Server.Leave, after leaving the LAN pool,
+            # waits leave_drain_time (5 s) so that the others' probes still find it, then up to 5 s more
+            # to be removed from the raft peers, and only then does the agent exit. Stopped before, the
+            # members the leave had not reached yet see it fail (seen against real Consul). So it gets
+            # that long to exit by itself.
+            exit_within = max(self._options.stop_timeout, LEAVE_EXIT_GRACE)
+        else:
+            exit_within = self._options.stop_timeout
+        deadline = time.monotonic() + exit_within
         while time.monotonic() < deadline:
             container.reload()
             if container.status not in ("running", "restarting"):
                 log.info("server %s left the cluster and exited", action.node)
                 return
             time.sleep(0.1)
-        log.warning(
-            "server %s left but is still running after %ss; stopping it",
-            action.node,
-            self._options.stop_timeout,
-        )
+        log.warning("server %s left but is still running after %gs; stopping it", action.node, exit_within)
 
     def _left_anyway(self, container: Container, action: Action, *, patient: bool) -> str | None:
         """After a leave call that did not answer: has the server left all the same? (what shows it, or

@@ -171,7 +171,8 @@ def leader_of(agents: Sequence[Standin]) -> Standin:
         answers = {a.get("/v1/status/leader")[1] for a in agents}
         return answers.pop() if len(answers) == 1 and answers <= {a.rpc for a in agents} else ""
 
-    rpc = eventually(agreed, what="one leader agreed by all")
+    # a bound for a wait, not a speed check: a first election on a busy machine took longer than 6 s
+    rpc = eventually(agreed, timeout=30.0, what="one leader agreed by all")
     return next(a for a in agents if a.rpc == rpc)
 
 
