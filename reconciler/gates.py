@@ -116,10 +116,15 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
     # its way out: a leader's leave removes it from the raft peers first, seconds before its gossip
     # says "leaving" (Consul's Server.Leave), and a leave begun by a controller that died since is
     # still running. Disrupting another server then would take two out at once.
+    # A leaving server is "left" to the others well before its agent exits (it drains first), and one
+    # that left and stays away is a desired server missing: both hold too; its repair, once its
+    # container is down, needs no gate.
     for node in sorted(set(desired_servers) - in_raft - {subject}):
         status = (view.members or {}).get(node)
         if status == "alive":
             problems.append(f"server {node} is not in the raft peers (joining, or leaving)")
+        elif status == "left":
+            problems.append(f"server {node} has left the cluster (its agent may still be shutting down)")
         elif status in ("leaving", "failed"):
             problems.append(f"server {node} is {status}")
     if problems:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.fleet import fleet_net
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 T = TypeVar("T")
 
@@ -72,10 +74,10 @@ _next_octet = random.randrange(100, 200)
 
 
 def _free_address() -> str:
-    """A 127.0.10.x address (x in 100..199) whose port 8500 is free right now."""
+    """A 127.0.10.x address (x in 100..199; another /24 with CR_FLEET_NET) whose port 8500 is free now."""
     global _next_octet
     for _ in range(100):
-        address = f"127.0.10.{_next_octet}"
+        address = f"{fleet_net()}.{_next_octet}"
         _next_octet = 100 + (_next_octet - 99) % 100
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the agent's listener does
@@ -84,7 +86,7 @@ def _free_address() -> str:
             except OSError:
                 continue
         return address
-    raise RuntimeError("no free 127.0.10.100-199 address with port 8500")
+    raise RuntimeError(f"no free {fleet_net()}.100-199 address with port 8500")
 
 
 class Standin:

@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.fleet import AGENT_IMAGE_1, STANDIN_IMAGES, Engine, FleetError
+from tests.fleet import AGENT_IMAGE_1, STANDIN_IMAGES, Engine, FleetError, fleet_net
 
 DEFAULT_ROOT = "/tmp/crtls"
 ROOT_ENV = "CR_TLS_ROOT"
-ADDRESS = "127.0.10.9"
+ADDRESS = f"{fleet_net()}.9"  # 127.0.10.9 unless CR_FLEET_NET says otherwise
 LISTEN_HOST = "127.0.0.1"
 
 

@@ -142,3 +142,14 @@ def try_get(addr: str, path: str, token: str | None, timeout: float = 1.0) -> An
         return get(addr, path, token, timeout)
     except Exception:
         return None
+
+
+def try_put(addr: str, path: str, timeout: float, token: str | None = None) -> int | None:
+    """A PUT with no body; the HTTP status, or None when the agent did not answer."""
+    headers = {"X-Consul-Token": token} if token else {}
+    request = urllib.request.Request(f"http://{addr}{path}", data=b"", method="PUT", headers=headers)
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return int(response.status)
+    except Exception:
+        return None

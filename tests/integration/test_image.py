@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.baseimage import BASE_IMAGE, ensure_base_image
-from tests.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError
+from tests.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError, fleet_net
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "consul-reconciler-test/controller:dev"
@@ -52,15 +52,16 @@ HEALTHCHECK_TEST = [
 # long-running controller, serving /healthz on a free loopback port of the host (the container
 # shares the host's network). The test waits for /healthz and for the engine to converge.
 HEALTH_PORT = 29321
+HEALTH_HOST = f"{fleet_net()}.8"  # a loopback address of this test session's own (CR_FLEET_NET)
 CONTROLLER_COMMAND: tuple[str, ...] = (
     "run",
     CONTAINER_TOPOLOGY,
     "--interval",
     "600",
     "--http",
-    f"127.0.0.1:{HEALTH_PORT}",
+    f"{HEALTH_HOST}:{HEALTH_PORT}",
 )
-HEALTHZ_URL = f"http://127.0.0.1:{HEALTH_PORT}/healthz"
+HEALTHZ_URL = f"http://{HEALTH_HOST}:{HEALTH_PORT}/healthz"
 BUILD_TIMEOUT = 600
 CONVERGE_TIMEOUT = 120.0
 

@@ -28,7 +28,7 @@ import yaml
 from tests.agent_image import ensure_agent_image
 from tests.agent_standin import REFUSE_LEAVE_MARKER
 from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
-from tests.integration.consul_checks import Sampler, healthy, images, leader_node
+from tests.integration.consul_checks import Sampler, healthy, images, leader_node, try_get, try_put
 from tests.integration.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
 from tests.integration.harness import Fleet
 from tests.real_consul import ACL_TOKEN
@@ -273,6 +273,54 @@ def test_never_healthy_replacement_pauses_then_resume_completes(
     assert set(outcomes) <= {"waiting", "succeeded"}, outcomes
     assert images(fleet, 3) == [img.new] * 3
     wait_for(lambda: healthy(fleet, 3), 60, "three healthy servers after the resumed rollout")
+
+
+def test_a_leave_left_running_by_a_dead_controller_holds_the_next_disruption(
+    clean_fleet5: list[Engine], tmp_path: Path
+) -> None:
+    """The interleaving the SIGKILL campaign on real Consul found: a controller set the old leader's
+    restart policy to "no", asked it to leave, and died. Consul takes a leaving leader out of the raft
+    peers at once and exits it about 13 s later; meanwhile its gossip still says alive. The next
+    pass must not take a second server out: it waits, repairs the leader once it has exited (restart
+    policy restored), and only then goes on, never two servers down."""
+    fleet, img = rollout_fleet(clean_fleet5, tmp_path, 3)
+    converge(fleet, 3)
+    leader = leader_node(fleet, 3)
+    engine = next(e for e in fleet.engines if e.name == leader)
+    client = engine.client()
+    try:
+        client.containers.get("consul").update(restart_policy={"Name": "no"})
+    finally:
+        client.close()
+    address = f"{engine.address}:8500"
+    leaving = threading.Thread(target=lambda: try_put(address, "/v1/agent/leave", 60.0), daemon=True)
+    leaving.start()
+    others = [h for h in fleet.doc["hosts"][:3] if h["name"] != leader]
+
+    def stepped_out() -> bool:  # the others' raft configuration no longer lists the old leader
+        raft = try_get(f"{others[0]['advertise']}:8500", "/v1/operator/raft/configuration", None)
+        return bool(raft) and leader not in {s["Node"] for s in raft["Servers"]}
+
+    wait_for(stepped_out, 20, "the leaving leader to step out of the raft peers")
+    addresses = {h["name"]: f"{h['advertise']}:8500" for h in fleet.doc["hosts"][:3]}
+    fleet.doc["consul"]["image"] = img.new
+    fleet.write()
+    with Sampler(addresses) as sampler:
+        # a pass either holds (another server comes first: "not in the raft peers", "leaving", "has
+        # left"), or takes the leaving server itself first (replacing it adds no second server down)
+        wait_for(lambda: fleet.apply().code == 0, 300, "the rollout to complete", interval=2)
+        wait_for(lambda: healthy(fleet, 3), 60, "three healthy servers")
+    touched = audit_rows(
+        fleet.db,
+        "SELECT node FROM actions WHERE role='server' AND kind IN ('replace', 'start') "
+        "AND status='succeeded' ORDER BY id",
+    )
+    assert touched and touched[0][0] == leader, touched  # no other server before the leaving one
+    assert sampler.most_down() <= 1, sampler.most_down()
+    assert images(fleet, 3) == [img.new] * 3
+    for e in fleet.engines[:3]:
+        policy = fleet.containers(e)["consul"]["HostConfig"]["RestartPolicy"]["Name"]
+        assert policy == "always", (e.name, policy)
 
 
 def test_server_killed_during_rollout_waits_then_repairs(
