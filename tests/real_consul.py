@@ -56,6 +56,7 @@ from tests.fleet import (
     STANDIN_LABEL,
     Engine,
     FleetError,
+    _add_file,
     _copy_images,
     _file_lock,
     _parallel,
@@ -217,6 +218,13 @@ def build(say: bool = True) -> Path:
         return target
 
 
+@functools.lru_cache(maxsize=1)
+def built() -> Path:
+    """``build()`` once per process: every test that wants the images asks, and the answer cannot
+    change while the process runs."""
+    return build(say=False)
+
+
 # ------------------------------------------------------------------------------------------------
 # Images
 
@@ -228,12 +236,6 @@ def _image_digest(key: str, acl: bool) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _add(archive: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, 0
-    archive.addfile(info, io.BytesIO(data))
-
-
 def _context(binary: Path, variant: str, digest: str, acl: bool) -> io.BytesIO:
     extra = "COPY acl.json /consul/config/acl.json\n" if acl else ""
     dockerfile = _DOCKERFILE.format(
@@ -241,12 +243,12 @@ def _context(binary: Path, variant: str, digest: str, acl: bool) -> io.BytesIO:
     )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        _add(archive, "Dockerfile", dockerfile.encode())
-        _add(archive, "busybox", BUSYBOX.read_bytes(), 0o755)
-        _add(archive, "docker-entrypoint.sh", ENTRYPOINT.encode(), 0o755)
-        _add(archive, "test.json", json.dumps(_TEST_CONFIG).encode())
+        _add_file(archive, "Dockerfile", dockerfile.encode(), 0o644)
+        _add_file(archive, "busybox", BUSYBOX.read_bytes(), 0o755)
+        _add_file(archive, "docker-entrypoint.sh", ENTRYPOINT.encode(), 0o755)
+        _add_file(archive, "test.json", json.dumps(_TEST_CONFIG).encode(), 0o644)
         if acl:
-            _add(archive, "acl.json", json.dumps(_ACL_CONFIG).encode())
+            _add_file(archive, "acl.json", json.dumps(_ACL_CONFIG).encode(), 0o644)
         with binary.open("rb") as handle:
             info = tarfile.TarInfo("consul")
             info.size, info.mode, info.mtime = binary.stat().st_size, 0o755, 0
@@ -269,9 +271,8 @@ def ensure_images(engines: Sequence[Engine], *, acl: bool = False) -> tuple[str,
     tags = (REAL_CONSUL_ACL_1, REAL_CONSUL_ACL_2) if acl else (REAL_CONSUL_1, REAL_CONSUL_2)
     if not engines:
         return tags
-    binary = build(say=False)
-    key = build_key(go_binary())
-    digest = _image_digest(key, acl)
+    binary = built()
+    digest = _image_digest(binary.parent.name, acl)  # the folder's name carries the build key
     with _file_lock(engines[0].state_dir.parent / "realconsul.lock"):
         for tag, variant in zip(tags, VARIANTS, strict=True):
             lacking = [e for e in engines if not _current(e, tag, digest)]
@@ -328,7 +329,7 @@ class ConsulServer:
     def start(self, timeout: float = 60.0) -> ConsulServer:
         self.data.mkdir(parents=True, exist_ok=True)
         command = [
-            str(build(say=False)),
+            str(built()),
             "agent",
             "-server",
             "-bootstrap-expect=1",
