@@ -18,15 +18,31 @@ import pytest
 from tests.agent_image import ensure_agent_images
 from tests.agentprobe import Standin
 from tests.fleet import Engine, FleetError, ensure_engines, ensure_standin_images, reset_engines
+from tests.workers import worker_environment
 
 FLEET_SIZE = 3
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # each xdist worker its own engines, addresses and servers (tests/workers.py); this runs before any
+    # test module is imported, so module-level addresses (tests/tlsengine.py, tests/pgserver.py) see them
+    os.environ.update(worker_environment(os.environ.get("PYTEST_XDIST_WORKER", ""), dict(os.environ)))
+
+
+# scripts/test.sh gives each worker whole files (xdist's loadfile: loadgroup does not group under
+# pytest 9, whose items ignore the node id xdist rewrites). A file marked ``first`` is long enough to
+# set the suite's length, such as the server rollouts against real Consul (half of it): it comes
+# first, so one worker starts it at once while the other takes everything else.
+def _first(item: pytest.Item) -> bool:
+    return item.get_closest_marker("first") is not None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _INTEGRATION_DIR in item.path.parents:
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: not _first(item))  # a stable sort: the rest keeps its order
 
 
 def _engines(count: int) -> list[Engine]:

@@ -33,6 +33,8 @@ from tests.integration.controller_harness import ControllerProcess, audit_rows, 
 from tests.integration.harness import Fleet
 from tests.real_consul import ACL_TOKEN
 
+pytestmark = pytest.mark.first  # the longest file: one worker starts it at once (tests/conftest.py)
+
 LONG_INTERVAL = "600"
 
 
