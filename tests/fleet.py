@@ -906,9 +906,10 @@ def fleet_topology(
                 "client_address": e.address,  # each agent's HTTP API on its host's own address
                 "role": "server" if i < servers else "client",
                 "data_dir": str(data_root / f"data-{e.name}"),
-                # Docker calls on a busy 2-core machine (a real Consul cluster beside the engines) took
-                # over 5 s now and then: a bound for a host that hangs, not a latency target
-                "timeout": 15,
+                # a bound for a host that hangs, not a latency target: on this 2-core machine the suite
+                # runs two sessions (ten engines), and a create took over 15 s while both started real
+                # Consul clusters; 30 s is what a slow production host would be given too
+                "timeout": 30,
             }
             for i, e in enumerate(engines)
         ],
