@@ -35,7 +35,7 @@ os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crbench")
 
 from desired_state.load import load_topology  # noqa: E402
 from reconciler.audit import ActionFilter, AuditLog  # noqa: E402
-from reconciler.consul_api import ConsulAddress  # noqa: E402
+from reconciler.consul_settings import ConsulAddress  # noqa: E402
 from reconciler.controller import Controller, ControllerOptions  # noqa: E402
 from reconciler.engines import Connections  # noqa: E402
 from reconciler.logs import setup_logging  # noqa: E402

@@ -85,7 +85,3 @@ class CrashLoopDetector:
         while times and times[0] < now - self.window:
             times.popleft()
         return len(times) >= self.attempts
-
-    def forget_host(self, host: str) -> None:
-        for key in [k for k in self._history if k[0] == host]:
-            del self._history[key]

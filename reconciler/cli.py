@@ -25,6 +25,7 @@ from reconciler import __version__
 from reconciler.audit import ActionFilter, AuditLog, parse_since
 from reconciler.cliutil import open_audit, read_token_file
 from reconciler.consul_api import ConsulError
+from reconciler.consul_settings import resolve_ca
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
 from reconciler.kvcli import kv_app
@@ -119,7 +120,7 @@ def _source(arg: str | None, opt: str | None = None, token: str | None = None) -
             "$CONSUL_RECONCILER_SOURCE)"
         )
     try:
-        return open_source(spec, ca=os.environ.get("CONSUL_CACERT") or None, token=token)
+        return open_source(spec, ca=resolve_ca(None), token=token)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -508,9 +509,7 @@ def run(
     if not spec:
         _source(source, source_opt)  # fails with the message
     try:
-        src = open_source(
-            str(spec), ca=str(consul_ca) if consul_ca else os.environ.get("CONSUL_CACERT"), token=consul_token
-        )
+        src = open_source(str(spec), ca=resolve_ca(consul_ca), token=consul_token)
     except ValueError as exc:
         _fail(str(exc))
     if leader_election and isinstance(src, ConsulSource):

@@ -1,11 +1,7 @@
 """Every call the controller makes to Consul's HTTP API, behind one small module (py-consul).
 
-Addresses: ``consul://HOST:PORT/KEY`` (HTTP) or ``consul+https://HOST:PORT/KEY`` (HTTPS, verified
-against the system CAs or ``ca``).
-
-The ACL token. Precedence is Consul's own CLI's: a token given explicitly (``--consul-token-file``,
-``--token-file``) wins over ``CONSUL_HTTP_TOKEN``, which wins over ``CONSUL_HTTP_TOKEN_FILE``
-(:func:`resolve_token`). py-consul reads ``CONSUL_HTTP_TOKEN`` over an explicit token and leaves the
+Where Consul is and how to reach it (addresses, the ACL token, the CA) is read in one place,
+:mod:`reconciler.consul_settings`. py-consul reads ``CONSUL_HTTP_TOKEN`` over an explicit token and leaves the
 token off some calls (``agent/self``, ``agent/members``, ``operator/raft/configuration``), so every
 client made here carries the token as an ``X-Consul-Token`` header on its HTTP session: every request
 sends it, whatever the library does per call. It is never logged.
@@ -14,23 +10,15 @@ sends it, whatever the library does per call. It is never logged.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import consul
 import requests.exceptions
 from consul.callback import CB
 
-DEFAULT_PORT = 8500
-SCHEMES = {"consul": "http", "consul+http": "http", "consul+https": "https"}
-
-
-class ConsulError(Exception):
-    """Consul could not be reached or refused the request; the message says which and why."""
+from reconciler.consul_settings import ConsulAddress
+from reconciler.consul_settings import ConsulError as ConsulError  # every Consul failure, settings too
 
 
 class ConsulUnreachable(ConsulError):
@@ -40,30 +28,6 @@ class ConsulUnreachable(ConsulError):
 class ConsulRefused(ConsulError):
     """Consul answered and refused in a way retrying cannot fix (e.g. a session TTL below its
     ``session_ttl_min``): a configuration error to report once, not to retry for ever."""
-
-
-TOKEN_ENV = "CONSUL_HTTP_TOKEN"
-TOKEN_FILE_ENV = "CONSUL_HTTP_TOKEN_FILE"
-
-
-def resolve_token(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The ACL token to send: ``explicit`` when given, else ``$CONSUL_HTTP_TOKEN``, else the contents of
-    ``$CONSUL_HTTP_TOKEN_FILE`` (Consul's CLI order). An explicit empty string means "no token" (the
-    environment is not consulted). Raises ConsulError for an unreadable token file."""
-    if explicit is not None:
-        return explicit or None
-    env = os.environ if environ is None else environ
-    if env.get(TOKEN_ENV):
-        return env[TOKEN_ENV]
-    path = env.get(TOKEN_FILE_ENV)
-    if not path:
-        return None
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ConsulError(f"${TOKEN_FILE_ENV} {path}: cannot read the token file: {why}") from None
-    return token or None
 
 
 def _client(
@@ -80,44 +44,6 @@ def _client(
     else:
         headers.pop("X-Consul-Token", None)
     return client
-
-
-@dataclass(frozen=True)
-class ConsulAddress:
-    scheme: str  # http | https
-    host: str
-    port: int
-    key: str
-    ca: str | None = None
-    token: str | None = None
-
-    @classmethod
-    def parse(cls, url: str, *, ca: str | None = None, token: str | None = None) -> ConsulAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEMES:
-            raise ValueError(
-                f"{url!r}: a Consul source is consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY"
-            )
-        if not parts.hostname:
-            raise ValueError(f"{url!r}: no Consul host")
-        key = parts.path.lstrip("/")
-        if not key or key.endswith("/"):
-            raise ValueError(f"{url!r}: no KV key after the address (consul://HOST:PORT/path/to/key)")
-        return cls(
-            scheme=SCHEMES[parts.scheme],
-            host=parts.hostname,
-            port=parts.port or DEFAULT_PORT,
-            key=key,
-            ca=ca,
-            token=resolve_token(token),
-        )
-
-    def url(self) -> str:
-        prefix = "consul+https" if self.scheme == "https" else "consul"
-        return f"{prefix}://{self.host}:{self.port}/{self.key}"
-
-    def with_key(self, key: str) -> ConsulAddress:
-        return ConsulAddress(self.scheme, self.host, self.port, key, self.ca, self.token)
 
 
 @dataclass(frozen=True)
@@ -246,11 +172,6 @@ class Consul:
     def destroy_session(self, session: str) -> None:
         self._call("destroying the session", self._client.session.destroy, session)
 
-    # --- status -------------------------------------------------------------------------------------
-
-    def leader(self) -> str:
-        return str(self._call("asking for the leader", self._client.status.leader))
-
 
 def _entry(data: dict[str, Any]) -> KVEntry:
     value = data.get("Value")
@@ -319,6 +240,3 @@ class ConsulAgent:
     def autopilot_health(self) -> dict[str, Any]:
         """Consul answers 200 when healthy and 429 (same body) when not; both are data here."""
         return dict(self._call("operator/autopilot/health", self._client.operator.autopilot_health))
-
-    def transfer_leader(self) -> bool:
-        return bool(self._call("operator/raft/transfer-leader", self._client.operator.raft_transfer_leader))

@@ -30,12 +30,11 @@ import typer
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from reconciler.audit import AuditLog, DocumentRow
 from reconciler.cliutil import open_audit, read_token_file
-from reconciler.consul_api import Consul, ConsulAddress, ConsulError, KVEntry
+from reconciler.consul_api import Consul, ConsulError, KVEntry
+from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, scheme_of
 from reconciler.present import text_table
 
 SOURCE_ENV = "CONSUL_RECONCILER_SOURCE"
-TOKEN_ENV = "CONSUL_HTTP_TOKEN"
-CONSUL_SCHEMES = ("consul://", "consul+http://", "consul+https://")
 DEFAULT_EDITOR = "vi"
 
 kv_app = typer.Typer(
@@ -56,8 +55,7 @@ ConsulOpt = Annotated[
     typer.Option(
         "--consul",
         metavar="URL",
-        help="The key: consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY. "
-        f"Default: ${SOURCE_ENV} when it is such a URL.",
+        help=f"The key: {FORMS}. Default: ${SOURCE_ENV} when it is such a URL.",
         show_default=False,
     ),
 ]
@@ -132,20 +130,20 @@ def _address(consul_url: str | None, ca: Path | None, token_file: Path | None) -
         env = os.environ.get(SOURCE_ENV, "").strip()
         if not env:
             _fail(f"no Consul key given: use --consul consul://HOST:PORT/KEY (or set ${SOURCE_ENV})")
-        if not env.startswith(CONSUL_SCHEMES):
+        if not is_consul_url(env):
             _fail(
                 f"no Consul key given: ${SOURCE_ENV} is {env!r}, not a consul://HOST:PORT/KEY URL; "
                 "use --consul"
             )
         url = env
-    if ca is not None and not url.startswith("consul+https://"):
+    if ca is not None and scheme_of(url) != "https":
         _fail(f"--ca is only used with consul+https:// addresses, not {url!r}")
     if ca is not None and not ca.is_file():
         _fail(f"--ca {ca}: no such file")
     token = read_token_file(token_file, "--token-file", _fail) if token_file is not None else None
     try:
         return ConsulAddress.parse(url, ca=str(ca) if ca is not None else None, token=token)
-    except ValueError as exc:
+    except (ValueError, ConsulError) as exc:
         _fail(str(exc))
 
 
@@ -471,13 +469,13 @@ def history(
     if consul_url is not None and source is not None:
         _fail("give --consul or --source, not both")
     wanted = consul_url if consul_url is not None else source
-    if wanted is not None and wanted.startswith(CONSUL_SCHEMES):
+    if wanted is not None and is_consul_url(wanted):
         try:
             wanted = ConsulAddress.parse(wanted, token="").url()  # the form the controller records
         except ValueError as exc:
             _fail(str(exc))
     elif consul_url is not None:
-        _fail(f"--consul {consul_url!r}: expected consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY")
+        _fail(f"--consul {consul_url!r}: expected {FORMS}")
     log = _audit(db)
     try:
         rows = log.documents(wanted, limit=limit)

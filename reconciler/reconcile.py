@@ -10,20 +10,20 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from desired_state.load import Loaded
 from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
 from reconciler.audit import AuditLog
-from reconciler.consul_api import resolve_token
+from reconciler.consul_settings import resolve_token
 from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
 from reconciler.observe import observe_fleet
 from reconciler.observed import ObservedFleet
 from reconciler.pauses import AuditPauses, RolloutPauses
-from reconciler.plan import DEFAULT_MAX_REMOVALS, Change, Kind, Plan, make_plan
+from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
 from reconciler.rollout import ConsulGates
 
@@ -287,7 +287,3 @@ def _secret_problems(loaded: Loaded, environ: Mapping[str, str] | None) -> str |
     if not issues:
         return None
     return "secret references do not resolve, nothing done: " + "; ".join(str(i) for i in issues)
-
-
-def reasons_text(reasons: Iterable[Change]) -> str:
-    return "; ".join(str(r) for r in reasons)

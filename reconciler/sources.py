@@ -17,7 +17,8 @@ from typing import Protocol
 
 from desired_state.load import MAX_DOCUMENT_BYTES
 from desired_state.readfile import UnreadableFile, read_bounded
-from reconciler.consul_api import Consul, ConsulAddress, ConsulError
+from reconciler.consul_api import Consul, ConsulError
+from reconciler.consul_settings import ConsulAddress, is_consul_url
 from reconciler.triggers import FileWatcher
 
 log = logging.getLogger("consul_reconciler.sources")
@@ -30,14 +31,6 @@ class SourceError(Exception):
 class Watcher(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
-
-
-class Source(Protocol):
-    def describe(self) -> str: ...
-    def read(self) -> bytes: ...
-    @property
-    def fmt(self) -> str | None: ...
-    def watcher(self, on_change: Callable[[], None]) -> Watcher: ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +89,7 @@ class ConsulSource:
 
 def open_source(spec: str, *, ca: str | None = None, token: str | None = None) -> FileSource | ConsulSource:
     """``consul://HOST:PORT/KEY`` / ``consul+https://...`` or a file path."""
-    if spec.startswith(("consul://", "consul+http://", "consul+https://")):
+    if is_consul_url(spec):
         return ConsulSource(ConsulAddress.parse(spec, ca=ca, token=token))
     if "://" in spec:
         raise ValueError(f"{spec!r}: a source is a file path or consul://HOST:PORT/KEY")

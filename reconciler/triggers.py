@@ -61,10 +61,6 @@ class PassRequests:
             self._closed = True
             self._cond.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def wait(self, timeout: float) -> Request | None:
         """Block until a request arrives (or ``timeout``); returns all pending reasons at once."""
         with self._cond:

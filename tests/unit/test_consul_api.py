@@ -20,8 +20,8 @@ from reconciler.consul_api import (
     ConsulAgent,
     ConsulError,
     ConsulUnreachable,
-    resolve_token,
 )
+from reconciler.consul_settings import resolve_token
 from reconciler.leader import LeaderLock, lock_timing_problem
 from reconciler.sources import KVWatcher
 from tests.agentprobe import DRAIN, TOKEN, Standin, eventually, leader_of, start_cluster

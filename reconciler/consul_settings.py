@@ -1,0 +1,105 @@
+"""Where Consul is and how to reach it, read from flags and the environment in one place.
+
+Addresses: ``consul://HOST:PORT/KEY`` (HTTP; also ``consul+http://``) or ``consul+https://HOST:PORT/KEY``
+(HTTPS, verified against the system CAs or a CA file).
+
+The ACL token. Precedence is Consul's own CLI's: a token given explicitly (``--consul-token-file``,
+``--token-file``) wins over ``CONSUL_HTTP_TOKEN``, which wins over ``CONSUL_HTTP_TOKEN_FILE``
+(:func:`resolve_token`). The CA: ``--ca``/``--consul-ca``, else ``CONSUL_CACERT`` (:func:`resolve_ca`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_PORT = 8500
+SCHEMES = {"consul": "http", "consul+http": "http", "consul+https": "https"}
+TOKEN_ENV = "CONSUL_HTTP_TOKEN"
+TOKEN_FILE_ENV = "CONSUL_HTTP_TOKEN_FILE"
+CACERT_ENV = "CONSUL_CACERT"
+FORMS = "consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY"
+
+
+class ConsulError(Exception):
+    """Consul could not be reached or refused the request, or a setting to reach it is unusable (an
+    unreadable token file); the message says which and why. (An address that does not parse is a
+    ValueError.)"""
+
+
+def scheme_of(text: str) -> str | None:
+    """``http`` or ``https`` when ``text`` names a Consul key by one of the schemes above, else None
+    (a file path, or another URL)."""
+    return SCHEMES.get(urlsplit(text.strip()).scheme) if "://" in text else None
+
+
+def is_consul_url(text: str) -> bool:
+    return scheme_of(text) is not None
+
+
+def resolve_token(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The ACL token to send: ``explicit`` when given, else ``$CONSUL_HTTP_TOKEN``, else the contents of
+    ``$CONSUL_HTTP_TOKEN_FILE`` (Consul's CLI order). An explicit empty string means "no token" (the
+    environment is not consulted). Raises ConsulError for an unreadable token file."""
+    if explicit is not None:
+        return explicit or None
+    env = os.environ if environ is None else environ
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    path = env.get(TOKEN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConsulError(f"${TOKEN_FILE_ENV} {path}: cannot read the token file: {why}") from None
+    return token or None
+
+
+def resolve_ca(explicit: str | Path | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The CA file for consul+https://: ``explicit`` when given, else ``$CONSUL_CACERT`` (else none:
+    the system CAs)."""
+    if explicit:
+        return str(explicit)
+    env = os.environ if environ is None else environ
+    return env.get(CACERT_ENV) or None
+
+
+@dataclass(frozen=True)
+class ConsulAddress:
+    scheme: str  # http | https
+    host: str
+    port: int
+    key: str
+    ca: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, *, ca: str | None = None, token: str | None = None) -> ConsulAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise ValueError(f"{url!r}: a Consul source is {FORMS}")
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: no Consul host")
+        key = parts.path.lstrip("/")
+        if not key or key.endswith("/"):
+            raise ValueError(f"{url!r}: no KV key after the address (consul://HOST:PORT/path/to/key)")
+        return cls(
+            scheme=SCHEMES[parts.scheme],
+            host=parts.hostname,
+            port=parts.port or DEFAULT_PORT,
+            key=key,
+            ca=ca,
+            token=resolve_token(token),
+        )
+
+    def url(self) -> str:
+        prefix = "consul+https" if self.scheme == "https" else "consul"
+        return f"{prefix}://{self.host}:{self.port}/{self.key}"
+
+    def with_key(self, key: str) -> ConsulAddress:
+        return ConsulAddress(self.scheme, self.host, self.port, key, self.ca, self.token)
