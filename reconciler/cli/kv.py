@@ -16,7 +16,6 @@ is sent as a header and never printed.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shlex
 import subprocess
@@ -28,8 +27,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
-from reconciler.audit import AuditLog, DocumentRow
-from reconciler.cliutil import open_audit, read_token_file
+from reconciler.audit import DocumentRow
+from reconciler.cli.common import DbOpt, JsonOpt, emit_json, fail, open_log, read_token_file, time_text
 from reconciler.consul_api import Consul, ConsulError, KVEntry
 from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, scheme_of
 from reconciler.present import text_table
@@ -78,16 +77,6 @@ TokenFileOpt = Annotated[
         show_default=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db",
-        help="Audit database: a SQLAlchemy URL or a SQLite file path. "
-        "Default: $CONSUL_RECONCILER_DB, else ~/.local/state/consul-reconciler/audit.db.",
-        show_default=False,
-    ),
-]
 
 
 # --- output helpers -------------------------------------------------------------------------------------
@@ -104,20 +93,11 @@ def _warn(text: str) -> None:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    _warn(f"error: {_one_line(message)}")
-    raise typer.Exit(code)
+    fail(_one_line(message), code)  # each kv error is one line
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _emit_json(data: Any) -> None:
-    _say(json.dumps(data, indent=2, default=str))
-
-
-def _time(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
 
 
 # --- the Consul address ---------------------------------------------------------------------------------
@@ -238,7 +218,7 @@ def push(
             "digest": checked.digest,
         }
         if as_json:
-            _emit_json(result)
+            emit_json(result)
         else:
             _say(
                 f"unchanged: {where} already holds {file} (ModifyIndex {entry.modify_index}, "
@@ -271,7 +251,7 @@ def push(
         "digest": checked.digest,
     }
     if as_json:
-        _emit_json(result)
+        emit_json(result)
     elif entry is None:
         _say(f"created: {where} (ModifyIndex {new_index}, digest {checked.digest[:12]}) from {file}")
     else:
@@ -311,7 +291,7 @@ def pull(
         except OSError as exc:
             _fail(f"-o {output}: cannot write: {exc.strerror or exc}")
         if as_json:
-            _emit_json(
+            emit_json(
                 {
                     "key": where,
                     "modify_index": entry.modify_index,
@@ -323,7 +303,7 @@ def pull(
             _say(f"wrote {output}: {len(data)} bytes from {where} (ModifyIndex {entry.modify_index})")
         return
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "key": where,
                 "modify_index": entry.modify_index,
@@ -433,10 +413,6 @@ def edit(
 # --- history and diff (the audit database) --------------------------------------------------------------
 
 
-def _audit(db: str | None) -> AuditLog:
-    return open_audit(db, _fail)
-
-
 @kv_app.command()
 def history(
     consul_url: Annotated[
@@ -476,7 +452,7 @@ def history(
             _fail(str(exc))
     elif consul_url is not None:
         _fail(f"--consul {consul_url!r}: expected {FORMS}")
-    log = _audit(db)
+    log = open_log(db)
     try:
         rows = log.documents(wanted, limit=limit)
         if not rows and wanted is not None and "://" not in wanted and not wanted.startswith("file:"):
@@ -485,7 +461,7 @@ def history(
     finally:
         log.close()
     if as_json:
-        _emit_json([r.to_dict() for r in rows])
+        emit_json([r.to_dict() for r in rows])
         return
     if not rows:
         _say("no kept documents" + (f" for {wanted}" if wanted else ""))
@@ -494,7 +470,14 @@ def history(
         text_table(
             ["id", "digest", "source", "cluster", "first seen", "last applied"],
             [
-                [str(r.id), r.digest[:12], r.source, r.cluster_id, _time(r.first_seen), _time(r.last_applied)]
+                [
+                    str(r.id),
+                    r.digest[:12],
+                    r.source,
+                    r.cluster_id,
+                    time_text(r.first_seen),
+                    time_text(r.last_applied),
+                ]
                 for r in rows
             ],
         )
@@ -502,7 +485,7 @@ def history(
 
 
 def _label(row: DocumentRow) -> str:
-    return f"#{row.id} {row.digest[:12]} {row.source} (first seen {_time(row.first_seen)})"
+    return f"#{row.id} {row.digest[:12]} {row.source} (first seen {time_text(row.first_seen)})"
 
 
 @kv_app.command()
@@ -516,7 +499,7 @@ def diff(
     Exit 0 when they are identical (says so) and also when they differ (the diff is printed);
     exit 1 when A or B cannot be found or is ambiguous.
     """
-    log = _audit(db)
+    log = open_log(db)
     try:
         docs: list[DocumentRow] = []
         for ref in (a, b):

@@ -1,0 +1,153 @@
+"""What every command of the command line shares: its options, its output, opening the audit log and
+reading the desired state."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from desired_state.load import Loaded, TopologyError, load_topology
+from reconciler.audit import AuditLog, default_database_url, normalize_url
+from reconciler.consul_settings import resolve_ca
+from reconciler.sources import ConsulSource, FileSource, SourceError, open_source
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SourceArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="The desired state: a topology file (YAML or JSON) or consul://HOST:PORT/KEY "
+        "(consul+https://... with $CONSUL_CACERT; token from $CONSUL_HTTP_TOKEN). "
+        "Default: $CONSUL_RECONCILER_SOURCE.",
+        envvar="CONSUL_RECONCILER_SOURCE",
+        show_default=False,
+    ),
+]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option("--source", help="The same as the SOURCE argument (give either).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Audit database: a SQLAlchemy URL or a SQLite file path. "
+        "Default: $CONSUL_RECONCILER_DB, else ~/.local/state/consul-reconciler/audit.db.",
+        show_default=False,
+    ),
+]
+ConsulTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--consul-token-file",
+        help="File holding the Consul ACL token, for a consul:// source and the server agents' health "
+        "gates. It wins over $CONSUL_HTTP_TOKEN (then $CONSUL_HTTP_TOKEN_FILE), as in Consul's CLI.",
+        show_default=False,
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """``error: MESSAGE`` on stderr, and the command ends with ``code``."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def time_text(value: Any) -> str:
+    """A datetime as the tables print it (UTC, to the second); empty for none."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def token_from_file(path: Path | None) -> str | None:
+    """The token in ``--consul-token-file``, when given."""
+    return None if path is None else read_token_file(path, "--consul-token-file", fail)
+
+
+def source_of(arg: str | None, opt: str | None = None, token: str | None = None) -> FileSource | ConsulSource:
+    spec = opt or arg
+    if arg and opt and arg != opt:
+        fail(f"two sources given ({arg} and --source {opt}); give one")
+    if not spec:
+        fail(
+            "no desired state given: pass a topology file or consul://HOST:PORT/KEY (or set "
+            "$CONSUL_RECONCILER_SOURCE)"
+        )
+    try:
+        return open_source(spec, ca=resolve_ca(None), token=token)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def load_desired(arg: str | None, opt: str | None = None, token: str | None = None) -> Loaded:
+    src = source_of(arg, opt, token)
+    try:
+        data = src.read()
+    except SourceError as exc:
+        fail(str(exc))
+    try:
+        return load_topology(data, source=src.describe(), fmt=src.fmt)
+    except TopologyError as exc:
+        err.print(f"error: {src.describe()} is not a valid topology:", markup=False)
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def print_warnings(loaded: Loaded) -> None:
+    for warning in loaded.warnings:
+        err.print(f"warning: {warning}", markup=False)
+
+
+def open_log(db: str | None) -> AuditLog:
+    """The audit log at ``--db`` (else $CONSUL_RECONCILER_DB, else the default file)."""
+    return _open_audit(db, fail)
+
+
+def safe_url(url: str) -> str:
+    """A database URL with its password hidden."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _open_audit(db: str | None, fail: Callable[[str], NoReturn]) -> AuditLog:
+    """The audit log at ``--db`` (else $CONSUL_RECONCILER_DB, else the default file); ``fail`` on error."""
+    try:
+        url = normalize_url(db) if db else default_database_url()
+    except ValueError as exc:
+        fail(f"--db: {exc}")
+    try:
+        return AuditLog(url)
+    except Exception as exc:
+        fail(f"cannot open the audit database {safe_url(url)}: {exc}")
+
+
+def read_token_file(path: Path, option: str, fail: Callable[[str], NoReturn]) -> str:
+    """The token in ``path`` (stripped); ``fail`` names ``option`` when it is missing, unreadable or empty.
+    The token itself is never part of a message."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        fail(f"{option} {path}: no such file")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{option} {path}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
+    if not token:
+        fail(f"{option} {path} is empty")
+    return token

@@ -1,0 +1,122 @@
+"""`version`, `validate` and `render`: the desired state, read and shown; nothing is touched."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from desired_state.load import TopologyError, load_topology
+from desired_state.render import render as render_fleet
+from desired_state.secrets import check_secrets
+from reconciler import __version__
+from reconciler.cli.common import (
+    JsonOpt,
+    SourceArg,
+    SourceOpt,
+    emit_json,
+    err,
+    fail,
+    load_desired,
+    out,
+    print_warnings,
+    source_of,
+)
+from reconciler.present import docker_run_line
+from reconciler.sources import SourceError
+
+
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: SourceOpt = None) -> None:
+    """Check a topology file: every error with its place, secret references resolved. Exit 1 on errors."""
+    data_issues: list[dict[str, Any]] = []
+    src = source_of(source, source_opt)
+    try:
+        loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
+    except SourceError as exc:
+        fail(str(exc))
+    except TopologyError as exc:
+        if as_json:
+            emit_json({"valid": False, "errors": [i.to_dict() for i in exc.issues], "warnings": []})
+        else:
+            err.print(f"{src.describe()}: {len(exc.issues)} error(s)", markup=False)
+            for issue in exc.issues:
+                err.print(f"  error: {issue}", markup=False)
+        raise typer.Exit(1) from None
+    secret_issues = check_secrets(loaded.topology)
+    data_issues = [i.to_dict() for i in secret_issues]
+    if as_json:
+        emit_json(
+            {
+                "valid": not secret_issues,
+                "errors": data_issues,
+                "warnings": [w.to_dict() for w in loaded.warnings],
+                "digest": loaded.digest,
+            }
+        )
+    else:
+        for warning in loaded.warnings:
+            err.print(f"  warning: {warning}", markup=False)
+        for issue in secret_issues:
+            err.print(f"  error: {issue}", markup=False)
+        if not secret_issues:
+            t = loaded.topology
+            out.print(
+                f"{src.describe()}: valid: cluster {t.cluster}, datacenter {t.datacenter}, "
+                f"{len(t.servers)} server(s), {len(t.hosts) - len(t.servers)} client(s)",
+                markup=False,
+            )
+    if secret_issues:
+        raise typer.Exit(1)
+
+
+def render(
+    source: SourceArg = None,
+    host: Annotated[str | None, typer.Option("--host", help="Only this host.")] = None,
+    source_opt: SourceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each host's containers as the equivalent `docker run` lines (no engine is contacted)."""
+    loaded = load_desired(source, source_opt)
+    print_warnings(loaded)
+    fleet = render_fleet(loaded.topology)
+    hosts = [h for h in fleet.hosts if host is None or h.name == host]
+    if host is not None and not hosts:
+        names = ", ".join(h.name for h in fleet.hosts)
+        fail(f"no host named {host!r} in {source or source_opt} (hosts: {names})")
+    if as_json:
+        emit_json(
+            {
+                "cluster": fleet.cluster,
+                "datacenter": fleet.datacenter,
+                "hosts": [
+                    {
+                        "name": h.name,
+                        "docker": h.endpoint.url,
+                        "containers": [
+                            {
+                                "name": s.name,
+                                "role": s.role,
+                                "node": s.node,
+                                "spec_hash": s.spec_hash(),
+                                **s.record(),
+                                "full_command": list(s.command),
+                                "docker_run": docker_run_line(s),
+                            }
+                            for s in h.specs
+                        ],
+                    }
+                    for h in hosts
+                ],
+            }
+        )
+        return
+    for h in hosts:
+        out.print(f"# host {h.name}  ({h.endpoint.url})", markup=False)
+        for spec in h.specs:
+            out.print(docker_run_line(spec), markup=False)
+        out.print("")

@@ -1,0 +1,267 @@
+"""`status`, `resume` and `audit`: what the fleet and the audit log say, and resuming a paused rollout."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from desired_state.load import TopologyError, load_topology
+from reconciler.audit import ActionFilter, parse_since
+from reconciler.cli.common import (
+    DbOpt,
+    JsonOpt,
+    SourceArg,
+    SourceOpt,
+    emit_json,
+    err,
+    fail,
+    load_desired,
+    open_log,
+    out,
+    source_of,
+    time_text,
+)
+from reconciler.consul_api import ConsulError
+from reconciler.engines import Connections
+from reconciler.pauses import pauses_for
+from reconciler.present import text_table
+from reconciler.reconcile import PassOptions, compute_plan
+from reconciler.sources import SourceError
+
+
+def status(
+    source: SourceArg = None, as_json: JsonOpt = False, db: DbOpt = None, source_opt: SourceOpt = None
+) -> None:
+    """Per host: desired vs observed containers, drift, last action and its outcome, backoff state.
+
+    When the source cannot be read or is invalid, the status is computed against the last document the
+    controller applied (kept in the audit database), and says so."""
+    audit = open_log(db)
+    src = source_of(source, source_opt)
+    source_problem: str | None = None
+    try:
+        loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
+    except (SourceError, TopologyError) as exc:
+        source_problem = str(exc)
+        kept = audit.last_document(src.describe())
+        if kept is None:
+            audit.close()
+            fail(f"{source_problem}; and no document from this source was ever applied")
+        loaded = load_topology(kept.document.encode(), source=f"kept document {kept.digest[:12]}")
+        err.print(
+            f"warning: {source_problem}; showing the last applied document {kept.digest[:12]} "
+            f"(applied {time_text(kept.last_applied)})",
+            markup=False,
+        )
+    connections = Connections()
+    try:
+        desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
+        states = audit.host_states(desired.cluster)
+        paused = pauses_for(src, audit).get(desired.cluster)
+        hosts: list[dict[str, Any]] = []
+        names = [h.name for h in desired.hosts] + [
+            o.name for o in observed.hosts if desired.host(o.name) is None
+        ]
+        for name in names:
+            wanted = desired.host(name)
+            seen = observed.host(name)
+            last = audit.actions(ActionFilter(host=name, limit=1))
+            state = states.get(name)
+            hosts.append(
+                {
+                    "host": name,
+                    "reachable": seen.reachable if seen else None,
+                    "error": seen.error if seen else None,
+                    "desired": [s.name for s in wanted.specs] if wanted else [],
+                    "observed": {
+                        c.name: c.state
+                        for c in (seen.managed if seen else ())
+                        if c.managed_by == desired.cluster
+                    },
+                    "drift": [f"{a.kind.value} {a.name}" for a in the_plan.actions if a.host == name],
+                    "last_action": last[0].to_dict() if last else None,
+                    "controller_state": state.to_dict() if state else None,
+                }
+            )
+    finally:
+        connections.close()
+        audit.close()
+    if as_json:
+        emit_json(
+            {
+                "rollout_paused": paused[0] if paused else None,
+                "cluster": desired.cluster,
+                "digest": loaded.digest,
+                "source_problem": source_problem,
+                "hosts": hosts,
+            }
+        )
+        return
+    rows = []
+    for h in hosts:
+        observed_text = " ".join(f"{n}:{st}" for n, st in sorted(h["observed"].items())) or "-"
+        if h["reachable"] is False:
+            observed_text = f"UNREACHABLE ({h['error']})"
+        last = h["last_action"]
+        last_text = (
+            f"{last['kind']} {last['container'] or ''} {last['status']} {_time_iso(last['started_at'])}"
+            if last
+            else "-"
+        )
+        st = h["controller_state"]
+        state_text = (
+            "-"
+            if st is None
+            else st["state"]
+            + (f" (failures {st['failures']}, retry {_time_iso(st['retry_at'])})" if st["failures"] else "")
+        )
+        rows.append(
+            [
+                h["host"],
+                " ".join(h["desired"]) or "-",
+                observed_text,
+                ", ".join(h["drift"]) or "none",
+                state_text,
+                last_text,
+            ]
+        )
+    out.print(
+        text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows), markup=False
+    )
+    if paused:
+        out.print(
+            f"\nROLLOUT PAUSED since {time_text(paused[2])}: {paused[0]}\n"
+            "(no server is touched until `consul-reconciler resume` or a new desired state)",
+            markup=False,
+        )
+
+
+def _time_iso(value: str | None) -> str:
+    return value.replace("T", " ")[:19] if value else ""
+
+
+def resume(
+    source: SourceArg = None, db: DbOpt = None, source_opt: SourceOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Resume a server rollout paused by a failed health gate (after fixing its cause).
+
+    A paused rollout touches no server until this command, or until the desired state changes. With
+    the desired state in Consul KV the pause is kept there too (KEY.pause), for every controller; this
+    clears both."""
+    src = source_of(source, source_opt)
+    loaded = load_desired(source, source_opt)
+    cluster = loaded.topology.cluster
+    audit = open_log(db)
+    pauses = pauses_for(src, audit)
+    try:
+        pause = pauses.get(cluster)
+        if pause is None:
+            message = f"cluster {cluster}: no rollout is paused"
+        else:
+            try:
+                pauses.clear(cluster)
+            except ConsulError as exc:
+                fail(str(exc))
+            run_id = audit.start_run(
+                cluster_id=cluster,
+                trigger="resume",
+                source=source_of(source, source_opt).describe(),
+                digest=loaded.digest,
+            )
+            audit.finish_run(run_id, status="succeeded", summary={"resumed": pause[0]})
+            message = (
+                f"cluster {cluster}: rollout resumed (was paused since {time_text(pause[2])}: {pause[0]})"
+            )
+    finally:
+        audit.close()
+    if as_json:
+        emit_json({"cluster": cluster, "resumed": pause is not None, "reason": pause[0] if pause else None})
+    else:
+        out.print(message, markup=False)
+
+
+def audit_cmd(
+    host: Annotated[str | None, typer.Option(help="Only actions on this host.")] = None,
+    node: Annotated[str | None, typer.Option(help="Only actions on this Consul node.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="create, replace, start, remove, blocked, adopt, observe.")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="started, succeeded, failed, skipped, interrupted.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Relative (90s, 15m, 2h, 3d, 1w) or an ISO time.")] = None,
+    run: Annotated[int | None, typer.Option(help="Only actions of this run (pass).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows (newest first).")] = 50,
+    runs: Annotated[bool, typer.Option("--runs", help="List passes (runs) instead of actions.")] = False,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+) -> None:
+    """Query the audit log: who changed what, when, and why."""
+    try:
+        since_at = parse_since(since) if since else None
+    except ValueError as exc:
+        fail(f"--since: {exc}")
+    log_db = open_log(db)
+    try:
+        if runs:
+            run_rows = log_db.runs(limit=limit)
+            if as_json:
+                emit_json([r.to_dict() for r in run_rows])
+                return
+            out.print(
+                text_table(
+                    ["run", "started", "status", "trigger", "digest", "summary / error"],
+                    [
+                        [
+                            str(r.id),
+                            time_text(r.started_at),
+                            r.status,
+                            r.trigger,
+                            (r.digest or "")[:12],
+                            r.error or json.dumps(r.summary or {}),
+                        ]
+                        for r in run_rows
+                    ],
+                ),
+                markup=False,
+            )
+            return
+        rows = log_db.actions(
+            ActionFilter(
+                host=host, node=node, kind=kind, status=status, since=since_at, run_id=run, limit=limit
+            )
+        )
+    finally:
+        log_db.close()
+    if as_json:
+        emit_json([r.to_dict() for r in rows])
+        return
+    table_rows: list[list[str]] = []
+    for a in rows:
+        why = "; ".join(_reason_text(r) for r in (a.reason or []))
+        if a.error:
+            why = f"{why} | {a.error}" if why else a.error
+        ms = f"{a.duration_ms:.0f}" if a.duration_ms is not None else ""
+        table_rows.append(
+            [
+                str(a.id),
+                str(a.run_id),
+                time_text(a.started_at),
+                a.host,
+                a.container or "",
+                a.kind,
+                a.status,
+                ms,
+                why,
+            ]
+        )
+    headers = ["id", "run", "started", "host", "container", "kind", "status", "ms", "reason / error"]
+    out.print(text_table(headers, table_rows) if table_rows else "no matching actions", markup=False)
+
+
+def _reason_text(reason: dict[str, Any]) -> str:
+    if "field" in reason:
+        return f"{reason['field']}: {reason.get('old')} -> {reason.get('new')}"
+    return str(reason.get("message", ""))
