@@ -29,7 +29,7 @@ RUN python3 -m venv /opt/consul-reconciler \
  && /opt/consul-reconciler/bin/pip install --no-cache-dir /src \
  && /opt/consul-reconciler/bin/python -m pip uninstall --yes --quiet pip setuptools \
  && /opt/consul-reconciler/bin/consul-reconciler --help >/dev/null \
- && /opt/consul-reconciler/bin/python -c "import reconciler.cli, reconciler.audit, apscheduler, prometheus_client"
+ && /opt/consul-reconciler/bin/python -c "import reconciler.cli, reconciler.store, apscheduler, prometheus_client"
 
 # --- runtime: the venv alone on the same base (no /src, no build leftovers) --------------------
 FROM ${BASE}

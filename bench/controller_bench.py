@@ -34,16 +34,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crbench")
 
 from desired_state.load import load_topology  # noqa: E402
-from reconciler.audit import ActionFilter, AuditLog  # noqa: E402
 from reconciler.consul_settings import ConsulAddress  # noqa: E402
 from reconciler.controller import Controller, ControllerOptions  # noqa: E402
 from reconciler.engines import Connections  # noqa: E402
 from reconciler.logs import setup_logging  # noqa: E402
-from reconciler.reconcile import PassOptions, run_pass  # noqa: E402
+from reconciler.one_pass import PassOptions, run_pass  # noqa: E402
 from reconciler.sources import (  # noqa: E402
     ConsulSource,
     FileSource,
 )
+from reconciler.store import ActionFilter, AuditLog  # noqa: E402
 from tests.fleet import (  # noqa: E402
     STANDIN_CONSUL_1,
     STANDIN_CONSUL_2,

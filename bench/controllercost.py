@@ -30,7 +30,7 @@ import docker
 import yaml
 
 from bench.peers import VENV_BIN, PeerError
-from reconciler.audit import ActionFilter, AuditLog
+from reconciler.store import ActionFilter, AuditLog
 from tests.fleet import Engine
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

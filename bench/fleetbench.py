@@ -31,9 +31,9 @@ from desired_state.load import load_topology
 from desired_state.model import Topology
 from desired_state.render import render
 from desired_state.spec import DesiredFleet
-from reconciler.audit import AuditLog
 from reconciler.engines import Connections
-from reconciler.reconcile import PassOptions, run_pass
+from reconciler.one_pass import PassOptions, run_pass
+from reconciler.store import AuditLog
 from tests.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine, fleet_topology, reset_engines
 
 SCENARIOS = ("converge", "noop", "change")

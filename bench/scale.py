@@ -67,10 +67,10 @@ from desired_state.model import Topology
 from desired_state.render import render
 from desired_state.spec import ContainerSpec, DesiredFleet
 from reconciler import labels as L
-from reconciler.audit import ActionFilter, ActionModel, AuditLog, RunModel, parse_since
+from reconciler.actual import ObservedFleet, ObservedHost
 from reconciler.observe import _container
-from reconciler.observed import ObservedFleet, ObservedHost
 from reconciler.plan import Kind, make_plan
+from reconciler.store import ActionFilter, ActionModel, AuditLog, RunModel, parse_since
 
 CLUSTER = "scale"
 SERVERS = 5

@@ -5,7 +5,7 @@
   an engine back after an outage, a host's backoff expired) all only *ask* for a
   pass; one pass thread runs them, so two passes never overlap and a burst of
   requests becomes one pass.
-- A pass acts only on what it observes then (reconciler.reconcile.run_pass).
+- A pass acts only on what it observes then (reconciler.one_pass.run_pass).
 - Per-host exponential backoff after failures; crash-loop detection marks a host
   degraded instead of recreating a container in a tight loop.
 - Bad or missing desired state never tears anything down: the last valid
@@ -35,17 +35,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from desired_state.spec import Endpoint
-from reconciler.audit import AuditLog, HostState
 from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
 from reconciler.metrics import Metrics
+from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.pauses import pauses_for
 from reconciler.plan import Kind
-from reconciler.reconcile import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
+from reconciler.store import AuditLog, HostState
 from reconciler.triggers import EventWatcher, PassRequests, Request
 
 log = logging.getLogger("consul_reconciler.controller")

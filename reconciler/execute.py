@@ -36,12 +36,12 @@ from docker.models.containers import Container
 from desired_state.secrets import SecretError, resolve
 from desired_state.spec import ContainerSpec, Endpoint
 from reconciler import labels as L
-from reconciler.audit import AuditLog
 from reconciler.consul_api import ConsulError, ConsulUnreachable
+from reconciler.consul_gates import INTERRUPTED, ConsulGates
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
 from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
-from reconciler.rollout import INTERRUPTED, ConsulGates
+from reconciler.store import AuditLog
 
 log = logging.getLogger("consul_reconciler.execute")
 

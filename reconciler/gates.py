@@ -2,7 +2,7 @@
 
 HashiCorp's upgrade procedure is the bar: one server at a time, followers first and the leader
 last, a graceful leave first, and each server confirmed back (alive, a voter, a leader elected,
-autopilot healthy for a stabilisation time) before the next. ``reconciler.rollout`` asks the
+autopilot healthy for a stabilisation time) before the next. ``reconciler.consul_gates`` asks the
 agents; this module only decides from what they said.
 """
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from desired_state.spec import Endpoint
 from reconciler import labels as L
+from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.engines import Connections, EngineError, describe_error
-from reconciler.observed import ObservedContainer, ObservedFleet, ObservedHost
 
 
 def observe_fleet(

@@ -9,8 +9,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Protocol
 
-from reconciler.audit import AuditLog
 from reconciler.consul_api import Consul, ConsulError
+from reconciler.store import AuditLog
 
 log = logging.getLogger("consul_reconciler.pauses")
 

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
-from reconciler.observed import ObservedContainer, ObservedFleet, ObservedHost
+from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 
 DEFAULT_MAX_REMOVALS = 4
 ROLE_ORDER = {"server": 0, "client": 1, "registrator": 2}

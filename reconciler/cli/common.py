@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 
 from desired_state.load import Loaded, TopologyError, load_topology
-from reconciler.audit import AuditLog, default_database_url, normalize_url
 from reconciler.consul_settings import resolve_ca
 from reconciler.sources import ConsulSource, FileSource, SourceError, open_source
+from reconciler.store import AuditLog, default_database_url, normalize_url
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

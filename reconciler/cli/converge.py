@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from reconciler.audit import parse_since
 from reconciler.cli.common import (
     ConsulTokenFileOpt,
     DbOpt,
@@ -31,11 +30,12 @@ from reconciler.consul_api import ConsulError
 from reconciler.consul_settings import resolve_ca
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
+from reconciler.formatting import format_plan
+from reconciler.one_pass import PassOptions, compute_plan, run_pass
 from reconciler.pauses import pauses_for
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
-from reconciler.present import format_plan
-from reconciler.reconcile import PassOptions, compute_plan, run_pass
 from reconciler.sources import ConsulSource, open_source
+from reconciler.store import parse_since
 
 PullOpt = Annotated[
     bool, typer.Option("--pull/--no-pull", help="Pull images missing on a host (--no-pull: fail instead).")

@@ -22,7 +22,7 @@ from reconciler.cli.common import (
     print_warnings,
     source_of,
 )
-from reconciler.present import docker_run_line
+from reconciler.formatting import docker_run_line
 from reconciler.sources import SourceError
 
 

@@ -27,11 +27,11 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
-from reconciler.audit import DocumentRow
 from reconciler.cli.common import DbOpt, JsonOpt, emit_json, fail, open_log, read_token_file, time_text
 from reconciler.consul_api import Consul, ConsulError, KVEntry
 from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, scheme_of
-from reconciler.present import text_table
+from reconciler.formatting import text_table
+from reconciler.store import DocumentRow
 
 SOURCE_ENV = "CONSUL_RECONCILER_SOURCE"
 DEFAULT_EDITOR = "vi"

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from desired_state.load import TopologyError, load_topology
-from reconciler.audit import ActionFilter, parse_since
 from reconciler.cli.common import (
     DbOpt,
     JsonOpt,
@@ -25,10 +24,11 @@ from reconciler.cli.common import (
 )
 from reconciler.consul_api import ConsulError
 from reconciler.engines import Connections
+from reconciler.formatting import text_table
+from reconciler.one_pass import PassOptions, compute_plan
 from reconciler.pauses import pauses_for
-from reconciler.present import text_table
-from reconciler.reconcile import PassOptions, compute_plan
 from reconciler.sources import SourceError
+from reconciler.store import ActionFilter, parse_since
 
 
 def status(

@@ -2,7 +2,7 @@
 
 Two ways in:
 
-* programmatic (what :class:`reconciler.audit.AuditLog` does): the caller puts an open
+* programmatic (what :class:`reconciler.store.AuditLog` does): the caller puts an open
   SQLAlchemy ``Connection`` in ``config.attributes["connection"]``; it is used as is,
   inside whatever transaction the caller began, and no ``alembic.ini`` is read;
 * command line / URL mode: ``alembic -c reconciler/migrations/alembic.ini upgrade head``
@@ -27,14 +27,14 @@ def _target_metadata() -> MetaData | None:
     if isinstance(metadata, MetaData):
         return metadata
     try:
-        from reconciler.audit import Base
+        from reconciler.store.models import Base
     except ImportError:  # pragma: no cover - only without the package importable
         return None
     return Base.metadata
 
 
 def _url() -> str:
-    from reconciler.audit import default_database_url, normalize_url
+    from reconciler.store import default_database_url, normalize_url
 
     x_url = context.get_x_argument(as_dictionary=True).get("url")
     if x_url:

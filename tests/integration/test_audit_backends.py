@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from reconciler.audit import MIGRATIONS_DIR, ActionFilter, AuditLog, Base, HostState
+from reconciler.store import MIGRATIONS_DIR, ActionFilter, AuditLog, Base, HostState
 from tests.fleet import AGENT_IMAGE_2, Engine
 from tests.integration.controller_harness import ControllerProcess
 from tests.integration.harness import Fleet
@@ -106,7 +106,7 @@ def test_rows_filters_and_state_round_trip(db_url: str) -> None:
 
 WRITER = """
 import sys
-from reconciler.audit import AuditLog
+from reconciler.store import AuditLog
 log = AuditLog(sys.argv[1])
 run = log.start_run(cluster_id="c", trigger="t", source=sys.argv[2], digest=None)
 for i in range(int(sys.argv[3])):

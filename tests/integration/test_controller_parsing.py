@@ -12,9 +12,9 @@ import yaml
 
 import reconciler.controller as controller_module
 from desired_state.load import Loaded
-from reconciler.audit import AuditLog
 from reconciler.controller import Controller, ControllerOptions
 from reconciler.sources import FileSource
+from reconciler.store import AuditLog
 from tests.fleet import AGENT_IMAGE_2, Engine, fleet_topology
 from tests.integration.controller_harness import wait_for
 

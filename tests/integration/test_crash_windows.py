@@ -26,10 +26,10 @@ import pytest
 
 from desired_state.load import load_topology
 from desired_state.spec import Endpoint
-from reconciler.audit import ActionFilter, AuditLog
 from reconciler.engines import Connections
 from reconciler.observe import observe_fleet
-from reconciler.reconcile import PassOptions, run_pass
+from reconciler.one_pass import PassOptions, run_pass
+from reconciler.store import ActionFilter, AuditLog
 from reconciler.triggers import EventWatcher
 from tests.dockerproxy import DockerProxy
 from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, STANDIN_LABEL, Engine, _copy_images, build_image
@@ -235,9 +235,7 @@ def test_a_crash_looping_server_is_fixed_by_a_corrected_spec(
     fleet.write()
     broken = fleet.apply()
     assert broken.code == 1 and "rollout paused" in broken.stdout + broken.stderr
-    looping = [
-        e for e in fleet.engines if fleet.containers(e)["consul"]["Config"]["Image"] == CRASHING
-    ]
+    looping = [e for e in fleet.engines if fleet.containers(e)["consul"]["Config"]["Image"] == CRASHING]
     assert len(looping) == 1  # one server crash-loops; the rollout stopped there
     wait_for(
         lambda: fleet.containers(looping[0])["consul"]["RestartCount"] >= 2, 30, "the server to crash-loop"
@@ -341,4 +339,3 @@ def test_healthz_stays_ok_through_a_gate_wait_and_fails_when_a_step_hangs(
         wait_for(lambda: ctl.get("/healthz")[0] == 200, 60, "/healthz to recover")
     finally:
         ctl.stop()
-

@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from reconciler.audit import (
+from reconciler.store import (
     DEFAULT_DB_ENV,
     MIGRATIONS_DIR,
     SCHEMA_REVISION,
@@ -193,7 +193,7 @@ def test_concurrent_first_opens_from_several_processes(db_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
     script = (
         "import sys, time\n"
-        "from reconciler.audit import AuditLog\n"
+        "from reconciler.store import AuditLog\n"
         "while time.time() < float(sys.argv[2]): time.sleep(0.001)\n"
         "log = AuditLog(sys.argv[1])\n"
         "log.start_run(cluster_id='dc1', trigger='cli', source='x', digest=None)\n"
@@ -764,7 +764,7 @@ def test_parse_since_overflow_is_a_value_error() -> None:
 
 
 def test_host_states_replace_per_host_and_read_back(log: AuditLog) -> None:
-    from reconciler.audit import HostState
+    from reconciler.store import HostState
 
     retry = datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
     log.set_host_states(
@@ -830,7 +830,7 @@ def test_kept_documents_last_known_good_history_and_lookup(db_path: Path) -> Non
 
 OPEN_WITHOUT_ALEMBIC = """
 import sys
-from reconciler.audit import AuditLog
+from reconciler.store import AuditLog
 AuditLog(sys.argv[1]).close()
 print("alembic" in sys.modules)
 """

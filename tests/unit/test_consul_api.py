@@ -306,9 +306,9 @@ def test_an_acquire_is_not_a_renewal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_standby_whose_lock_loop_stopped_is_unhealthy(tmp_path: Path) -> None:
-    from reconciler.audit import AuditLog
     from reconciler.controller import Controller, ControllerOptions
     from reconciler.sources import ConsulSource
+    from reconciler.store import AuditLog
 
     with ConsulDouble(min_ttl=1.0) as double:
         double.kv_put("infra/topology", b"cluster: x\nhosts: []\n")

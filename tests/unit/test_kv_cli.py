@@ -24,9 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 from desired_state.load import digest_of
-from reconciler.audit import AuditLog, normalize_url
 from reconciler.cli import app
 from reconciler.consul_api import Consul
+from reconciler.store import AuditLog, normalize_url
 from tests.consul_double import ConsulDouble
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from desired_state.load import load_topology
 from desired_state.render import render
 from desired_state.spec import ContainerSpec, DesiredFleet, DesiredHost, Endpoint
 from reconciler import labels as L
+from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.labels import labels_for
-from reconciler.observed import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.plan import Change, Kind, Plan, make_plan
 
 CLUSTER = "shop"

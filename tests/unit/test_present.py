@@ -1,4 +1,4 @@
-"""reconciler.present: plans and specs as a person reads them; secrets only ever as references."""
+"""reconciler.formatting: plans and specs as a person reads them; secrets only ever as references."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from desired_state.load import load_topology
 from desired_state.render import render
 from desired_state.secrets import REDACTED
 from desired_state.spec import ContainerSpec, DesiredFleet
+from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
+from reconciler.formatting import docker_run_line, format_change, format_plan
 from reconciler.labels import labels_for
-from reconciler.observed import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.plan import Change, Plan, make_plan
-from reconciler.present import docker_run_line, format_change, format_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 GOSSIP_KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="

@@ -16,16 +16,16 @@ from dataclasses import dataclass, field, replace
 from desired_state.load import Loaded
 from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
-from reconciler.audit import AuditLog
+from reconciler.actual import ObservedFleet
+from reconciler.consul_gates import ConsulGates
 from reconciler.consul_settings import resolve_token
 from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
 from reconciler.observe import observe_fleet
-from reconciler.observed import ObservedFleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
-from reconciler.rollout import ConsulGates
+from reconciler.store import AuditLog
 
 log = logging.getLogger("consul_reconciler.pass")
 

@@ -16,449 +16,59 @@ read; on PostgreSQL they are ``TIMESTAMP WITH TIME ZONE``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from typing import Any, Final
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    Dialect,
     Engine,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    create_engine,
     delete,
-    event,
     select,
     update,
 )
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.pool.base import ConnectionPoolEntry
-from sqlalchemy.types import TypeDecorator
-
-__all__ = [
-    "ACTION_STATUSES",
-    "DEFAULT_DB_ENV",
-    "MIGRATIONS_DIR",
-    "RUN_STATUSES",
-    "SCHEMA_REVISION",
-    "ActionFilter",
-    "ActionRow",
-    "AuditLog",
-    "DocumentRow",
-    "HostState",
-    "RunRow",
-    "default_database_url",
-    "normalize_url",
-    "parse_since",
-]
-
-DEFAULT_DB_ENV: Final = "CONSUL_RECONCILER_DB"
-"""Environment variable holding a SQLAlchemy URL or a file path for the audit database."""
-
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
-"""Alembic script location shipped inside the package."""
-
-RUN_STATUSES: Final = frozenset({"running", "succeeded", "failed", "interrupted", "refused", "waiting"})
-RUN_FINAL_STATUSES: Final = RUN_STATUSES - {"running"}
-ACTION_STATUSES: Final = frozenset({"started", "succeeded", "failed", "skipped", "interrupted", "waiting"})
-ACTION_FINAL_STATUSES: Final = ACTION_STATUSES - {"started"}
-
-SQLITE_BUSY_TIMEOUT_MS: Final = 15_000
-"""How long a SQLite connection waits for a lock held by another writer."""
-
-_SQLITE_WRITE_OPTION: Final = "consul_reconciler_write"
-
-
-# --------------------------------------------------------------------------- URLs
-
-
-def normalize_url(value: str) -> str:
-    """Turn a file path into a SQLite URL; anything that looks like a URL passes through.
-
-    ``"path/to/x.db"`` becomes ``"sqlite:////abs/path/to/x.db"`` (``~`` is expanded);
-    ``"postgresql+psycopg://..."`` or ``"sqlite:///x.db"`` are returned unchanged.
-    """
-    text = value.strip()
-    if not text:
-        raise ValueError("empty database location: give a SQLAlchemy URL or a file path")
-    if "://" in text:
-        return text
-    path = Path(text).expanduser().resolve()
-    return f"sqlite:///{path.as_posix()}"
-
-
-def default_database_url() -> str:
-    """The audit database URL: ``$CONSUL_RECONCILER_DB`` if set, else a per-user SQLite file.
-
-    The file is ``$XDG_STATE_HOME/consul-reconciler/audit.db`` (when ``XDG_STATE_HOME``
-    is an absolute path, as the XDG spec requires) or
-    ``~/.local/state/consul-reconciler/audit.db``.
-    """
-    configured = os.environ.get(DEFAULT_DB_ENV, "").strip()
-    if configured:
-        return normalize_url(configured)
-    xdg = os.environ.get("XDG_STATE_HOME", "").strip()
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
-    return normalize_url(str(base / "consul-reconciler" / "audit.db"))
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    """The file behind a SQLite URL, or None for in-memory / URI databases."""
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    if url.query.get("uri") in ("true", "1"):
-        return None
-    return Path(database)
-
-
-# --------------------------------------------------------------------------- ORM models
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _as_utc(value: datetime) -> datetime:
-    """Aware UTC; a naive datetime is taken to be UTC already."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """``DateTime(timezone=True)`` that always binds and returns aware UTC datetimes."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = _as_utc(value)
-        if dialect.name == "sqlite":
-            # SQLite stores text; keep one canonical naive-UTC form so comparisons work.
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return _as_utc(value)
-
-
-# BIGINT ids on real servers; SQLite only auto-increments an "INTEGER PRIMARY KEY".
-_BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-NAMING_CONVENTION: Final = {
-    "ix": "ix_%(column_0_N_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the audit models (its metadata is what the migrations build)."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class RunModel(Base):
-    __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_cluster_id_started_at", "cluster_id", "started_at"),)
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    cluster_id: Mapped[str] = mapped_column(String(255))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(32))
-    trigger: Mapped[str] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(Text)
-    digest: Mapped[str | None] = mapped_column(String(128))
-    controller: Mapped[str] = mapped_column(String(255))
-    summary: Mapped[str | None] = mapped_column(Text)
-    error: Mapped[str | None] = mapped_column(Text)
-    lock_holder: Mapped[str | None] = mapped_column(String(255))
-    lock_index: Mapped[int | None] = mapped_column(_BigId)
-
-
-class DocumentModel(Base):
-    """Every valid desired document the controller applied: the last known good state."""
-
-    __tablename__ = "desired_documents"
-    __table_args__ = (
-        Index("ix_desired_documents_source_digest", "source", "digest", unique=True),
-        Index("ix_desired_documents_source_last_applied", "source", "last_applied"),
-    )
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    source: Mapped[str] = mapped_column(String(1024))
-    digest: Mapped[str] = mapped_column(String(128))
-    cluster_id: Mapped[str] = mapped_column(String(255))
-    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_applied: Mapped[datetime] = mapped_column(UTCDateTime())
-    document: Mapped[str] = mapped_column(Text)
-
-
-class ActionModel(Base):
-    __tablename__ = "actions"
-    __table_args__ = (
-        Index("ix_actions_run_id", "run_id"),
-        Index("ix_actions_host_started_at", "host", "started_at"),
-        Index("ix_actions_status_started_at", "status", "started_at"),
-        Index("ix_actions_started_at", "started_at"),
-        # `audit --host H --status S`, `--node N`, `--kind K`: an index seek each, in started_at order
-        # (without them, a host or node with few matching rows meant a walk over the whole table).
-        Index("ix_actions_host_status_started_at", "host", "status", "started_at"),
-        Index("ix_actions_node_started_at", "node", "started_at"),
-        Index("ix_actions_kind_started_at", "kind", "started_at"),
-    )
-
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(_BigId, ForeignKey("runs.id"))
-    seq: Mapped[int] = mapped_column(Integer)
-    host: Mapped[str] = mapped_column(String(255))
-    node: Mapped[str | None] = mapped_column(String(255))
-    role: Mapped[str | None] = mapped_column(String(32))
-    container: Mapped[str | None] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(32))
-    reason: Mapped[str] = mapped_column(Text)
-    old_hash: Mapped[str | None] = mapped_column(String(128))
-    new_hash: Mapped[str | None] = mapped_column(String(128))
-    image: Mapped[str | None] = mapped_column(String(512))
-    container_id: Mapped[str | None] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(32))
-    error: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    duration_ms: Mapped[float | None] = mapped_column(Float)
-
-
-class HostStateModel(Base):
-    """The controller's view of each host after its last pass: ok, backoff, degraded, unreachable."""
-
-    __tablename__ = "host_states"
-
-    cluster_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    host: Mapped[str] = mapped_column(String(255), primary_key=True)
-    state: Mapped[str] = mapped_column(String(32))
-    failures: Mapped[int] = mapped_column(Integer)
-    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    drift: Mapped[int] = mapped_column(Integer)
-    detail: Mapped[str | None] = mapped_column(Text)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class RolloutPauseModel(Base):
-    """A server rollout paused after a failed gate: no server is touched until `resume` or a new
-    desired document."""
-
-    __tablename__ = "rollout_pauses"
-
-    cluster_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    reason: Mapped[str] = mapped_column(Text)
-    digest: Mapped[str | None] = mapped_column(String(128))
-    since: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class KnownHostModel(Base):
-    __tablename__ = "known_hosts"
-
-    cluster_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    host: Mapped[str] = mapped_column(String(255), primary_key=True)
-    endpoint: Mapped[str] = mapped_column(Text)
-    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-# --------------------------------------------------------------------------- returned rows
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=repr)
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(row):
-        value = getattr(row, f.name)
-        out[f.name] = _iso(value) if isinstance(value, datetime) else value
-    return out
-
-
-@dataclass(frozen=True)
-class ActionFilter:
-    """Which actions :meth:`AuditLog.actions` returns; ``None`` fields do not filter.
-
-    ``since`` keeps actions started at or after that time (a naive value is UTC).
-    ``limit`` caps the number of rows (newest first); ``None`` means no cap.
-    """
-
-    host: str | None = None
-    node: str | None = None
-    kind: str | None = None
-    status: str | None = None
-    since: datetime | None = None
-    run_id: int | None = None
-    limit: int | None = 100
-
-
-@dataclass(frozen=True)
-class ActionRow:
-    id: int
-    run_id: int
-    seq: int
-    host: str
-    node: str | None
-    role: str | None
-    container: str | None
-    kind: str
-    reason: list[dict[str, Any]]
-    old_hash: str | None
-    new_hash: str | None
-    image: str | None
-    container_id: str | None
-    status: str
-    error: str | None
-    started_at: datetime
-    finished_at: datetime | None
-    duration_ms: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (times as ISO 8601 strings)."""
-        return _row_dict(self)
-
-    @classmethod
-    def _from_model(cls, m: ActionModel) -> ActionRow:
-        reason = json.loads(m.reason) if m.reason else []
-        return cls(
-            id=m.id,
-            run_id=m.run_id,
-            seq=m.seq,
-            host=m.host,
-            node=m.node,
-            role=m.role,
-            container=m.container,
-            kind=m.kind,
-            reason=reason if isinstance(reason, list) else [{"message": str(reason)}],
-            old_hash=m.old_hash,
-            new_hash=m.new_hash,
-            image=m.image,
-            container_id=m.container_id,
-            status=m.status,
-            error=m.error,
-            started_at=m.started_at,
-            finished_at=m.finished_at,
-            duration_ms=m.duration_ms,
-        )
-
-
-@dataclass(frozen=True)
-class RunRow:
-    id: int
-    cluster_id: str
-    started_at: datetime
-    finished_at: datetime | None
-    status: str
-    trigger: str
-    source: str
-    digest: str | None
-    controller: str
-    summary: dict[str, Any] | None = field(default=None)
-    error: str | None = None
-    lock_holder: str | None = None
-    lock_index: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (times as ISO 8601 strings)."""
-        return _row_dict(self)
-
-    @classmethod
-    def _from_model(cls, m: RunModel) -> RunRow:
-        return cls(
-            id=m.id,
-            cluster_id=m.cluster_id,
-            started_at=m.started_at,
-            finished_at=m.finished_at,
-            status=m.status,
-            trigger=m.trigger,
-            source=m.source,
-            digest=m.digest,
-            controller=m.controller,
-            summary=json.loads(m.summary) if m.summary else None,
-            error=m.error,
-            lock_holder=m.lock_holder,
-            lock_index=m.lock_index,
-        )
-
-
-@dataclass(frozen=True)
-class DocumentRow:
-    id: int
-    source: str
-    digest: str
-    cluster_id: str
-    first_seen: datetime
-    last_applied: datetime
-    document: str
-
-    def to_dict(self, *, with_document: bool = False) -> dict[str, Any]:
-        data = _row_dict(self)
-        if not with_document:
-            data.pop("document", None)
-        return data
-
-
-@dataclass(frozen=True)
-class HostState:
-    host: str
-    state: str  # ok | backoff | degraded | unreachable
-    failures: int
-    retry_at: datetime | None
-    drift: int
-    detail: str | None
-    updated_at: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _row_dict(self)
-
-
-# --------------------------------------------------------------------------- the log
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from reconciler.store.db import (
+    _SQLITE_WRITE_OPTION,
+    SCHEMA_REVISION,
+    _create_engine,
+    _migrate,
+    _stored_revision,
+    normalize_url,
+)
+from reconciler.store.models import (
+    ActionModel,
+    DocumentModel,
+    HostStateModel,
+    KnownHostModel,
+    RolloutPauseModel,
+    RunModel,
+    _as_utc,
+    _utcnow,
+)
+from reconciler.store.rows import (
+    ACTION_FINAL_STATUSES,
+    ACTION_STATUSES,
+    RUN_FINAL_STATUSES,
+    ActionFilter,
+    ActionRow,
+    DocumentRow,
+    HostState,
+    RunRow,
+    _document,
+    _dumps,
+)
+
+
+def default_controller() -> str:
+    """``hostname:pid`` of this process, recorded on every run."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _check_status(status: str, allowed: frozenset[str], what: str) -> None:
@@ -468,108 +78,6 @@ def _check_status(status: str, allowed: frozenset[str], what: str) -> None:
 
 def _duration_ms(start: datetime, end: datetime) -> float:
     return max((end - start).total_seconds() * 1000.0, 0.0)
-
-
-def default_controller() -> str:
-    """``hostname:pid`` of this process, recorded on every run."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL + busy timeout, and SQLAlchemy-controlled transactions.
-
-    pysqlite's own transaction handling is switched off so that every transaction
-    starts with an explicit ``BEGIN``: ``BEGIN IMMEDIATE`` for writes (taking the
-    write lock up front, so concurrent writers wait for ``busy_timeout`` instead of
-    failing on a lock upgrade) and a plain deferred ``BEGIN`` for reads, which in WAL
-    mode never block the writer.  This also makes the migrations transactional.
-    """
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA foreign_keys = ON")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_SQLITE_WRITE_OPTION):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
-
-
-def _private_file(path: Path) -> None:
-    """The audit database holds the desired documents and every action: its folder is created 0700
-    and the file 0600 (SQLite gives its -wal and -shm files the database file's mode)."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-
-
-def _create_engine(url_text: str) -> Engine:
-    url = make_url(url_text)
-    if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    path = _sqlite_file(url)
-    connect_args: dict[str, Any] = {
-        "check_same_thread": False,
-        "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000.0,
-    }
-    if not url.database or url.database == ":memory:":
-        # One shared connection, otherwise every checkout would get a new empty database.
-        engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
-    else:
-        if path is not None:
-            _private_file(path)
-        engine = create_engine(url, connect_args=connect_args)
-    _configure_sqlite(engine)
-    return engine
-
-
-# Alembic keeps the running migration's context in module globals (``alembic.context``),
-# so two upgrades in one process must not overlap, even on different databases.
-_MIGRATION_LOCK = threading.Lock()
-
-# Key of the PostgreSQL advisory lock that serializes migrations between processes
-# (SQLite gets the same effect from ``BEGIN IMMEDIATE``).
-_PG_MIGRATION_LOCK_KEY: Final = 0x636F6E73756C  # "consul"
-
-
-# The Alembic revision these models match (the newest file in migrations/versions). A database
-# already there is opened without importing Alembic at all: that import is about 130 ms and 11 MB
-# of resident memory, paid by every `apply` and every controller otherwise.
-SCHEMA_REVISION: Final = "0005"
-
-
-def _stored_revision(engine: Engine) -> str | None:
-    """The database's Alembic revision, or None (a new database, or one Alembic never touched)."""
-    try:
-        with engine.connect() as connection:
-            value = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    except DBAPIError:
-        return None
-    return str(value) if value is not None else None
-
-
-def _migrate(engine: Engine) -> None:
-    """Upgrade the database behind ``engine`` to the head revision, in one transaction."""
-    from alembic import command
-    from alembic.config import Config
-
-    with _MIGRATION_LOCK, engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK_KEY})")
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
 
 
 class AuditLog:
@@ -1160,46 +668,3 @@ class AuditLog:
                 .execution_options(synchronize_session=False)
             )
             return int(getattr(deleted, "rowcount", 0) or 0)
-
-
-def _document(m: DocumentModel) -> DocumentRow:
-    return DocumentRow(m.id, m.source, m.digest, m.cluster_id, m.first_seen, m.last_applied, m.document)
-
-
-# --------------------------------------------------------------------------- --since parsing
-
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_SINCE_FORMS: Final = (
-    "a relative age such as 90s, 15m, 2h, 3d or 1w (seconds, minutes, hours, days, weeks), "
-    "or an ISO 8601 date or date/time such as 2024-05-01, 2024-05-01T12:30:00 or "
-    "2024-05-01T12:30:00+02:00 (no offset means UTC)"
-)
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """Parse a ``--since`` value into an aware UTC datetime.
-
-    ``"90s"``, ``"15m"``, ``"2h"``, ``"3d"``, ``"1w"`` are ages relative to ``now``
-    (default: the current time); anything else must be an ISO 8601 date or date/time,
-    a naive one being UTC.  Raises :class:`ValueError` naming the accepted forms.
-    """
-    value = text.strip()
-    if not value:
-        raise ValueError(f"empty time: expected {_SINCE_FORMS}")
-    match = _RELATIVE.match(value)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
-        reference = _as_utc(now) if now is not None else _utcnow()
-        try:
-            return reference - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:
-            raise ValueError(f"time {text!r} is too far in the past") from None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"invalid time {text!r}: expected {_SINCE_FORMS}") from None
-    try:
-        return _as_utc(parsed)
-    except OverflowError:
-        raise ValueError(f"time {text!r} is outside the years 1 to 9999 in UTC") from None

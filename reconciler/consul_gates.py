@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from reconciler.consul_api import ConsulAgent, ConsulError
 from reconciler.gates import MEMBER_STATUS, ClusterView, after_removal, after_replacement
 
-log = logging.getLogger("consul_reconciler.rollout")
+log = logging.getLogger("consul_reconciler.consul_gates")
 
 INTERRUPTED = "gate interrupted"
 # serf's MemberStatus, the "Status" of /v1/agent/members (hashicorp/serf serf/serf.go)
