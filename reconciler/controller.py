@@ -46,6 +46,7 @@ from reconciler.pauses import pauses_for
 from reconciler.plan import Kind
 from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
 from reconciler.store import AuditLog, HostState
+from reconciler.store.rows import SEQ_CONTROLLER_NOTES
 from reconciler.triggers import EventWatcher, PassRequests, Request
 
 log = logging.getLogger("consul_reconciler.controller")
@@ -522,7 +523,7 @@ class Controller:
         for host in sorted(observed_hosts | set(drift)):
             m.drift.labels(host).set(drift.get(host, 0))
 
-        seq = 2000
+        seq = SEQ_CONTROLLER_NOTES
         looping_hosts: set[str] = set()
         for host, names in repaired.items():
             looping = [n for n in names if self.crashloops.repaired(host, n, now)]

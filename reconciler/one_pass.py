@@ -26,6 +26,7 @@ from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
 from reconciler.store import AuditLog
+from reconciler.store.rows import SEQ_PASS_NOTES
 
 log = logging.getLogger("consul_reconciler.pass")
 
@@ -148,7 +149,7 @@ def run_pass(
         lock_holder=lock[0] if lock else None,
         lock_index=lock[1] if lock else None,
     )
-    seq = 1000  # rows about the pass itself (unreachable, blocked) sort after the actions
+    seq = SEQ_PASS_NOTES  # rows about the pass itself (unreachable, blocked) sort after the actions
     for host, error in sorted(plan.unreachable.items()):
         seq += 1
         audit.record_action(

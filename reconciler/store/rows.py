@@ -18,6 +18,12 @@ RUN_FINAL_STATUSES: Final = RUN_STATUSES - {"running"}
 ACTION_STATUSES: Final = frozenset({"started", "succeeded", "failed", "skipped", "interrupted", "waiting"})
 ACTION_FINAL_STATUSES: Final = ACTION_STATUSES - {"started"}
 
+# Where rows of one run sort (by seq): the plan's actions first (1, 2, ...), then the rows a pass
+# writes about itself (an unreachable host, a blocked name), then the controller's own verdicts on
+# the pass (a crash loop, a degraded host).
+SEQ_PASS_NOTES: Final = 1000
+SEQ_CONTROLLER_NOTES: Final = 2000
+
 
 # --------------------------------------------------------------------------- returned rows
 
