@@ -23,7 +23,8 @@ step "ruff check ."
 
 # Two workers (pytest-xdist), each given whole files: each is a session of its own, with its own
 # engines, loopback /24, TLS engine and PostgreSQL (tests/workers.py); the real-Consul rollouts, the
-# longest file, start first on one of them (tests/conftest.py). CR_TEST_WORKERS=0 runs everything in
+# longest file, start first on one of them (tests/conftest.py orders it first; xdist would otherwise
+# hand out the files with the most tests first). CR_TEST_WORKERS=0 runs everything in
 # one process; "-n N" in the arguments wins.
 workers="${CR_TEST_WORKERS:-2}"
 step "the test fleets of $workers worker(s): engines and images"
@@ -31,7 +32,7 @@ step "the test fleets of $workers worker(s): engines and images"
 
 step "pytest -n $workers $*"
 rc=0
-.venv/bin/python -m pytest -n "$workers" --dist loadfile "$@" || rc=$?
+.venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
   die "pytest collected no tests (exit 5): treated as a failure"
 fi
