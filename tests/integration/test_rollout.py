@@ -14,6 +14,7 @@ controller (the stand-in is told to stay unhealthy while the first controller is
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -260,8 +261,13 @@ def test_never_healthy_replacement_pauses_then_resume_completes(
     fleet.write()
     resumed = fleet.cli("resume", str(fleet.file), "--db", str(fleet.db))
     assert resumed.code == 0 and "resumed" in resumed.stdout
-    # the victim comes back when Docker next restarts it (its restart delay has grown while it failed);
-    # until it has rejoined, a pass waits for it (exit 1, "waiting"), then goes on with the others
+    # the operator who fixed the node-id restarts the failing agent rather than wait for Docker's
+    # restart delay (doubled at each failure, up to a minute); until it has rejoined, a pass waits for
+    # it (exit 1, "waiting"), then goes on with the others
+    engine = next(e for e in fleet.engines if e.name == victim["name"])
+    failing = next(a for n, a in fleet.containers(engine).items() if n == "consul" or "-next-" in n)
+    with contextlib.closing(engine.client()) as client:
+        client.containers.get(failing["Id"]).restart(timeout=10)
     outcomes: list[str] = []
 
     def applied() -> bool:
