@@ -184,6 +184,10 @@ def test_host_removed_from_file_loses_only_its_containers(fleet3: Fleet) -> None
 
 
 def test_unmanaged_name_collision_is_blocked_and_untouched(fleet3: Fleet) -> None:
+    # the hand-run stand-in answers no agent API, so host2's registrator waits agent_timeout for it
+    # (then fails, as it should): 5 s shows that as well as the default 30 s
+    fleet3.doc["rollout"]["agent_timeout"] = 5
+    fleet3.write()
     engine = fleet3.engines[1]
     client = engine.client()
     try:
