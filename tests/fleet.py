@@ -906,9 +906,9 @@ def fleet_topology(
                 "client_address": e.address,  # each agent's HTTP API on its host's own address
                 "role": "server" if i < servers else "client",
                 "data_dir": str(data_root / f"data-{e.name}"),
-                # a bound for a host that hangs, not a latency target: on this 2-core machine the suite
-                # runs two sessions (ten engines), and a create took over 15 s while both started real
-                # Consul clusters; 30 s is what a slow production host would be given too
+                # a bound for a host that hangs, not a latency target: on this 2-core machine a create
+                # took over 15 s while two test sessions started real Consul clusters; 30 s is what a
+                # slow production host would be given too
                 "timeout": 30,
             }
             for i, e in enumerate(engines)

@@ -1,12 +1,14 @@
 """What keeps pytest-xdist workers clear of each other on one machine.
 
-scripts/test.sh runs the suite on two workers. Each is a test session of its own: worker gwN (N > 0)
-gets its own engines, loopback /24, TLS engine and PostgreSQL, as tests/fleet.py describes for a
-second session, so no two workers share an address, a port or a state folder. gw0 keeps the
+With CR_TEST_WORKERS=2, scripts/test.sh runs the suite on two workers. Each is a test session of
+its own: worker gwN (N > 0) gets its own engines, loopback /24, TLS engine and PostgreSQL, as
+tests/fleet.py describes for a second session, so no two workers share an address, a port or a
+state folder. gw0 keeps the
 defaults, those of a run without workers. tests/conftest.py applies this before any test module is
 imported.
 
-Before pytest starts, scripts/test.sh prepares every worker's fleet, one after another::
+Before pytest starts, scripts/test.sh prepares every worker's fleet (one fleet without workers),
+one after another::
 
     python -m tests.workers prepare --workers 2
 
@@ -25,8 +27,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-_FOLDERS = {"CR_FLEET_ROOT": "/tmp/crfleet", "CR_TLS_ROOT": "/tmp/crtls", "CR_PG_ROOT": "/tmp/crpg"}
-_NET = ("CR_FLEET_NET", "127.0.10")
+from tests.fleet import DEFAULT_NET, DEFAULT_ROOT, NET_ENV, ROOT_ENV
+
+# tests/tlsengine.py and tests/pgserver.py read their variables when imported, so they are not imported
+# here (conftest imports this module before it sets a worker's variables); their defaults are restated
+_FOLDERS = {ROOT_ENV: DEFAULT_ROOT, "CR_TLS_ROOT": "/tmp/crtls", "CR_PG_ROOT": "/tmp/crpg"}
+_NET = (NET_ENV, DEFAULT_NET)
 _PG_PORT = ("CR_PG_PORT", "55432")
 
 
@@ -84,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if done.returncode != 0:
             print(f"worker {worker}: its fleet could not be prepared (see above)", file=sys.stderr)
             return done.returncode
-        root = env.get("CR_FLEET_ROOT") or _FOLDERS["CR_FLEET_ROOT"]
+        root = env.get(ROOT_ENV) or DEFAULT_ROOT
         print(f"worker {worker}: fleet {root} ready ({time.monotonic() - began:.1f} s)")
     return 0
 

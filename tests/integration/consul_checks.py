@@ -35,6 +35,8 @@ class Sampler:
     period: float = 0.05
     samples: list[tuple[float, dict[str, str | None]]] = field(default_factory=list)
     statuses: dict[str, set[int]] = field(default_factory=dict)  # node -> member Status values seen
+    # node -> each change of its Status as one server saw it: (when, observing server, new Status)
+    changes: dict[str, list[tuple[float, str, int]]] = field(default_factory=dict)
     polls: dict[str, int] = field(default_factory=dict)  # node -> polls answered or failed
     _latest: dict[str, str | None] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -52,13 +54,25 @@ class Sampler:
                 if count % 4 == 0:
                     for member in get(addr, "/v1/agent/members", self.token, 1.0):
                         if member.get("Tags", {}).get("role") == "consul":
-                            self.statuses.setdefault(member["Name"], set()).add(int(member["Status"]))
+                            self._saw(node, member["Name"], int(member["Status"]))
                 self._latest[node] = leader
             except Exception:
                 self._latest[node] = None  # not answering (down, or being replaced)
             count += 1
             self.polls[node] = count
             self._stop.wait(max(0.0, self.period - (time.monotonic() - began)))
+
+    def _saw(self, observer: str, node: str, status: int) -> None:
+        self.statuses.setdefault(node, set()).add(status)
+        seen = self.changes.setdefault(node, [])
+        last = next((s for _when, who, s in reversed(seen) if who == observer), None)
+        if status != last:
+            seen.append((time.monotonic(), observer, status))
+
+    def first_departure(self, node: str) -> int | None:
+        """The first Status other than alive (1) any server saw ``node`` in: leaving (2) or left (3)
+        when it left gracefully, failed (4) when it vanished unannounced; None if it never left."""
+        return next((status for _when, _who, status in self.changes.get(node, []) if status != 1), None)
 
     def _record(self) -> None:
         while not self._stop.wait(self.period):

@@ -67,7 +67,9 @@ class ControllerProcess:
         except OSError:
             return 0, ""
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 90) -> None:
+        # ready once the first pass is done: against real Consul that pass creates the servers and
+        # waits for their agents, and a create took 23 s on this 2-core machine when busy
         wait_for(lambda: (self.alive() and self.get("/readyz")[0] == 200) or self._died(), timeout, "/readyz")
         assert self.alive(), f"controller exited early:\n{self.log()}"
 

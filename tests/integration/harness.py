@@ -56,10 +56,13 @@ class Fleet:
         return old, new
 
     def write(self) -> None:
+        self.write_bytes(yaml.safe_dump(self.doc, sort_keys=False).encode())
+
+    def write_bytes(self, data: bytes) -> None:
         """The document written whole (a new file renamed over it), as an editor saves: a controller
         polling the file never reads it half-written."""
         fresh = self.file.with_name(self.file.name + ".new")
-        fresh.write_text(yaml.safe_dump(self.doc, sort_keys=False))
+        fresh.write_bytes(data)
         fresh.replace(self.file)
 
     def cli(self, *args: str) -> Run:

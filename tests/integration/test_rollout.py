@@ -168,10 +168,15 @@ def test_rolling_upgrade_followers_first_leader_last_quorum_kept(
     print(f"leaderless windows (s, before, after): {windows}")
     assert all(after is not None for _length, _before, after in windows), windows
     assert sum(1 for _length, before, after in windows if after != before) <= 1, windows
-    # each server left gracefully (seen as "left", 3) and none was ever seen failed (4)
+    # each server left gracefully: it was seen "left" (3), and the first time any server saw it other than
+    # alive, it was leaving (2) or left, never failed (4), which is what a stop without a leave shows.
+    # A "failed" after the leave is the replacement (same name, same address) missing gossip probes while
+    # it starts, which Consul settles by itself; seen once in a whole-suite run: reported, not asserted
     for node in addresses:
         assert 3 in sampler.statuses.get(node, set()), (node, sampler.statuses)
-        assert 4 not in sampler.statuses.get(node, set()), (node, sampler.statuses)
+        assert sampler.first_departure(node) in (2, 3), (node, sampler.changes.get(node))
+        if 4 in sampler.statuses[node]:
+            print(f"{node} seen failed after it left: {sampler.changes[node]}")
     # the clients rejoined the new servers through -retry-join: every member alive at the end
     wait_for(
         lambda: members(fleet, img.token) == {h["name"]: 1 for h in fleet.doc["hosts"]},
