@@ -1,8 +1,9 @@
 """Carry out a plan through the Docker SDK.
 
-Phases follow the plan's order (servers, clients, registrators, then removals).
-Inside a phase hosts run in parallel, each host's actions in order; disruptive
-server actions (replace, remove, adopt) run one at a time across the cluster.
+The plan says what runs how (``Plan.phases``): phases in the plan's order
+(servers, clients, registrators, then removals); inside a phase hosts run in
+parallel, each host's actions in order, then the disruptive server actions
+(replace, remove, adopt) one at a time across the cluster.
 An action that fails stops the rest of its host's actions in this pass (they
 are recorded as skipped); other hosts go on.
 
@@ -23,10 +24,9 @@ import logging
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any
 
 import docker
@@ -40,7 +40,7 @@ from reconciler.consul_api import ConsulError, ConsulUnreachable
 from reconciler.consul_gates import INTERRUPTED, ConsulGates
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
-from reconciler.plan import ROLE_ORDER, Action, Kind, Plan
+from reconciler.plan import Action, Kind, Plan, is_down
 from reconciler.store import AuditLog
 
 log = logging.getLogger("consul_reconciler.execute")
@@ -140,15 +140,11 @@ class Executor:
 
     def apply(self, plan: Plan) -> ApplyResult:
         result = ApplyResult()
-        for _, phase in groupby(plan.changes, key=_phase):
-            actions = list(phase)
-            serial = [a for a in actions if disrupts_server(a)]
-            parallel = [a for a in actions if a not in serial]
-            result.results += self._run_parallel(parallel)
+        for phase in plan.phases():
+            result.results += self._run_parallel(phase.parallel)
+            serial = phase.serial
             if serial and self._gates is not None:
-                leader = self._gates.view().leader_node
-                # servers already down first (repairs), then followers, the leader last
-                serial = sorted(serial, key=lambda a: (not _down(a), a.node == leader))
+                serial = phase.rollout(self._gates.view().leader_node)  # the leader as of now
             for action in serial:  # one disruptive server action at a time, cluster-wide
                 result.results.append(self._run_server(action) if self._gates else self._run_one(action))
         return result
@@ -157,7 +153,7 @@ class Executor:
         """A gated disruption of a server: before it, every other server healthy; after it, the
         replacement (or the smaller cluster) healthy for the stabilisation time, within the deadline."""
         assert self._gates is not None
-        down = _down(action)
+        down = is_down(action)
         # A server already down: bringing it back (even with a new spec) is a repair, not a disruption;
         # it is what restores quorum when a second server was lost meanwhile.
         hold = None if down and not self._paused else self._server_hold
@@ -202,7 +198,7 @@ class Executor:
             return ActionResult(action, "failed", reason, result.container_id, result.audit_id)
         return result
 
-    def _run_parallel(self, actions: list[Action]) -> list[ActionResult]:
+    def _run_parallel(self, actions: Sequence[Action]) -> list[ActionResult]:
         by_host: dict[str, list[Action]] = {}
         for action in actions:
             by_host.setdefault(action.host, []).append(action)
@@ -580,12 +576,6 @@ class Executor:
         stale.remove(force=True)
 
 
-def _down(action: Action) -> bool:
-    """The observed container is not serving: stopped, never started, or crash-looping ("restarting":
-    a server that keeps dying is failed, and repairing it must not wait behind gates or a leave)."""
-    return action.observed is not None and action.observed.state != "running"
-
-
 def _temporary_name(spec: ContainerSpec) -> str:
     return f"{spec.name}-next-{spec.spec_hash()[:8]}"
 
@@ -600,22 +590,6 @@ def _split_image(image: str) -> tuple[str, str]:
         repository, tag = image.rsplit(":", 1)
         return repository, tag
     return image, "latest"
-
-
-def disrupts_server(action: Action) -> bool:
-    """A replace, remove or adoption that stops a Consul server (desired or current role; a container
-    started by hand is one by its command line). Removing a container that never started (the
-    temporary container of an interrupted replacement) stops nothing: no agent ever ran in it."""
-    was_server = action.observed is not None and action.observed.is_consul_server
-    never_started = (
-        action.kind is Kind.REMOVE and action.observed is not None and action.observed.state == "created"
-    )
-    return action.disruptive and (action.role == "server" or was_server) and not never_started
-
-
-def _phase(action: Action) -> tuple[int, int]:
-    rank = ROLE_ORDER.get(action.role or "", 3)
-    return (1, 3 - rank) if action.kind is Kind.REMOVE else (0, rank)
 
 
 def _port_bindings(spec: ContainerSpec) -> dict[str, Any]:

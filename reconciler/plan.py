@@ -14,6 +14,11 @@ A plan is an ordered list of actions, each with the reasons for it:
 Order: servers, then clients, then registrators (so on each host the agent comes
 before its registrator); removals last, registrators first. Hosts keep their
 order in the topology; hosts that left it come after, by name.
+
+How a plan runs is decided here too (``Plan.phases``): one phase per step of that
+order; in each, the actions that disrupt a Consul server run one at a time
+cluster-wide (``Phase.serial``, in rollout order with ``Phase.rollout``), the
+others on their hosts, hosts in parallel (``Phase.parallel``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from itertools import groupby
 from typing import Any
 
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
@@ -120,6 +126,16 @@ class Plan:
         """Actions that would change something (everything but ``blocked``)."""
         return tuple(a for a in self.actions if a.kind is not Kind.BLOCKED)
 
+    def phases(self) -> tuple[Phase, ...]:
+        """The changes, cut into phases where the phase key changes (the plan's own order)."""
+        phases = []
+        for key, group in groupby(self.changes, key=phase_key):
+            actions = tuple(group)
+            serial = tuple(a for a in actions if disrupts_server(a))
+            parallel = tuple(a for a in actions if not disrupts_server(a))
+            phases.append(Phase(key, parallel, serial))
+        return tuple(phases)
+
     @property
     def is_noop(self) -> bool:
         return not self.actions and not self.unreachable and self.refused is None
@@ -140,6 +156,47 @@ class Plan:
             "refused": self.refused,
             "deferred": dict(self.deferred),
         }
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of a plan: ``parallel`` runs first, hosts in parallel and each host's actions in plan
+    order; then ``serial``, the disruptions of a Consul server, one at a time cluster-wide (plan order;
+    a gated rollout takes them in ``rollout`` order)."""
+
+    key: tuple[int, int]  # phase_key of its actions
+    parallel: tuple[Action, ...]
+    serial: tuple[Action, ...]
+
+    def rollout(self, leader: str | None) -> tuple[Action, ...]:
+        """The serial actions as a gated rollout runs them: servers already down first (repairs: what
+        restores quorum), then the followers, the leader last. ``leader`` is the node Consul names
+        leader when the phase's serial part begins (None: no leader known)."""
+        return tuple(sorted(self.serial, key=lambda a: (not is_down(a), a.node == leader)))
+
+
+def disrupts_server(action: Action) -> bool:
+    """A replace, remove or adoption that stops a Consul server (desired or current role; a container
+    started by hand is one by its command line). Removing a container that never started (the
+    temporary container of an interrupted replacement) stops nothing: no agent ever ran in it."""
+    was_server = action.observed is not None and action.observed.is_consul_server
+    never_started = (
+        action.kind is Kind.REMOVE and action.observed is not None and action.observed.state == "created"
+    )
+    return action.disruptive and (action.role == "server" or was_server) and not never_started
+
+
+def is_down(action: Action) -> bool:
+    """The observed container is not serving: stopped, never started, or crash-looping ("restarting":
+    a server that keeps dying is failed, and repairing it must not wait behind gates or a leave)."""
+    return action.observed is not None and action.observed.state != "running"
+
+
+def phase_key(action: Action) -> tuple[int, int]:
+    """The step of the plan's order an action belongs to: (0, role rank) for everything but removals,
+    then (1, 3 - role rank) for removals (registrators first)."""
+    rank = ROLE_ORDER.get(action.role or "", 3)
+    return (1, 3 - rank) if action.kind is Kind.REMOVE else (0, rank)
 
 
 REPAIRS = (Kind.CREATE, Kind.START)
@@ -277,10 +334,9 @@ def _remove(host: str, container: ObservedContainer, why: str) -> Action:
 
 
 def _sort_key(action: Action, order: dict[str, int]) -> tuple[int, int, int, str]:
-    rank = ROLE_ORDER.get(action.role or "", 3)
-    if action.kind is Kind.REMOVE:
-        return (1, 3 - rank, order.get(action.host, len(order)), action.name)
-    return (0, rank, order.get(action.host, len(order)), action.name)
+    """The phase first, then the host's place in the topology, then the container's name."""
+    step, rank = phase_key(action)
+    return (step, rank, order.get(action.host, len(order)), action.name)
 
 
 def _short(value: Any) -> str:
