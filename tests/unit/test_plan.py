@@ -11,6 +11,7 @@ import json
 import random
 from collections.abc import Iterable
 from dataclasses import replace
+from itertools import groupby
 from typing import Any
 
 import pytest
@@ -21,7 +22,17 @@ from desired_state.spec import ContainerSpec, DesiredFleet, DesiredHost, Endpoin
 from reconciler import labels as L
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.labels import labels_for
-from reconciler.plan import Change, Kind, Plan, make_plan
+from reconciler.plan import (
+    ROLE_ORDER,
+    Action,
+    Change,
+    Kind,
+    Plan,
+    disrupts_server,
+    is_down,
+    make_plan,
+    phase_key,
+)
 
 CLUSTER = "shop"
 THREE_SERVERS = (("server1", "10.0.0.1"), ("server2", "10.0.0.2"), ("server3", "10.0.0.3"))
@@ -557,6 +568,200 @@ def test_plan_to_dict() -> None:
         {"field": "image", "old": "hashicorp/consul:1.19", "new": "hashicorp/consul:1.20"}
     ]
     assert data["actions"][1]["reasons"] == [{"message": "container is exited"}]
+
+
+# --- phases: how the plan runs --------------------------------------------------------------------
+
+
+def names(actions: Iterable[Action]) -> list[tuple[str, str, str]]:
+    return [(a.kind.value, a.host, a.name) for a in actions]
+
+
+def upgrade_with_server2_down() -> Plan:
+    """Every agent's image changes; server2's old container has exited meanwhile."""
+    before = desired(consul={"image": "hashicorp/consul:1.19"})
+    after = desired(consul={"image": "hashicorp/consul:1.20"})
+    hosts = {h.name: h for h in converged(before).hosts}
+    server2 = (ours(spec_of(before, "server2"), "exited"), ours(spec_of(before, "server2", "registrator")))
+    hosts["server2"] = replace(hosts["server2"], managed=server2)
+    return make_plan(after, ObservedFleet(tuple(hosts.values())))
+
+
+def shrink_and_demote() -> Plan:
+    """server4 leaves the topology, server3 becomes a client, and server1 still holds the temporary
+    container of a replacement that was interrupted before it started."""
+    before = desired([*(host(n, ip) for n, ip in THREE_SERVERS), host("server4", "10.0.0.4")])
+    after = desired(
+        [host("server1", "10.0.0.1"), host("server2", "10.0.0.2"), host("server3", "10.0.0.3", "client")]
+    )
+    leftover = replace(
+        ours(spec_of(before, "server1"), "created"),
+        name="consul-next-0123abcd",
+        id=container_id("server1", "next"),
+    )
+    observed = converged(before)
+    server1 = before.host("server1")
+    assert server1 is not None
+    observed = with_host(observed, seen(server1, [*(ours(s) for s in server1.specs), leftover]))
+    return make_plan(after, observed)
+
+
+def test_a_plan_without_changes_has_no_phases() -> None:
+    fleet = desired()
+    assert make_plan(fleet, converged(fleet)).phases() == ()
+    assert Plan(CLUSTER, ()).phases() == ()
+    blocked = desired([host("server1", "10.0.0.1")])
+    theirs = ours(spec_of(blocked, "server1"), cluster="other")
+    registrator = ours(spec_of(blocked, "server1", "registrator"))
+    only_blocked = make_plan(blocked, ObservedFleet((seen(blocked.hosts[0], [theirs, registrator]),)))
+    assert summary(only_blocked) == [("blocked", "server1", "consul")]
+    assert only_blocked.phases() == ()
+
+
+def test_phases_follow_the_order_of_the_plan() -> None:
+    fleet, observed = messy_world()
+    plan = make_plan(fleet, observed, max_removals=10, adopt=["server3/consul"])
+    phases = plan.phases()
+    assert [p.key for p in phases] == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2)]
+    assert [(names(p.parallel), names(p.serial)) for p in phases] == [
+        (
+            [("start", "server2", "consul")],
+            [("replace", "server1", "consul"), ("adopt", "server3", "consul")],
+        ),
+        ([("replace", "client1", "consul")], []),
+        ([("create", "server2", "registrator"), ("create", "server3", "registrator")], []),
+        ([("remove", "client1", "registrator"), ("remove", "client2", "registrator")], []),
+        ([("remove", "client2", "consul")], []),
+    ]
+    in_phases = [a for p in phases for a in (*p.parallel, *p.serial)]
+    assert sorted(names(in_phases)) == sorted(names(plan.changes))
+    assert all(p.key == phase_key(a) for p in phases for a in (*p.parallel, *p.serial))
+
+
+def test_server_disruptions_run_one_at_a_time_down_servers_first_and_the_leader_last() -> None:
+    plan = upgrade_with_server2_down()
+    servers, clients = plan.phases()
+    assert servers.parallel == ()
+    assert names(servers.serial) == [("replace", f"server{i}", "consul") for i in (1, 2, 3)]  # as planned
+    assert [a.host for a in servers.rollout("server1")] == ["server2", "server3", "server1"]
+    assert [a.host for a in servers.rollout("server3")] == ["server2", "server1", "server3"]
+    assert [a.host for a in servers.rollout("server2")] == ["server2", "server1", "server3"]
+    assert [a.host for a in servers.rollout(None)] == ["server2", "server1", "server3"]
+    # the replacements of clients disrupt no server: hosts in parallel
+    assert names(clients.parallel) == [("replace", "client1", "consul"), ("replace", "client2", "consul")]
+    assert clients.serial == ()
+
+
+def test_removing_a_server_and_demoting_one_to_a_client_disrupt_a_server() -> None:
+    plan = shrink_and_demote()
+    assert [(p.key, names(p.parallel), names(p.serial)) for p in plan.phases()] == [
+        # the role change is the client's phase (its desired role) but stops a server: serial
+        ((0, 1), [], [("replace", "server3", "consul")]),
+        ((1, 1), [("remove", "server4", "registrator")], []),
+        (
+            (1, 3),
+            # a temporary container that never started stops no agent
+            [("remove", "server1", "consul-next-0123abcd")],
+            [("remove", "server4", "consul")],
+        ),
+    ]
+
+
+def test_what_disrupts_a_server() -> None:
+    fleet, observed = messy_world()
+    plan = make_plan(fleet, observed, max_removals=10, adopt=["server3/consul"])
+    disrupting = {(a.kind.value, a.host, a.name) for a in plan.changes if disrupts_server(a)}
+    assert disrupting == {("replace", "server1", "consul"), ("adopt", "server3", "consul")}
+    # a container started by hand is a server by its command line, whatever role it is adopted into
+    small = desired([host("server1", "10.0.0.1"), host("client1", "10.0.1.1", "client")])
+    by_hand = replace(unmanaged("client1", "consul"), command="consul agent -server -bootstrap-expect=1")
+    client1 = seen(small.hosts[1], [ours(spec_of(small, "client1", "registrator"))], [by_hand])
+    adopted = make_plan(small, with_host(converged(small), client1), adopt=["client1/consul"])
+    assert names(adopted.changes) == [("adopt", "client1", "consul")]
+    assert disrupts_server(adopted.changes[0])
+    assert not disrupts_server(replace(adopted.changes[0], observed=unmanaged("client1", "consul")))
+
+
+@pytest.mark.parametrize(
+    ("state", "down"), [("running", False), ("restarting", True), ("exited", True), ("created", True)]
+)
+def test_a_server_is_down_unless_its_container_is_running(state: str, down: bool) -> None:
+    spec = spec_of(desired(), "server1")
+    action = Action(Kind.REPLACE, "server1", "consul", "server", "server1", (), spec, ours(spec, state))
+    assert is_down(action) is down
+    assert not is_down(replace(action, kind=Kind.CREATE, observed=None))
+
+
+# The order Executor.apply ran a plan in before #15, when it decided it itself: copied verbatim (only
+# renamed) from reconciler/execute.py, to hold Plan.phases to exactly the same order of execution.
+def _reference_down(action: Action) -> bool:
+    return action.observed is not None and action.observed.state != "running"
+
+
+def _reference_disrupts_server(action: Action) -> bool:
+    was_server = action.observed is not None and action.observed.is_consul_server
+    never_started = (
+        action.kind is Kind.REMOVE and action.observed is not None and action.observed.state == "created"
+    )
+    return action.disruptive and (action.role == "server" or was_server) and not never_started
+
+
+def _reference_phase(action: Action) -> tuple[int, int]:
+    rank = ROLE_ORDER.get(action.role or "", 3)
+    return (1, 3 - rank) if action.kind is Kind.REMOVE else (0, rank)
+
+
+def reference_execution_order(
+    plan: Plan, leader: str | None, gated: bool
+) -> list[tuple[list[Action], list[Action]]]:
+    """REFERENCE (the old executor's code): per phase, the parallel actions then the serial ones."""
+    order = []
+    for _, phase in groupby(plan.changes, key=_reference_phase):
+        actions = list(phase)
+        serial = [a for a in actions if _reference_disrupts_server(a)]
+        parallel = [a for a in actions if a not in serial]
+        if serial and gated:
+            serial = sorted(serial, key=lambda a: (not _reference_down(a), a.node == leader))
+        order.append((parallel, serial))
+    return order
+
+
+def execution_order(plan: Plan, leader: str | None, gated: bool) -> list[tuple[list[Action], list[Action]]]:
+    """What Executor.apply does with Plan.phases now."""
+    order = []
+    for phase in plan.phases():
+        serial = phase.serial
+        if serial and gated:
+            serial = phase.rollout(leader)
+        order.append((list(phase.parallel), list(serial)))
+    return order
+
+
+def representative_plans() -> list[Plan]:
+    fleet, observed = messy_world()
+    plans = [
+        make_plan(fleet, observed, max_removals=10, adopt=["server3/consul"]),
+        make_plan(fleet, observed, max_removals=10),
+        upgrade_with_server2_down(),
+        shrink_and_demote(),
+    ]
+    # a server action without a node name, which an unknown leader (None) equals
+    upgrade = upgrade_with_server2_down()
+    plans.append(replace(upgrade, actions=(replace(upgrade.actions[0], node=None), *upgrade.actions[1:])))
+    # hand-made plans out of the usual order: a phase key that comes back makes a new phase
+    everything = [a for p in plans for a in p.actions]
+    for seed in range(6):
+        shuffled = list(everything)
+        random.Random(seed).shuffle(shuffled)
+        plans.append(Plan(CLUSTER, tuple(shuffled)))
+    return plans
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("leader", ["server1", "server2", "server3", "server4", "client1", None])
+def test_phases_run_in_exactly_the_order_the_executor_used_to_decide(leader: str | None, gated: bool) -> None:
+    for plan in representative_plans():
+        assert execution_order(plan, leader, gated) == reference_execution_order(plan, leader, gated)
 
 
 def test_labels_round_trip_the_record() -> None:
