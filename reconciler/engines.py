@@ -8,13 +8,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import docker
-import docker.errors
-import docker.tls
 import requests.exceptions
 from urllib3._collections import RecentlyUsedContainer
 
 from desired_state.spec import Endpoint
+from reconciler.docker_import import docker
 
 # Pinned so that creating a client costs no /version round trip. 1.41 is Docker
 # 20.10's API; newer engines still serve it.

@@ -16,14 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import docker.utils
-from docker.types.daemon import CancellableStream
-
 from desired_state.spec import Endpoint
 from reconciler import labels as L
 from reconciler.backoff import Reconnect
+from reconciler.docker_import import CancellableStream, docker
 from reconciler.engines import connect_bounded, describe_error
 
 log = logging.getLogger("consul_reconciler.triggers")
