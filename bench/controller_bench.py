@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crbench")
 
+from bench.request_count import RequestCounter  # noqa: E402
 from desired_state.load import load_topology  # noqa: E402
 from reconciler.consul_settings import ConsulAddress  # noqa: E402
 from reconciler.controller import Controller, ControllerOptions  # noqa: E402
@@ -187,18 +188,19 @@ def main() -> None:
 
     # --- 2. no-op pass --------------------------------------------------------------------------
     loaded = load_topology(path.read_bytes())
-    connections = Connections()
+    requests = RequestCounter()
+    connections = Connections(on_request=requests)
     durations, calls = [], []
     run_pass(loaded, source="bench", connections=connections, audit=audit, options=PassOptions())  # warm
     for _ in range(args.trials):
-        connections.reset_calls()
+        requests.reset()
         t0 = time.perf_counter()
         result = run_pass(loaded, source="bench", connections=connections, audit=audit, options=PassOptions())
         durations.append((time.perf_counter() - t0) * 1e3)
         assert result.plan.is_noop, result.plan.to_dict()
-        calls.append(connections.calls())
-    per_host = {e.name: connections.calls(e.name) for e in engines}
-    kinds = sorted({f"{m} {p}" for (_, m, p) in connections.api_calls})
+        calls.append(requests.total())
+    per_host = {e.name: requests.total(e.name) for e in engines}
+    kinds = requests.kinds()
     connections.close()
     audit.close()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from bench import peers
+from bench.request_count import RequestCounter
 from desired_state.load import load_topology
 from desired_state.model import Topology
 from desired_state.render import render
@@ -110,21 +111,22 @@ def in_process_noop(
 
     loaded = load_topology(yaml.safe_dump(document).encode())
     audit = AuditLog(str(workdir / "pass-audit.db"))
-    connections = Connections()
+    requests = RequestCounter()
+    connections = Connections(on_request=requests)
     durations: list[float] = []
     per_host: list[int] = []
     try:
         options = PassOptions()
         run_pass(loaded, source="bench", connections=connections, audit=audit, options=options)  # connect
         for _ in range(repeats):
-            connections.reset_calls()
+            requests.reset()
             started = time.perf_counter()
             result = run_pass(loaded, source="bench", connections=connections, audit=audit, options=options)
             durations.append((time.perf_counter() - started) * 1e3)
             if not result.plan.is_noop:
                 raise peers.PeerError(f"ours: the in-process pass planned actions: {result.plan.to_dict()}")
-            per_host.extend(connections.calls(h.name) for h in result.observed.hosts)
-        kinds = sorted({f"{method} {path}" for (_, method, path) in connections.api_calls})
+            per_host.extend(requests.total(h.name) for h in result.observed.hosts)
+        kinds = requests.kinds()
     finally:
         connections.close()
         audit.close()

@@ -169,9 +169,7 @@ def observed_fleet(desired: DesiredFleet, *, drifted: bool) -> ObservedFleet:
                 spec = replace(spec, image=OLD_CONSUL_IMAGE)
             entries.append(_list_entry(desired.cluster, spec))
         managed = tuple(_container(entry) for entry in entries)
-        # observe_host makes a second, name-filtered list call when a wanted name is missing
-        calls = 1 if len(managed) == len(wanted.specs) else 2
-        hosts.append(ObservedHost(wanted.name, wanted.endpoint, True, None, managed, (), calls))
+        hosts.append(ObservedHost(wanted.name, wanted.endpoint, True, None, managed, ()))
     return ObservedFleet(tuple(hosts))
 
 

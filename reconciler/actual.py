@@ -71,7 +71,6 @@ class ObservedHost:
     error: str | None = None
     managed: tuple[ObservedContainer, ...] = ()  # carry the managed-by label (any cluster)
     others: tuple[ObservedContainer, ...] = ()  # unlabelled containers holding names we want
-    list_calls: int = 0
 
     def by_name(self) -> dict[str, ObservedContainer]:
         found = {c.name: c for c in self.others}

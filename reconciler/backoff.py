@@ -1,4 +1,5 @@
-"""Per-host exponential backoff with jitter, and crash-loop detection (pure; the clock is given)."""
+"""Per-host exponential backoff with jitter, the reconnect loops' backoff, and crash-loop detection
+(pure; the clock is given)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,41 @@ class BackoffPolicy:
     def delay(self, failures: int, rng: random.Random) -> float:
         raw = min(self.cap, self.base * self.factor ** max(0, failures - 1))
         return max(0.0, raw * (1 + rng.uniform(-self.jitter, self.jitter)))
+
+
+@dataclass
+class Reconnect:
+    """The waits of one reconnect loop (a Docker event stream, a Consul watch, the leader lock): the first
+    failure waits ``first``, each further one ``factor`` times the last, at most ``cap`` (the first wait
+    is ``first`` whatever the cap); a success starts over from ``first``. With ``jitter`` each wait is
+    spread by up to that fraction either way (the nominal waits still grow as without it)."""
+
+    first: float = 0.5
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    _next: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._next = self.first
+
+    @property
+    def upcoming(self) -> float:
+        """The nominal wait before the next attempt, if the current one fails (no jitter)."""
+        return self._next
+
+    def next_delay(self) -> float:
+        """The wait after a failure; the one after that grows."""
+        delay = self._next
+        self._next = min(self.cap, delay * self.factor)
+        if self.jitter:
+            return delay * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+        return delay
+
+    def reset(self) -> None:
+        """An attempt worked: the next failure waits ``first`` again."""
+        self._next = self.first
 
 
 @dataclass

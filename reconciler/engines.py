@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import docker
-import docker.errors
-import docker.tls
 import requests.exceptions
 from urllib3._collections import RecentlyUsedContainer
 
 from desired_state.spec import Endpoint
+from reconciler.docker_import import docker
 
 # Pinned so that creating a client costs no /version round trip. 1.41 is Docker
 # 20.10's API; newer engines still serve it.
@@ -130,13 +129,20 @@ def api_route(path: str) -> str:
     return "/".join(parts)
 
 
-class Connections:
-    """One client per host, reused across passes; rebuilt when the endpoint changes."""
+RequestHook = Callable[[str, str], None]
 
-    def __init__(self) -> None:
+
+class Connections:
+    """One client per host, reused across passes; rebuilt when the endpoint changes.
+
+    ``on_request``, when given, is told of every Docker API request its clients make: the host and the
+    request as ``METHOD /route`` (see :func:`api_route`), e.g. ``GET /containers/json``. The benchmarks
+    count requests with it; the controller gives none, and its requests pay nothing for it."""
+
+    def __init__(self, on_request: RequestHook | None = None) -> None:
         self._clients: dict[str, tuple[Endpoint, docker.DockerClient]] = {}
         self._lock = threading.Lock()
-        self.api_calls: dict[tuple[str, str, str], int] = {}  # (host, method, path) -> requests
+        self._on_request = on_request
 
     def get(self, host: str, endpoint: Endpoint) -> docker.DockerClient:
         with self._lock:
@@ -153,27 +159,10 @@ class Connections:
                 return cached[1]
             if cached is not None:
                 cached[1].close()
-            client.api.hooks["response"].append(self._counter(host))
+            if self._on_request is not None:
+                client.api.hooks["response"].append(_reporter(host, self._on_request))
             self._clients[host] = (endpoint, client)
             return client
-
-    def _counter(self, host: str) -> Any:
-        def count(response: Any, *args: Any, **kwargs: Any) -> None:
-            method = getattr(response.request, "method", "?")
-            key = (host, method, api_route(urlsplit(getattr(response.request, "path_url", "")).path))
-            with self._lock:
-                self.api_calls[key] = self.api_calls.get(key, 0) + 1
-
-        return count
-
-    def calls(self, host: str | None = None) -> int:
-        """Docker API requests made so far (all hosts, or one)."""
-        with self._lock:
-            return sum(n for (h, _, _), n in self.api_calls.items() if host is None or h == host)
-
-    def reset_calls(self) -> None:
-        with self._lock:
-            self.api_calls.clear()
 
     def drop(self, host: str) -> None:
         with self._lock:
@@ -187,3 +176,13 @@ class Connections:
             self._clients.clear()
         for _, client in clients:
             client.close()
+
+
+def _reporter(host: str, on_request: RequestHook) -> Callable[..., None]:
+    """A response hook (requests') that tells ``on_request`` of each request of ``host``'s client."""
+
+    def report(response: Any, *args: Any, **kwargs: Any) -> None:
+        method = getattr(response.request, "method", "?")
+        on_request(host, f"{method} {api_route(urlsplit(getattr(response.request, 'path_url', '')).path)}")
+
+    return report

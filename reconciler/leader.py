@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from reconciler.backoff import Reconnect
 from reconciler.consul_api import Consul, ConsulError, ConsulRefused
 
 log = logging.getLogger("consul_reconciler.leader")
@@ -153,7 +154,7 @@ class LeaderLock(threading.Thread):
     # --- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        delay = 0.5
+        backoff = Reconnect(first=0.5, cap=self.ttl / 4)
         while not self._halt.is_set():
             self.last_beat = self._clock()
             try:
@@ -167,7 +168,7 @@ class LeaderLock(threading.Thread):
                     self._hold()
                 else:
                     self._try_acquire()
-                delay = 0.5
+                backoff.reset()
                 self._consul_ok, self.last_contact = True, self._clock()
             except ConsulRefused as exc:
                 self.fatal = str(exc)
@@ -181,9 +182,8 @@ class LeaderLock(threading.Thread):
                 if "invalid session" in str(exc).lower():
                     self.session = None  # Consul no longer knows it (expired while away): make a new one
                 self._check_lapse()
-                if self._halt.wait(delay):
+                if self._halt.wait(backoff.next_delay()):
                     break
-                delay = min(self.ttl / 4, delay * 2)
         self._resign()
 
     def _try_acquire(self) -> None:

@@ -35,15 +35,12 @@ def observe_fleet(
 def observe_host(
     connections: Connections, host: str, endpoint: Endpoint, wanted: Iterable[str]
 ) -> ObservedHost:
-    calls = 0
     try:
         api = connections.get(host, endpoint).api
-        calls += 1
         managed = [_container(raw) for raw in api.containers(all=True, filters={"label": [L.MANAGED_BY]})]
         missing = sorted(set(wanted) - {c.name for c in managed})
         others: list[ObservedContainer] = []
         if missing:
-            calls += 1
             pattern = [f"^/{name}$" for name in missing]
             others = [
                 c
@@ -51,13 +48,11 @@ def observe_host(
                 if c.name in missing and c.managed_by is None
             ]
     except EngineError as exc:
-        return ObservedHost(
-            host, endpoint, reachable=False, error=str(exc).removeprefix(f"host {host}: "), list_calls=calls
-        )
+        return ObservedHost(host, endpoint, reachable=False, error=str(exc).removeprefix(f"host {host}: "))
     except Exception as exc:  # the engine's failure is data for the plan, never a crash of the pass
         connections.drop(host)
-        return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc), list_calls=calls)
-    return ObservedHost(host, endpoint, True, None, tuple(managed), tuple(others), calls)
+        return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc))
+    return ObservedHost(host, endpoint, True, None, tuple(managed), tuple(others))
 
 
 def _container(raw: Mapping[str, Any]) -> ObservedContainer:

@@ -7,7 +7,6 @@ missing, empty) and makes a watcher that asks for a pass when the document chang
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Protocol
 
 from desired_state.load import MAX_DOCUMENT_BYTES
 from desired_state.readfile import UnreadableFile, read_bounded
+from reconciler.backoff import Reconnect
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.consul_settings import ConsulAddress, is_consul_url
 from reconciler.triggers import FileWatcher
@@ -117,14 +117,13 @@ class KVWatcher(threading.Thread):
         self._on_change = on_change
         self._wait = wait
         self._wait_seconds = _seconds(wait)
-        self._max_delay = max_delay
+        self._backoff = Reconnect(first=0.5, cap=max_delay, jitter=0.2)
         self._halt = threading.Event()
         self.healthy = threading.Event()
 
     def run(self) -> None:
         index = 0
         modify: int | None = None
-        delay = 0.5
         while not self._halt.is_set():
             asked = time.monotonic()
             try:
@@ -134,12 +133,11 @@ class KVWatcher(threading.Thread):
                     log.warning("watching %s: %s; retrying with backoff", self._key, exc)
                 self.healthy.clear()
                 self._on_change()  # a pass notices (and reports) that the source is gone
-                if self._halt.wait(delay * random.uniform(0.8, 1.2)):
+                if self._halt.wait(self._backoff.next_delay()):
                     return
-                delay = min(self._max_delay, delay * 2)
                 index = 0
                 continue
-            delay = 0.5
+            self._backoff.reset()
             if not self.healthy.is_set():
                 self.healthy.set()
                 self._on_change()  # back: look again

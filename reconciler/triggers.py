@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import docker.utils
-from docker.types.daemon import CancellableStream
-
 from desired_state.spec import Endpoint
 from reconciler import labels as L
+from reconciler.backoff import Reconnect
+from reconciler.docker_import import CancellableStream, docker
 from reconciler.engines import connect_bounded, describe_error
 
 log = logging.getLogger("consul_reconciler.triggers")
@@ -129,7 +126,7 @@ class EventWatcher(threading.Thread):
         self.endpoint = endpoint
         self._cluster = cluster
         self._on_event = on_event
-        self._max_delay = max_delay
+        self._backoff = Reconnect(first=0.5, cap=max_delay)
         self._window = window
         self._grace = grace
         self._halt = threading.Event()
@@ -138,11 +135,14 @@ class EventWatcher(threading.Thread):
         self._client: docker.DockerClient | None = None
         self._since: float | None = None  # engine time the next window starts from
         self.connected = threading.Event()
-        self.delay = 0.5  # the wait before the next reconnection attempt
         self.windows = 0  # windows that ended as asked (a healthy stream)
 
+    @property
+    def delay(self) -> float:
+        """The wait before the next reconnection attempt, should the stream fail now."""
+        return self._backoff.upcoming
+
     def run(self) -> None:
-        base = self.delay
         lost = False  # a stream was lost since the last one that worked: the next one asks for a pass
         while not self._halt.is_set():
             try:
@@ -150,7 +150,7 @@ class EventWatcher(threading.Thread):
                 self._listen(lost)
                 self.windows += 1
                 lost = False
-                self.delay = base
+                self._backoff.reset()
                 if time.monotonic() - began < self._window / 2 and not self._halt.is_set():
                     # ended far sooner than asked: the engine's clock is ahead of ours. Never a hot
                     # loop; the next window starts from the engine's "now" (since=None).
@@ -161,15 +161,14 @@ class EventWatcher(threading.Thread):
                 if self._halt.is_set():
                     break
                 if self.connected.is_set():
-                    self.delay = base  # this stream had worked: start the backoff over
+                    self._backoff.reset()  # this stream had worked: start the backoff over
                 self.connected.clear()
                 lost = True
                 log.debug("event stream of %s lost: %s", self.host, describe_error(exc))
             finally:
                 self._close_stream()
-            if self._halt.wait(self.delay):
+            if self._halt.wait(self._backoff.next_delay()):
                 break
-            self.delay = min(self._max_delay, self.delay * 2)
 
     def _listen(self, after_loss: bool) -> None:
         client = connect_bounded(self.host, Endpoint(**{**self.endpoint.to_dict(), "timeout": 10.0}))

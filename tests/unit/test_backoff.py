@@ -6,7 +6,7 @@ import random
 import threading
 import time
 
-from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
+from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector, Reconnect
 from reconciler.triggers import PassRequests
 
 
@@ -44,6 +44,42 @@ def test_a_window_that_ends_while_the_pass_that_deferred_the_host_runs_still_get
     retry = table.next_retry({"host1", "host2"})
     assert retry == 26.58 and retry < pass_end  # due already when the pass ends: asked for at once
     assert table.next_retry({"host2"}) is None  # a host no longer desired asks for nothing
+
+
+def test_reconnect_doubles_from_the_first_wait_up_to_the_cap() -> None:
+    # the event watcher's and the KV watch's numbers: 0.5 s, doubled, at most 30 s
+    backoff = Reconnect(first=0.5, cap=30.0)
+    assert backoff.upcoming == 0.5
+    assert [backoff.next_delay() for _ in range(9)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert backoff.upcoming == 30.0
+
+
+def test_reconnect_starts_over_after_a_success() -> None:
+    backoff = Reconnect(first=0.5, cap=30.0)
+    for _ in range(4):
+        backoff.next_delay()
+    backoff.reset()
+    assert backoff.upcoming == 0.5
+    assert [backoff.next_delay() for _ in range(3)] == [0.5, 1.0, 2.0]
+
+
+def test_reconnect_with_a_cap_below_the_first_wait_waits_the_first_once() -> None:
+    # the leader lock caps its waits at a quarter of the TTL: with a 1 s TTL, 0.5 s once, then 0.25 s
+    backoff = Reconnect(first=0.5, cap=0.25)
+    assert [backoff.next_delay() for _ in range(3)] == [0.5, 0.25, 0.25]
+    other = Reconnect(first=1.0, cap=10.0, factor=3.0)
+    assert [other.next_delay() for _ in range(4)] == [1.0, 3.0, 9.0, 10.0]
+
+
+def test_reconnect_jitter_spreads_each_wait_around_the_same_growth() -> None:
+    # the KV watch: each wait within 20% of 0.5, 1, 2, ... 30 s
+    backoff = Reconnect(first=0.5, cap=30.0, jitter=0.2, rng=random.Random(3))
+    delays = [backoff.next_delay() for _ in range(10)]
+    for delay, nominal in zip(delays, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0], strict=True):
+        assert nominal * 0.8 <= delay <= nominal * 1.2
+    assert len({round(d, 6) for d in delays[6:]}) > 1  # the capped waits are spread too
+    backoff.reset()
+    assert 0.4 <= backoff.next_delay() <= 0.6
 
 
 def test_crash_loop_needs_attempts_within_the_window() -> None:

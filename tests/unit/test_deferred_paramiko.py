@@ -22,3 +22,11 @@ def test_ssh_engine_still_gets_paramiko_on_first_use() -> None:
     assert done.returncode == 0, done.stderr
     # The connection is refused (nothing listens on port 9), by paramiko: the ssh transport works.
     assert done.stdout.split() == ["paramiko.ssh_exception", "NoValidConnectionsError"], done.stdout
+
+
+def test_importing_the_pure_core_leaves_sys_modules_alone() -> None:
+    # The stand-in for paramiko is put in place by the module that imports docker, not by the package.
+    check = "import sys, reconciler.plan; print('paramiko' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"], done.stdout
