@@ -45,6 +45,7 @@ import docker  # noqa: E402
 import docker.errors  # noqa: E402
 import docker.tls  # noqa: E402
 import docker.utils  # noqa: E402
+from docker.models.containers import Container  # noqa: E402
 from docker.types.daemon import CancellableStream  # noqa: E402
 
-__all__ = ["CancellableStream", "docker"]
+__all__ = ["CancellableStream", "Container", "docker"]

@@ -29,15 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import docker
-import docker.errors
-from docker.models.containers import Container
-
 from desired_state.secrets import SecretError, resolve
 from desired_state.spec import ContainerSpec, Endpoint
 from reconciler import labels as L
 from reconciler.consul_api import ConsulError, ConsulUnreachable
 from reconciler.consul_gates import INTERRUPTED, ConsulGates
+from reconciler.docker_import import Container, docker
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
 from reconciler.plan import Action, Kind, Plan, is_down
