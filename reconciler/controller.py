@@ -413,7 +413,7 @@ class Controller:
     def _keep(self, loaded: Loaded) -> None:
         """Remember the applied document: the last known good, even across restarts."""
         if loaded.digest != self._kept_digest:
-            self.audit.keep_document(
+            self.audit.state.keep_document(
                 source=self.source.describe(),
                 digest=loaded.digest,
                 cluster_id=loaded.topology.cluster,
@@ -458,7 +458,7 @@ class Controller:
         return loaded
 
     def _kept(self) -> Loaded | None:
-        row = self.audit.last_document(self.source.describe())
+        row = self.audit.state.last_document(self.source.describe())
         if row is None:
             return None
         try:
@@ -603,14 +603,14 @@ class Controller:
                 states.append(HostState(host, state, b.failures, retry_at, drift.get(host, 0), b.last_error))
             else:
                 states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
-        self.audit.set_host_states(loaded.topology.cluster, states)
+        self.audit.state.set_host_states(loaded.topology.cluster, states)
 
     def _write_status(self, loaded: Loaded, result: PassResult) -> None:
         """Per-host status documents in Consul KV, readable in Consul's own UI (written on change)."""
         if not isinstance(self.source, ConsulSource) or not self.options.status_prefix:
             return
         prefix = f"{self.options.status_prefix.rstrip('/')}/{loaded.topology.cluster}"
-        states = self.audit.host_states(loaded.topology.cluster)
+        states = self.audit.state.host_states(loaded.topology.cluster)
         consul = self.source.consul
         for host in loaded.fleet.hosts:
             seen = result.observed.host(host.name)

@@ -78,7 +78,7 @@ def endpoints_to_observe(desired: DesiredFleet, audit: AuditLog | None) -> dict[
     (so their containers can be removed)."""
     endpoints = {h.name: h.endpoint for h in desired.hosts}
     if audit is not None:
-        for host, data in audit.known_hosts(desired.cluster).items():
+        for host, data in audit.state.known_hosts(desired.cluster).items():
             if host not in endpoints:
                 try:
                     endpoints[host] = Endpoint.from_dict(data)
@@ -135,10 +135,10 @@ def run_pass(
     if plan.is_noop and not plan.deferred:
         # Nothing to do and nothing wrong: no run row (a controller's resync would otherwise write
         # one every interval for ever). Remember the hosts on first sight only.
-        known = audit.known_hosts(cluster)
+        known = audit.state.known_hosts(cluster)
         for wanted in desired.hosts:
             if known.get(wanted.name) != wanted.endpoint.to_dict():
-                audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+                audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
         return PassResult(plan, observed, None, ApplyResult())
     run_id = audit.start_run(
         cluster_id=cluster,
@@ -194,7 +194,7 @@ def run_pass(
     reachable = {h.name for h in observed.hosts if h.reachable}
     for wanted in desired.hosts:
         if wanted.name in reachable:
-            audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+            audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
     endpoints = {h.name: h.endpoint for h in observed.hosts}
     rollout = loaded.topology.rollout
     exec_options = replace(options.exec, max_parallel=rollout.max_parallel)
@@ -236,7 +236,7 @@ def run_pass(
         raise
     for host in plan.retired_hosts:
         if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
-            audit.forget_host(cluster, host)
+            audit.state.forget_host(cluster, host)
     result = PassResult(plan, observed, run_id, applied)
     result.interrupted = should_stop() and any(
         r.status == "skipped" and r.error == STOPPED_ACTING for r in applied.results

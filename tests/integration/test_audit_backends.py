@@ -86,15 +86,15 @@ def test_rows_filters_and_state_round_trip(db_url: str) -> None:
         assert len(log.actions(ActionFilter(since=since, run_id=run))) == 2
         row = log.get_run(run)
         assert row is not None and (row.status, row.lock_index, row.summary) == ("failed", 3, {"failed": 1})
-        log.remember_host("c", "h1", {"url": "unix:///x"})
-        log.remember_host("c", "h1", {"url": "unix:///y"})
-        assert log.known_hosts("c") == {"h1": {"url": "unix:///y"}}
-        log.set_host_states("c", [HostState("h1", "backoff", 2, None, 1, "down")])
-        assert log.host_states("c")["h1"].failures == 2
-        log.keep_document(source="consul://k", digest="e" * 64, cluster_id="c", document="cluster: c\n")
-        assert log.last_document("consul://k") is not None
-        log.pause_rollout("c", "gate failed", "e" * 64)
-        assert log.rollout_pause("c") is not None and log.resume_rollout("c")
+        log.state.remember_host("c", "h1", {"url": "unix:///x"})
+        log.state.remember_host("c", "h1", {"url": "unix:///y"})
+        assert log.state.known_hosts("c") == {"h1": {"url": "unix:///y"}}
+        log.state.set_host_states("c", [HostState("h1", "backoff", 2, None, 1, "down")])
+        assert log.state.host_states("c")["h1"].failures == 2
+        log.state.keep_document(source="consul://k", digest="e" * 64, cluster_id="c", document="cluster: c\n")
+        assert log.state.last_document("consul://k") is not None
+        log.state.pause_rollout("c", "gate failed", "e" * 64)
+        assert log.state.rollout_pause("c") is not None and log.state.resume_rollout("c")
         killed = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)  # a killed controller's
         log.start_action(killed, seq=1, host="h3", kind="replace")
         assert log.mark_interrupted(cluster_id="c") == 1

@@ -570,16 +570,16 @@ def test_mark_interrupted(populated: tuple[AuditLog, dict[str, int]]) -> None:
 def test_known_hosts_upsert_and_forget(db_path: Path) -> None:
     audit = AuditLog(str(db_path), clock=StepClock())
     try:
-        assert audit.known_hosts("dc1") == {}
+        assert audit.state.known_hosts("dc1") == {}
         ep1 = {"url": "tcp://10.0.0.1:2376", "tls": {"verify": True, "ca": "/etc/ca.pem"}, "timeout": 10}
-        audit.remember_host("dc1", "docker-a", ep1)  # T0
-        audit.remember_host("dc1", "docker-b", {"url": "ssh://ops@10.0.0.2"})  # T0+1
-        audit.remember_host("dc2", "docker-a", {"url": "unix:///var/run/docker.sock"})  # T0+2
-        assert audit.known_hosts("dc1") == {"docker-a": ep1, "docker-b": {"url": "ssh://ops@10.0.0.2"}}
+        audit.state.remember_host("dc1", "docker-a", ep1)  # T0
+        audit.state.remember_host("dc1", "docker-b", {"url": "ssh://ops@10.0.0.2"})  # T0+1
+        audit.state.remember_host("dc2", "docker-a", {"url": "unix:///var/run/docker.sock"})  # T0+2
+        assert audit.state.known_hosts("dc1") == {"docker-a": ep1, "docker-b": {"url": "ssh://ops@10.0.0.2"}}
 
         ep1b = {**ep1, "timeout": 30}
-        audit.remember_host("dc1", "docker-a", ep1b)  # T0+3: update, not a second row
-        assert audit.known_hosts("dc1")["docker-a"] == ep1b
+        audit.state.remember_host("dc1", "docker-a", ep1b)  # T0+3: update, not a second row
+        assert audit.state.known_hosts("dc1")["docker-a"] == ep1b
         rows = sqlite_rows(
             db_path,
             "SELECT first_seen, last_seen FROM known_hosts WHERE cluster_id='dc1' AND host='docker-a'",
@@ -589,19 +589,19 @@ def test_known_hosts_upsert_and_forget(db_path: Path) -> None:
         assert str(first_seen).startswith("2026-03-01 12:00:00")
         assert str(last_seen).startswith("2026-03-01 12:03:00")
 
-        audit.forget_host("dc1", "docker-a")
-        audit.forget_host("dc1", "never-seen")  # no error
-        assert audit.known_hosts("dc1") == {"docker-b": {"url": "ssh://ops@10.0.0.2"}}
-        assert audit.known_hosts("dc2") == {"docker-a": {"url": "unix:///var/run/docker.sock"}}
+        audit.state.forget_host("dc1", "docker-a")
+        audit.state.forget_host("dc1", "never-seen")  # no error
+        assert audit.state.known_hosts("dc1") == {"docker-b": {"url": "ssh://ops@10.0.0.2"}}
+        assert audit.state.known_hosts("dc2") == {"docker-a": {"url": "unix:///var/run/docker.sock"}}
     finally:
         audit.close()
 
 
 def test_known_hosts_survive_reopen(db_path: Path) -> None:
     with AuditLog(str(db_path)) as audit:
-        audit.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
+        audit.state.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
     with AuditLog(str(db_path)) as audit:
-        assert audit.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
+        assert audit.state.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
 
 
 # --------------------------------------------------------------------------- threads
@@ -622,7 +622,7 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
             for n in range(per_thread):
                 action_id = audit.start_action(run_id, seq=n, host=host, kind="create")
                 audit.finish_action(action_id, status="succeeded")
-                audit.remember_host("dc1", host, {"n": n})
+                audit.state.remember_host("dc1", host, {"n": n})
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -630,7 +630,7 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
         try:
             while not stop.is_set():
                 reader.actions(ActionFilter(run_id=run_id, limit=50))
-                reader.known_hosts("dc1")
+                reader.state.known_hosts("dc1")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -650,7 +650,7 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
         rows = reader.actions(ActionFilter(run_id=run_id, limit=None))
         assert len(rows) == 6 * per_thread
         assert {r.status for r in rows} == {"succeeded"}
-        assert reader.known_hosts("dc1") == {f"h{n}": {"n": per_thread - 1} for n in range(6)}
+        assert reader.state.known_hosts("dc1") == {f"h{n}": {"n": per_thread - 1} for n in range(6)}
     finally:
         writer.close()
         other_writer.close()
@@ -767,16 +767,16 @@ def test_host_states_replace_per_host_and_read_back(log: AuditLog) -> None:
     from reconciler.store import HostState
 
     retry = datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
-    log.set_host_states(
+    log.state.set_host_states(
         "c1", [HostState("h1", "ok", 0, None, 0, None), HostState("h2", "backoff", 2, retry, 3, "x")]
     )
-    log.set_host_states("c1", [HostState("h1", "degraded", 4, retry, 1, "crash loop")])
-    log.set_host_states("c2", [HostState("h1", "ok", 0, None, 0, None)])
-    states = log.host_states("c1")
+    log.state.set_host_states("c1", [HostState("h1", "degraded", 4, retry, 1, "crash loop")])
+    log.state.set_host_states("c2", [HostState("h1", "ok", 0, None, 0, None)])
+    states = log.state.host_states("c1")
     assert sorted(states) == ["h1", "h2"]
     assert (states["h1"].state, states["h1"].failures, states["h1"].detail) == ("degraded", 4, "crash loop")
     assert states["h2"].retry_at == retry and states["h2"].drift == 3
-    assert log.host_states("c2")["h1"].state == "ok"
+    assert log.state.host_states("c2")["h1"].state == "ok"
 
 
 def test_prune_deletes_old_finished_runs_and_their_actions_only(db_path: Path) -> None:
@@ -802,23 +802,23 @@ def test_kept_documents_last_known_good_history_and_lookup(db_path: Path) -> Non
     clock = {"now": NOW}
     log = AuditLog(str(db_path), clock=lambda: clock["now"])
     try:
-        log.keep_document(source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1")
+        log.state.keep_document(source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1")
         clock["now"] = NOW + timedelta(minutes=1)
-        log.keep_document(source="consul://a/k", digest="bbbb2222", cluster_id="c", document="v2")
-        log.keep_document(source="file:/x", digest="cccc3333", cluster_id="c", document="other source")
+        log.state.keep_document(source="consul://a/k", digest="bbbb2222", cluster_id="c", document="v2")
+        log.state.keep_document(source="file:/x", digest="cccc3333", cluster_id="c", document="other source")
         clock["now"] = NOW + timedelta(minutes=2)
-        log.keep_document(
+        log.state.keep_document(
             source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1"
         )  # re-applied
-        last = log.last_document("consul://a/k")
+        last = log.state.last_document("consul://a/k")
         assert last is not None and (last.digest, last.document) == ("aaaa1111", "v1")
         assert last.first_seen == NOW and last.last_applied == NOW + timedelta(minutes=2)
-        assert [d.digest for d in log.documents("consul://a/k")] == ["bbbb2222", "aaaa1111"]
-        assert log.find_document("bbbb").document == "v2"
-        assert log.find_document(str(last.id)).digest == "aaaa1111"
+        assert [d.digest for d in log.state.documents("consul://a/k")] == ["bbbb2222", "aaaa1111"]
+        assert log.state.find_document("bbbb").document == "v2"
+        assert log.state.find_document(str(last.id)).digest == "aaaa1111"
         with pytest.raises(KeyError, match="no kept document"):
-            log.find_document("ffff")
-        assert log.last_document("consul://other/k") is None
+            log.state.find_document("ffff")
+        assert log.state.last_document("consul://other/k") is None
         run = log.start_run(
             cluster_id="c", trigger="t", source="s", digest=None, lock_holder="sess-1", lock_index=7
         )

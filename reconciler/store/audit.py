@@ -1,69 +1,37 @@
-"""Audit log: every reconciliation run and every action the controller takes.
+"""The audit log proper: every reconciliation run and every action the controller takes.
 
-The log lives in a SQL database reached through SQLAlchemy (SQLite by default, any
-SQLAlchemy URL accepted).  The schema is owned by the Alembic migrations in
-``reconciler/migrations``; :class:`AuditLog` upgrades the database to the head
-revision when it opens it, so the ORM models below never create tables themselves.
+:class:`AuditLog` is a :class:`~reconciler.store.database.Database` (one engine, one queue of outcomes
+the database did not take) that writes and reads runs and actions.  The controller's own state kept in
+the same database (known hosts, host states, kept documents, rollout pauses) is ``AuditLog.state``, a
+:class:`~reconciler.store.state.ControllerState` on the same database.
 
-Callers only ever receive plain frozen dataclasses (:class:`RunRow`,
-:class:`ActionRow`), never ORM objects.  Every public method uses its own short
-session and transaction, so one :class:`AuditLog` can be shared by several threads.
-
-Time stamps are timezone-aware UTC datetimes.  On SQLite they are stored as naive
-UTC text (SQLite has no time zone type) and turned back into aware UTC values when
-read; on PostgreSQL they are ``TIMESTAMP WITH TIME ZONE``.
+Callers only ever receive plain frozen dataclasses (:class:`RunRow`, :class:`ActionRow`), never ORM
+objects.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Engine,
-    delete,
-    select,
-    update,
-)
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
-from reconciler.store.db import (
-    _SQLITE_WRITE_OPTION,
-    SCHEMA_REVISION,
-    _create_engine,
-    _migrate,
-    _stored_revision,
-    normalize_url,
-)
-from reconciler.store.models import (
-    ActionModel,
-    DocumentModel,
-    HostStateModel,
-    KnownHostModel,
-    RolloutPauseModel,
-    RunModel,
-    _as_utc,
-    _utcnow,
-)
+from reconciler.store.database import Database
+from reconciler.store.models import ActionModel, RunModel, _as_utc
 from reconciler.store.rows import (
     ACTION_FINAL_STATUSES,
     ACTION_STATUSES,
     RUN_FINAL_STATUSES,
     ActionFilter,
     ActionRow,
-    DocumentRow,
-    HostState,
     RunRow,
-    _document,
     _dumps,
 )
+from reconciler.store.state import ControllerState
 
 
 def default_controller() -> str:
@@ -80,104 +48,17 @@ def _duration_ms(start: datetime, end: datetime) -> float:
     return max((end - start).total_seconds() * 1000.0, 0.0)
 
 
-class AuditLog:
-    """The audit database: runs, actions and the hosts the controller has applied to.
+class AuditLog(Database):
+    """The audit database: runs and actions, and (as :attr:`state`) the controller's state beside them.
 
     Opening it runs the migrations up to head.  Safe to share between threads.
     ``clock`` (default: the current UTC time) supplies every time stamp written.
     """
 
     def __init__(self, url: str, *, clock: Callable[[], datetime] | None = None) -> None:
-        self.url = normalize_url(url)
-        self._clock = clock or _utcnow
-        self._engine = _create_engine(self.url)
-        self._is_sqlite = self._engine.dialect.name == "sqlite"
-        write_engine = (
-            self._engine.execution_options(**{_SQLITE_WRITE_OPTION: True})
-            if self._is_sqlite
-            else self._engine
-        )
-        self._lock = threading.Lock()
-        self._closed = False
-        # Records of what already happened (an action's outcome, a run's end) that the database did not
-        # take: written, in order, before anything else as soon as it takes writes again.
-        self._pending: list[Callable[[Session], None]] = []
-        self._pending_lock = threading.Lock()
-        try:
-            if _stored_revision(self._engine) != SCHEMA_REVISION:
-                _migrate(write_engine)
-        except BaseException:
-            self._engine.dispose()
-            raise
-        self._read_sessions = sessionmaker(self._engine, expire_on_commit=False)
-        self._write_sessions = sessionmaker(write_engine, expire_on_commit=False)
-
-    # -- lifecycle
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._engine.dispose()
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"AuditLog({self._engine.url.render_as_string(hide_password=True)!r})"
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    def _now(self) -> datetime:
-        return _as_utc(self._clock())
-
-    @contextmanager
-    def _write(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on error. Records kept from
-        an earlier failure are written first (and a failure to write them fails this write too)."""
-        self.flush_pending()
-        with self._write_sessions() as session, session.begin():
-            yield session
-
-    def flush_pending(self) -> int:
-        """Write the records the database did not take earlier, oldest first; how many were written."""
-        written = 0
-        with self._pending_lock:
-            while self._pending:
-                with self._write_sessions() as session, session.begin():
-                    self._pending[0](session)
-                self._pending.pop(0)
-                written += 1
-        return written
-
-    @property
-    def pending(self) -> int:
-        """Records of things that happened that the database has not taken yet."""
-        with self._pending_lock:
-            return len(self._pending)
-
-    def _record_outcome(self, apply: Callable[[Session], None]) -> None:
-        """Write the record of something that already happened. If the database fails, the record is
-        kept (and written by the next write, or flush_pending) and the failure raised: an action that
-        succeeded is never later read as interrupted only because its row could not be finished."""
-        try:
-            with self._write() as session:
-                apply(session)
-        except Exception:
-            with self._pending_lock:
-                self._pending.append(apply)
-            raise
-
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
-        with self._read_sessions() as session:
-            yield session
+        super().__init__(url, clock=clock)
+        # known hosts, host states, kept documents, rollout pauses: this engine, this pending queue
+        self.state = ControllerState(self)
 
     # -- runs
 
@@ -482,171 +363,6 @@ class AuditLog:
                 .execution_options(synchronize_session=False)
             )
         return count
-
-    # -- known hosts
-
-    def remember_host(self, cluster_id: str, host: str, endpoint: dict[str, Any]) -> None:
-        """Insert or update the endpoint used to reach ``host`` (portable upsert)."""
-        encoded = _dumps(endpoint)
-        for _attempt in range(3):
-            now = self._now()
-            try:
-                with self._write() as session:
-                    result = session.execute(
-                        update(KnownHostModel)
-                        .where(KnownHostModel.cluster_id == cluster_id, KnownHostModel.host == host)
-                        .values(endpoint=encoded, last_seen=now)
-                        .execution_options(synchronize_session=False)
-                    )
-                    if not getattr(result, "rowcount", 0):
-                        session.add(
-                            KnownHostModel(
-                                cluster_id=cluster_id,
-                                host=host,
-                                endpoint=encoded,
-                                first_seen=now,
-                                last_seen=now,
-                            )
-                        )
-                return
-            except IntegrityError:
-                # Another writer inserted the same host between our UPDATE and INSERT
-                # (possible on servers with row-level locking); the UPDATE wins next time.
-                continue
-        raise RuntimeError(f"could not record known host {host!r} for cluster {cluster_id!r}")
-
-    def forget_host(self, cluster_id: str, host: str) -> None:
-        with self._write() as session:
-            session.execute(
-                delete(KnownHostModel)
-                .where(KnownHostModel.cluster_id == cluster_id, KnownHostModel.host == host)
-                .execution_options(synchronize_session=False)
-            )
-
-    def known_hosts(self, cluster_id: str) -> dict[str, dict[str, Any]]:
-        """``host -> endpoint`` for every host remembered for ``cluster_id``."""
-        stmt = (
-            select(KnownHostModel.host, KnownHostModel.endpoint)
-            .where(KnownHostModel.cluster_id == cluster_id)
-            .order_by(KnownHostModel.host)
-        )
-        with self._read() as session:
-            return {host: json.loads(endpoint) for host, endpoint in session.execute(stmt)}
-
-    # -- host states (written by the controller after each pass, read by `status`)
-
-    def set_host_states(self, cluster_id: str, states: list[HostState]) -> None:
-        now = self._now()
-        with self._write() as session:
-            for item in states:
-                session.execute(
-                    delete(HostStateModel)
-                    .where(HostStateModel.cluster_id == cluster_id, HostStateModel.host == item.host)
-                    .execution_options(synchronize_session=False)
-                )
-                session.add(
-                    HostStateModel(
-                        cluster_id=cluster_id,
-                        host=item.host,
-                        state=item.state,
-                        failures=item.failures,
-                        retry_at=item.retry_at,
-                        drift=item.drift,
-                        detail=item.detail,
-                        updated_at=now,
-                    )
-                )
-
-    def host_states(self, cluster_id: str) -> dict[str, HostState]:
-        stmt = select(HostStateModel).where(HostStateModel.cluster_id == cluster_id)
-        with self._read() as session:
-            return {
-                m.host: HostState(m.host, m.state, m.failures, m.retry_at, m.drift, m.detail, m.updated_at)
-                for m in session.scalars(stmt)
-            }
-
-    # -- desired documents (last known good)
-
-    def keep_document(self, *, source: str, digest: str, cluster_id: str, document: str) -> None:
-        """Remember a valid document that was applied (secrets are references in it, never values)."""
-        now = self._now()
-        with self._write() as session:
-            found = session.scalars(
-                select(DocumentModel).where(DocumentModel.source == source, DocumentModel.digest == digest)
-            ).first()
-            if found is None:
-                session.add(
-                    DocumentModel(
-                        source=source,
-                        digest=digest,
-                        cluster_id=cluster_id,
-                        first_seen=now,
-                        last_applied=now,
-                        document=document,
-                    )
-                )
-            else:
-                found.last_applied = now
-
-    def last_document(self, source: str) -> DocumentRow | None:
-        """The most recently applied valid document of ``source``."""
-        stmt = (
-            select(DocumentModel)
-            .where(DocumentModel.source == source)
-            .order_by(DocumentModel.last_applied.desc(), DocumentModel.id.desc())
-            .limit(1)
-        )
-        with self._read() as session:
-            found = session.scalars(stmt).first()
-            return None if found is None else _document(found)
-
-    def documents(self, source: str | None = None, limit: int = 50) -> list[DocumentRow]:
-        """Kept documents, newest first."""
-        stmt = select(DocumentModel).order_by(DocumentModel.first_seen.desc(), DocumentModel.id.desc())
-        if source is not None:
-            stmt = stmt.where(DocumentModel.source == source)
-        with self._read() as session:
-            return [_document(m) for m in session.scalars(stmt.limit(limit))]
-
-    def find_document(self, ref: str) -> DocumentRow:
-        """A kept document by id (``12``) or digest prefix (``3fa2c1``); KeyError names what was wrong."""
-        with self._read() as session:
-            if ref.isdigit():
-                found = session.get(DocumentModel, int(ref))
-                if found is not None:
-                    return _document(found)
-            if len(ref) < 4:
-                raise KeyError(f"no kept document with id {ref} (give an id or at least 4 digest characters)")
-            matches = list(session.scalars(select(DocumentModel).where(DocumentModel.digest.startswith(ref))))
-            if not matches:
-                raise KeyError(f"no kept document with id or digest {ref!r}")
-            if len({m.digest for m in matches}) > 1:
-                raise KeyError(
-                    f"digest prefix {ref!r} is ambiguous ({len(matches)} documents); give more of it"
-                )
-            return _document(matches[0])
-
-    # -- rollout pauses
-
-    def pause_rollout(self, cluster_id: str, reason: str, digest: str | None) -> None:
-        with self._write() as session:
-            session.execute(delete(RolloutPauseModel).where(RolloutPauseModel.cluster_id == cluster_id))
-            session.add(
-                RolloutPauseModel(cluster_id=cluster_id, reason=reason, digest=digest, since=self._now())
-            )
-
-    def rollout_pause(self, cluster_id: str) -> tuple[str, str | None, datetime] | None:
-        """(reason, digest, since) of the pause in force for ``cluster_id``, if any."""
-        with self._read() as session:
-            found = session.get(RolloutPauseModel, cluster_id)
-            return None if found is None else (found.reason, found.digest, found.since)
-
-    def resume_rollout(self, cluster_id: str) -> bool:
-        with self._write() as session:
-            result = session.execute(
-                delete(RolloutPauseModel).where(RolloutPauseModel.cluster_id == cluster_id)
-            )
-            return bool(getattr(result, "rowcount", 0))
 
     # -- retention
 
