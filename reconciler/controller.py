@@ -45,7 +45,7 @@ from reconciler.one_pass import PassOptions, PassResult, controller_identity, ru
 from reconciler.pauses import pauses_for
 from reconciler.plan import Kind
 from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
-from reconciler.store import AuditLog, HostState
+from reconciler.store import ActionRecord, AuditLog, HostState
 from reconciler.store.rows import SEQ_CONTROLLER_NOTES
 from reconciler.triggers import EventWatcher, PassRequests, Request
 
@@ -574,9 +574,8 @@ class Controller:
     def _audit_host(self, result: PassResult, seq: int, host: str, kind: str, message: str) -> None:
         if result.run_id is None:
             return
-        self.audit.record_action(
-            result.run_id, seq=seq, host=host, kind=kind, status="skipped", reason=[{"message": message}]
-        )
+        record = ActionRecord(seq=seq, host=host, kind=kind, reason=[{"message": message}])
+        self.audit.record_action(result.run_id, record, status="skipped")
 
     def _schedule_retry(self, now: float, hosts: set[str]) -> None:
         """One pass at the end of the first backoff window among the desired hosts (at once when it

@@ -25,7 +25,7 @@ from reconciler.observe import observe_fleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
-from reconciler.store import AuditLog
+from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_PASS_NOTES
 
 log = logging.getLogger("consul_reconciler.pass")
@@ -154,18 +154,19 @@ def run_pass(
         seq += 1
         audit.record_action(
             run_id,
-            seq=seq,
-            host=host,
-            kind="observe",
+            ActionRecord(
+                seq=seq,
+                host=host,
+                kind="observe",
+                reason=[{"message": "host could not be observed; nothing done on it"}],
+            ),
             status="failed",
             error=error,
-            reason=[{"message": "host could not be observed; nothing done on it"}],
         )
     for action in plan.actions:
         if action.kind is Kind.BLOCKED:
             seq += 1
-            audit.record_action(
-                run_id,
+            record = ActionRecord(
                 seq=seq,
                 host=action.host,
                 kind=action.kind.value,
@@ -173,10 +174,11 @@ def run_pass(
                 role=action.role,
                 container=action.name,
                 reason=[c.to_dict() for c in action.reasons],
-                status="skipped",
                 container_id=action.observed.id if action.observed else None,
                 image=action.image,
-                error="blocked: name held by a container that is not ours",
+            )
+            audit.record_action(
+                run_id, record, status="skipped", error="blocked: name held by a container that is not ours"
             )
     needs_secrets = any(
         a.desired is not None and a.desired.secret_files

@@ -3,7 +3,8 @@ hosts, host states, rollout pauses, kept documents).
 
     db.py        the URL, the engine, the schema at the head Alembic revision (reconciler/migrations)
     models.py    the ORM models (tables the migrations own)
-    rows.py      what callers get and give: frozen rows, the action filter, statuses, --since parsing
+    rows.py      what callers get and give: frozen rows, the action record, the action filter,
+                 statuses, --since parsing
     database.py  Database: one open engine, short read/write sessions, outcomes not yet written
     audit.py     AuditLog (a Database): runs and actions; ``AuditLog(url).state`` is the state store
     state.py     ControllerState: known hosts, host states, kept documents, rollout pauses
@@ -23,6 +24,7 @@ from reconciler.store.models import RunModel as RunModel
 from reconciler.store.rows import ACTION_STATUSES as ACTION_STATUSES
 from reconciler.store.rows import RUN_STATUSES as RUN_STATUSES
 from reconciler.store.rows import ActionFilter as ActionFilter
+from reconciler.store.rows import ActionRecord as ActionRecord
 from reconciler.store.rows import ActionRow as ActionRow
 from reconciler.store.rows import DocumentRow as DocumentRow
 from reconciler.store.rows import HostState as HostState

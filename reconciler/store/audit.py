@@ -6,7 +6,7 @@ the same database (known hosts, host states, kept documents, rollout pauses) is 
 :class:`~reconciler.store.state.ControllerState` on the same database.
 
 Callers only ever receive plain frozen dataclasses (:class:`RunRow`, :class:`ActionRow`), never ORM
-objects.
+objects, and give an action as an :class:`ActionRecord`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from reconciler.store.rows import (
     ACTION_STATUSES,
     RUN_FINAL_STATUSES,
     ActionFilter,
+    ActionRecord,
     ActionRow,
     RunRow,
     _dumps,
@@ -135,41 +136,10 @@ class AuditLog(Database):
 
     # -- actions
 
-    def start_action(
-        self,
-        run_id: int,
-        *,
-        seq: int,
-        host: str,
-        kind: str,
-        node: str | None = None,
-        role: str | None = None,
-        container: str | None = None,
-        reason: list[dict[str, Any]] | None = None,
-        old_hash: str | None = None,
-        new_hash: str | None = None,
-        image: str | None = None,
-        container_id: str | None = None,
-        status: str = "started",
-    ) -> int:
+    def start_action(self, run_id: int, record: ActionRecord, *, status: str = "started") -> int:
         """Record an action about to happen; committed before this returns."""
         _check_status(status, ACTION_STATUSES, "action")
-        action = self._new_action(
-            run_id,
-            seq=seq,
-            host=host,
-            kind=kind,
-            node=node,
-            role=role,
-            container=container,
-            reason=reason,
-            old_hash=old_hash,
-            new_hash=new_hash,
-            image=image,
-            container_id=container_id,
-            status=status,
-            error=None,
-        )
+        action = self._new_action(run_id, record, status=status, error=None)
         if status != "started":
             action.finished_at = action.started_at
             action.duration_ms = 0.0
@@ -207,22 +177,7 @@ class AuditLog(Database):
         self._record_outcome(apply)
 
     def record_action(
-        self,
-        run_id: int,
-        *,
-        seq: int,
-        host: str,
-        kind: str,
-        node: str | None = None,
-        role: str | None = None,
-        container: str | None = None,
-        reason: list[dict[str, Any]] | None = None,
-        old_hash: str | None = None,
-        new_hash: str | None = None,
-        image: str | None = None,
-        container_id: str | None = None,
-        status: str = "skipped",
-        error: str | None = None,
+        self, run_id: int, record: ActionRecord, *, status: str = "skipped", error: str | None = None
     ) -> int:
         """Record a one-shot action that is already over (a blocked change, a failed observe...).
 
@@ -230,22 +185,7 @@ class AuditLog(Database):
         final (not ``started``).
         """
         _check_status(status, ACTION_FINAL_STATUSES, "final action")
-        action = self._new_action(
-            run_id,
-            seq=seq,
-            host=host,
-            kind=kind,
-            node=node,
-            role=role,
-            container=container,
-            reason=reason,
-            old_hash=old_hash,
-            new_hash=new_hash,
-            image=image,
-            container_id=container_id,
-            status=status,
-            error=error,
-        )
+        action = self._new_action(run_id, record, status=status, error=error)
         action.finished_at = action.started_at
         action.duration_ms = 0.0
         with self._write() as session:
@@ -254,36 +194,21 @@ class AuditLog(Database):
             return action.id
 
     def _new_action(
-        self,
-        run_id: int,
-        *,
-        seq: int,
-        host: str,
-        kind: str,
-        node: str | None,
-        role: str | None,
-        container: str | None,
-        reason: list[dict[str, Any]] | None,
-        old_hash: str | None,
-        new_hash: str | None,
-        image: str | None,
-        container_id: str | None,
-        status: str,
-        error: str | None,
+        self, run_id: int, record: ActionRecord, *, status: str, error: str | None
     ) -> ActionModel:
         return ActionModel(
             run_id=run_id,
-            seq=seq,
-            host=host,
-            node=node,
-            role=role,
-            container=container,
-            kind=kind,
-            reason=_dumps(list(reason or [])),
-            old_hash=old_hash,
-            new_hash=new_hash,
-            image=image,
-            container_id=container_id,
+            seq=record.seq,
+            host=record.host,
+            node=record.node,
+            role=record.role,
+            container=record.container,
+            kind=record.kind,
+            reason=_dumps(list(record.reason or [])),
+            old_hash=record.old_hash,
+            new_hash=record.new_hash,
+            image=record.image,
+            container_id=record.container_id,
             status=status,
             error=error,
             started_at=self._now(),

@@ -28,6 +28,7 @@ from reconciler.store import (
     MIGRATIONS_DIR,
     SCHEMA_REVISION,
     ActionFilter,
+    ActionRecord,
     ActionRow,
     AuditLog,
     Base,
@@ -257,7 +258,7 @@ def test_in_memory_database_works() -> None:
     audit = AuditLog("sqlite://")
     try:
         run_id = audit.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
-        audit.start_action(run_id, seq=1, host="h1", kind="create")
+        audit.start_action(run_id, ActionRecord(seq=1, host="h1", kind="create"))
         assert len(audit.actions(ActionFilter())) == 1
     finally:
         audit.close()
@@ -327,17 +328,19 @@ def test_start_action_is_committed_before_it_returns(db_path: Path) -> None:
         run_id = writer.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
         action_id = writer.start_action(
             run_id,
-            seq=1,
-            host="docker-a",
-            node="consul-1",
-            role="server",
-            container="consul-server-1",
-            kind="replace",
-            reason=[{"field": "image", "old": "consul:1.17", "new": "consul:1.18"}],
-            old_hash="h-old",
-            new_hash="h-new",
-            image="consul:1.18",
-            container_id="abc123",
+            ActionRecord(
+                seq=1,
+                host="docker-a",
+                node="consul-1",
+                role="server",
+                container="consul-server-1",
+                kind="replace",
+                reason=[{"field": "image", "old": "consul:1.17", "new": "consul:1.18"}],
+                old_hash="h-old",
+                new_hash="h-new",
+                image="consul:1.18",
+                container_id="abc123",
+            ),
         )
         # Seen by another engine (as the CLI in another process would) before finish_action.
         (row,) = reader.actions(ActionFilter(run_id=run_id))
@@ -363,9 +366,9 @@ def test_finish_action_sets_duration_and_fields(db_path: Path) -> None:
     audit = AuditLog(str(db_path), clock=clock)
     try:
         run_id = audit.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
-        a1 = audit.start_action(run_id, seq=1, host="h", kind="create", container_id="old-id")
+        a1 = audit.start_action(run_id, ActionRecord(seq=1, host="h", kind="create", container_id="old-id"))
         audit.finish_action(a1, status="succeeded", container_id="new-id")
-        a2 = audit.start_action(run_id, seq=2, host="h", kind="start", container_id="keep-me")
+        a2 = audit.start_action(run_id, ActionRecord(seq=2, host="h", kind="start", container_id="keep-me"))
         audit.finish_action(a2, status="failed", error="boom")
 
         rows = {r.id: r for r in audit.actions(ActionFilter(run_id=run_id))}
@@ -390,7 +393,7 @@ def test_finish_action_sets_duration_and_fields(db_path: Path) -> None:
 
 def test_real_clock_duration_is_non_negative(log: AuditLog) -> None:
     run_id = log.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
-    action_id = log.start_action(run_id, seq=1, host="h", kind="remove")
+    action_id = log.start_action(run_id, ActionRecord(seq=1, host="h", kind="remove"))
     log.finish_action(action_id, status="succeeded")
     (row,) = log.actions(ActionFilter(run_id=run_id))
     assert row.duration_ms is not None and row.duration_ms >= 0.0
@@ -402,14 +405,16 @@ def test_record_action_is_already_finished(log: AuditLog) -> None:
     run_id = log.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
     blocked = log.record_action(
         run_id,
-        seq=1,
-        host="h",
-        kind="blocked",
-        node="consul-1",
-        reason=[{"message": "would remove the last server"}],
+        ActionRecord(
+            seq=1,
+            host="h",
+            kind="blocked",
+            node="consul-1",
+            reason=[{"message": "would remove the last server"}],
+        ),
     )
     failed = log.record_action(
-        run_id, seq=2, host="h2", kind="observe", status="failed", error="connection refused"
+        run_id, ActionRecord(seq=2, host="h2", kind="observe"), status="failed", error="connection refused"
     )
     rows = {r.id: r for r in log.actions(ActionFilter(run_id=run_id))}
     assert rows[blocked].status == "skipped"
@@ -418,22 +423,24 @@ def test_record_action_is_already_finished(log: AuditLog) -> None:
     assert rows[blocked].duration_ms == 0.0
     assert rows[failed].status == "failed" and rows[failed].error == "connection refused"
     with pytest.raises(ValueError, match="status"):
-        log.record_action(run_id, seq=3, host="h", kind="create", status="started")
+        log.record_action(run_id, ActionRecord(seq=3, host="h", kind="create"), status="started")
     with pytest.raises(ValueError, match="status"):
-        log.start_action(run_id, seq=3, host="h", kind="create", status="bogus")
+        log.start_action(run_id, ActionRecord(seq=3, host="h", kind="create"), status="bogus")
 
 
 def test_reason_values_that_are_not_json_are_stored_as_text(log: AuditLog) -> None:
     run_id = log.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
     log.start_action(
         run_id,
-        seq=1,
-        host="h",
-        kind="replace",
-        reason=[
-            {"field": "env", "old": {"A": "1"}, "new": None},
-            {"field": "when", "old": datetime(2026, 1, 2, tzinfo=UTC), "new": {"x", "y"}},
-        ],
+        ActionRecord(
+            seq=1,
+            host="h",
+            kind="replace",
+            reason=[
+                {"field": "env", "old": {"A": "1"}, "new": None},
+                {"field": "when", "old": datetime(2026, 1, 2, tzinfo=UTC), "new": {"x", "y"}},
+            ],
+        ),
     )
     (row,) = log.actions(ActionFilter(run_id=run_id))
     assert row.reason == [
@@ -451,19 +458,21 @@ def populated(db_path: Path) -> Iterator[tuple[AuditLog, dict[str, int]]]:
     r1 = audit.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)  # T0
     ids["run1"] = r1
     # start_action uses one tick, finish_action another.
-    ids["a"] = audit.start_action(r1, seq=1, host="h1", node="n1", kind="create")  # T0+1
+    ids["a"] = audit.start_action(r1, ActionRecord(seq=1, host="h1", node="n1", kind="create"))  # T0+1
     audit.finish_action(ids["a"], status="succeeded")  # T0+2
-    ids["b"] = audit.start_action(r1, seq=2, host="h1", node="n2", kind="replace")  # T0+3
+    ids["b"] = audit.start_action(r1, ActionRecord(seq=2, host="h1", node="n2", kind="replace"))  # T0+3
     audit.finish_action(ids["b"], status="failed", error="x")  # T0+4
-    ids["c"] = audit.start_action(r1, seq=3, host="h2", node="n3", kind="create")  # T0+5
+    ids["c"] = audit.start_action(r1, ActionRecord(seq=3, host="h2", node="n3", kind="create"))  # T0+5
     audit.finish_action(ids["c"], status="succeeded")  # T0+6
-    ids["d"] = audit.record_action(r1, seq=4, host="h2", node=None, kind="blocked")  # T0+7
+    ids["d"] = audit.record_action(r1, ActionRecord(seq=4, host="h2", node=None, kind="blocked"))  # T0+7
     r2 = audit.start_run(cluster_id="dc1", trigger="interval", source="x", digest=None)  # T0+8
     ids["run2"] = r2
-    ids["e"] = audit.start_action(r2, seq=1, host="h1", node="n1", kind="start")  # T0+9
+    ids["e"] = audit.start_action(r2, ActionRecord(seq=1, host="h1", node="n1", kind="start"))  # T0+9
     audit.finish_action(ids["e"], status="succeeded")  # T0+10
-    ids["f"] = audit.start_action(r2, seq=2, host="h3", node="n4", kind="remove")  # T0+11
-    ids["g"] = audit.start_action(r2, seq=3, host="h1", node="n2", kind="replace")  # T0+12, unfinished
+    ids["f"] = audit.start_action(r2, ActionRecord(seq=2, host="h3", node="n4", kind="remove"))  # T0+11
+    ids["g"] = audit.start_action(
+        r2, ActionRecord(seq=3, host="h1", node="n2", kind="replace")
+    )  # T0+12, unfinished
     audit.finish_run(r1, status="failed", summary={"create": {"succeeded": 2}})  # T0+13
     yield audit, ids
     audit.close()
@@ -531,7 +540,7 @@ def test_mark_interrupted(populated: tuple[AuditLog, dict[str, int]]) -> None:
     audit, i = populated
     # Another cluster's run, with its own unfinished action.
     other_run = audit.start_run(cluster_id="dc9", trigger="cli", source="y", digest=None)
-    other_action = audit.start_action(other_run, seq=1, host="h9", kind="create")
+    other_action = audit.start_action(other_run, ActionRecord(seq=1, host="h9", kind="create"))
 
     assert audit.mark_interrupted(cluster_id="dc1") == 2
     assert audit.actions(ActionFilter(status="started")) == [
@@ -620,7 +629,7 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
     def write(audit: AuditLog, host: str) -> None:
         try:
             for n in range(per_thread):
-                action_id = audit.start_action(run_id, seq=n, host=host, kind="create")
+                action_id = audit.start_action(run_id, ActionRecord(seq=n, host=host, kind="create"))
                 audit.finish_action(action_id, status="succeeded")
                 audit.state.remember_host("dc1", host, {"n": n})
         except BaseException as exc:  # pragma: no cover - reported below
@@ -784,12 +793,12 @@ def test_prune_deletes_old_finished_runs_and_their_actions_only(db_path: Path) -
     log = AuditLog(str(db_path), clock=lambda: clock["now"])
     try:
         old = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
-        log.start_action(old, seq=1, host="h", kind="create")
+        log.start_action(old, ActionRecord(seq=1, host="h", kind="create"))
         log.finish_run(old, status="succeeded")
         still_running = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
         clock["now"] = NOW
         new = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
-        log.start_action(new, seq=1, host="h", kind="create")
+        log.start_action(new, ActionRecord(seq=1, host="h", kind="create"))
         assert log.prune(NOW - timedelta(days=7)) == 1
         assert log.get_run(old) is None
         assert log.get_run(still_running) is not None
