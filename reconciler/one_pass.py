@@ -20,7 +20,7 @@ from reconciler.actual import ObservedFleet
 from reconciler.consul_gates import ConsulGates
 from reconciler.consul_settings import resolve_token
 from reconciler.engines import Connections
-from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
+from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor, action_record
 from reconciler.observe import observe_fleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
@@ -166,17 +166,8 @@ def run_pass(
     for action in plan.actions:
         if action.kind is Kind.BLOCKED:
             seq += 1
-            record = ActionRecord(
-                seq=seq,
-                host=action.host,
-                kind=action.kind.value,
-                node=action.node,
-                role=action.role,
-                container=action.name,
-                reason=[c.to_dict() for c in action.reasons],
-                container_id=action.observed.id if action.observed else None,
-                image=action.image,
-            )
+            # A blocked name changes nothing, so its row names no spec hashes (as it never has)
+            record = replace(action_record(action, seq), old_hash=None, new_hash=None)
             audit.record_action(
                 run_id, record, status="skipped", error="blocked: name held by a container that is not ours"
             )
