@@ -32,6 +32,8 @@ from reconciler.store import (
     ActionRow,
     AuditLog,
     Base,
+    ControllerState,
+    HostState,
     RunRow,
     default_database_url,
     normalize_url,
@@ -611,6 +613,22 @@ def test_known_hosts_survive_reopen(db_path: Path) -> None:
         audit.state.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
     with AuditLog(str(db_path)) as audit:
         assert audit.state.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
+
+
+def test_the_state_store_shares_the_audit_logs_database(db_path: Path) -> None:
+    """AuditLog(url).state is the controller's state on the same open database: same engine (an
+    in-memory database has no tables but on the engine that migrated it), same clock, and what it
+    writes is read back through the state of another AuditLog on the same file."""
+    with AuditLog("sqlite://") as memory:
+        assert isinstance(memory.state, ControllerState)
+        memory.state.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
+        assert memory.state.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
+    with AuditLog(str(db_path), clock=StepClock()) as writer, AuditLog(str(db_path)) as reader:
+        writer.state.pause_rollout("dc1", "gate failed", "d" * 64)  # T0: the writer's clock
+        writer.state.set_host_states("dc1", [HostState("h1", "backoff", 2, None, 1, "down")])
+        assert reader.state.rollout_pause("dc1") == ("gate failed", "d" * 64, T0)
+        assert reader.state.host_states("dc1")["h1"].failures == 2
+        assert reader.state.resume_rollout("dc1") and writer.state.rollout_pause("dc1") is None
 
 
 # --------------------------------------------------------------------------- threads
