@@ -70,7 +70,7 @@ from reconciler import labels as L
 from reconciler.actual import ObservedFleet, ObservedHost
 from reconciler.observe import _container
 from reconciler.plan import Kind, make_plan
-from reconciler.store import ActionFilter, ActionModel, AuditLog, RunModel, parse_since
+from reconciler.store import ActionFilter, ActionModel, ActionRecord, AuditLog, RunModel, parse_since
 
 CLUSTER = "scale"
 SERVERS = 5
@@ -352,17 +352,19 @@ def _insert_trial(log: AuditLog, actions: int, rng: random.Random) -> float:
         host = f"host{rng.randrange(AUDIT_HOSTS):04d}"
         row = log.start_action(
             run_id,
-            seq=seq,
-            host=host,
-            kind="replace",
-            node=host,
-            role="client",
-            container="consul",
-            reason=[{"field": "image", "old": OLD_CONSUL_IMAGE, "new": "hashicorp/consul:1.20"}],
-            old_hash=_hex(rng, 16),
-            new_hash=_hex(rng, 16),
-            image="hashicorp/consul:1.20",
-            container_id=_hex(rng, 64),
+            ActionRecord(
+                seq=seq,
+                host=host,
+                kind="replace",
+                node=host,
+                role="client",
+                container="consul",
+                reason=[{"field": "image", "old": OLD_CONSUL_IMAGE, "new": "hashicorp/consul:1.20"}],
+                old_hash=_hex(rng, 16),
+                new_hash=_hex(rng, 16),
+                image="hashicorp/consul:1.20",
+                container_id=_hex(rng, 64),
+            ),
         )
         log.finish_action(row, status="succeeded", container_id=_hex(rng, 64))
     log.finish_run(run_id, status="succeeded", summary={"replace": actions})

@@ -45,7 +45,7 @@ from reconciler.one_pass import PassOptions, PassResult, controller_identity, ru
 from reconciler.pauses import pauses_for
 from reconciler.plan import Kind
 from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
-from reconciler.store import AuditLog, HostState
+from reconciler.store import ActionRecord, AuditLog, HostState
 from reconciler.store.rows import SEQ_CONTROLLER_NOTES
 from reconciler.triggers import EventWatcher, PassRequests, Request
 
@@ -413,7 +413,7 @@ class Controller:
     def _keep(self, loaded: Loaded) -> None:
         """Remember the applied document: the last known good, even across restarts."""
         if loaded.digest != self._kept_digest:
-            self.audit.keep_document(
+            self.audit.state.keep_document(
                 source=self.source.describe(),
                 digest=loaded.digest,
                 cluster_id=loaded.topology.cluster,
@@ -458,7 +458,7 @@ class Controller:
         return loaded
 
     def _kept(self) -> Loaded | None:
-        row = self.audit.last_document(self.source.describe())
+        row = self.audit.state.last_document(self.source.describe())
         if row is None:
             return None
         try:
@@ -574,9 +574,8 @@ class Controller:
     def _audit_host(self, result: PassResult, seq: int, host: str, kind: str, message: str) -> None:
         if result.run_id is None:
             return
-        self.audit.record_action(
-            result.run_id, seq=seq, host=host, kind=kind, status="skipped", reason=[{"message": message}]
-        )
+        record = ActionRecord(seq=seq, host=host, kind=kind, reason=[{"message": message}])
+        self.audit.record_action(result.run_id, record, status="skipped")
 
     def _schedule_retry(self, now: float, hosts: set[str]) -> None:
         """One pass at the end of the first backoff window among the desired hosts (at once when it
@@ -603,14 +602,14 @@ class Controller:
                 states.append(HostState(host, state, b.failures, retry_at, drift.get(host, 0), b.last_error))
             else:
                 states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
-        self.audit.set_host_states(loaded.topology.cluster, states)
+        self.audit.state.set_host_states(loaded.topology.cluster, states)
 
     def _write_status(self, loaded: Loaded, result: PassResult) -> None:
         """Per-host status documents in Consul KV, readable in Consul's own UI (written on change)."""
         if not isinstance(self.source, ConsulSource) or not self.options.status_prefix:
             return
         prefix = f"{self.options.status_prefix.rstrip('/')}/{loaded.topology.cluster}"
-        states = self.audit.host_states(loaded.topology.cluster)
+        states = self.audit.state.host_states(loaded.topology.cluster)
         consul = self.source.consul
         for host in loaded.fleet.hosts:
             seen = result.observed.host(host.name)

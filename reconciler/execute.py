@@ -38,7 +38,7 @@ from reconciler.docker_import import Container, docker
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
 from reconciler.plan import Action, Kind, Plan, is_down
-from reconciler.store import AuditLog
+from reconciler.store import ActionRecord, AuditLog
 
 log = logging.getLogger("consul_reconciler.execute")
 
@@ -93,6 +93,24 @@ class ApplyResult:
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
+
+
+def action_record(action: Action, seq: int) -> ActionRecord:
+    """The audit row's account of a planned action: the one place a plan's action becomes a record
+    (what the executor writes before acting, and the pass's rows for blocked names)."""
+    return ActionRecord(
+        seq=seq,
+        host=action.host,
+        kind=action.kind.value,
+        node=action.node,
+        role=action.role,
+        container=action.name,
+        reason=[c.to_dict() for c in action.reasons],
+        old_hash=action.old_hash,
+        new_hash=action.new_hash,
+        image=action.image,
+        container_id=action.observed.id if action.observed else None,
+    )
 
 
 class Executor:
@@ -159,7 +177,10 @@ class Executor:
         if hold is not None:
             self._server_hold = hold
             row = self._audit.record_action(
-                self._run_id, status="waiting", error=f"waiting: {hold}", **self._common(action)
+                self._run_id,
+                action_record(action, self._next_seq()),
+                status="waiting",
+                error=f"waiting: {hold}",
             )
             log.warning(
                 "%s %s/%s waits: %s",
@@ -211,34 +232,19 @@ class Executor:
             self._seq += 1
             return self._seq
 
-    def _common(self, action: Action) -> dict[str, Any]:
-        return dict(
-            seq=self._next_seq(),
-            host=action.host,
-            kind=action.kind.value,
-            node=action.node,
-            role=action.role,
-            container=action.name,
-            reason=[c.to_dict() for c in action.reasons],
-            old_hash=action.old_hash,
-            new_hash=action.new_hash,
-            image=action.image,
-            container_id=action.observed.id if action.observed else None,
-        )
-
     def _run_one(self, action: Action) -> ActionResult:
-        common = self._common(action)
-        reason = common["reason"]
+        record = action_record(action, self._next_seq())
+        reason = record.reason
         skip_why = None
         if action.host in self._failed_hosts:
             skip_why = "skipped: an earlier action on this host failed in this pass"
         elif self._should_stop():
             skip_why = STOPPED_ACTING
         if skip_why is not None:
-            row = self._audit.record_action(self._run_id, status="skipped", error=skip_why, **common)
+            row = self._audit.record_action(self._run_id, record, status="skipped", error=skip_why)
             return ActionResult(action, "skipped", skip_why, audit_id=row)
 
-        row = self._audit.start_action(self._run_id, **common)  # written before acting
+        row = self._audit.start_action(self._run_id, record)  # written before acting
         started = time.monotonic()
         try:
             container_id = self._perform(action)

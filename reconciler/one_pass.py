@@ -20,12 +20,12 @@ from reconciler.actual import ObservedFleet
 from reconciler.consul_gates import ConsulGates
 from reconciler.consul_settings import resolve_token
 from reconciler.engines import Connections
-from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor
+from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor, action_record
 from reconciler.observe import observe_fleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
-from reconciler.store import AuditLog
+from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_PASS_NOTES
 
 log = logging.getLogger("consul_reconciler.pass")
@@ -78,7 +78,7 @@ def endpoints_to_observe(desired: DesiredFleet, audit: AuditLog | None) -> dict[
     (so their containers can be removed)."""
     endpoints = {h.name: h.endpoint for h in desired.hosts}
     if audit is not None:
-        for host, data in audit.known_hosts(desired.cluster).items():
+        for host, data in audit.state.known_hosts(desired.cluster).items():
             if host not in endpoints:
                 try:
                     endpoints[host] = Endpoint.from_dict(data)
@@ -135,10 +135,10 @@ def run_pass(
     if plan.is_noop and not plan.deferred:
         # Nothing to do and nothing wrong: no run row (a controller's resync would otherwise write
         # one every interval for ever). Remember the hosts on first sight only.
-        known = audit.known_hosts(cluster)
+        known = audit.state.known_hosts(cluster)
         for wanted in desired.hosts:
             if known.get(wanted.name) != wanted.endpoint.to_dict():
-                audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+                audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
         return PassResult(plan, observed, None, ApplyResult())
     run_id = audit.start_run(
         cluster_id=cluster,
@@ -154,29 +154,22 @@ def run_pass(
         seq += 1
         audit.record_action(
             run_id,
-            seq=seq,
-            host=host,
-            kind="observe",
+            ActionRecord(
+                seq=seq,
+                host=host,
+                kind="observe",
+                reason=[{"message": "host could not be observed; nothing done on it"}],
+            ),
             status="failed",
             error=error,
-            reason=[{"message": "host could not be observed; nothing done on it"}],
         )
     for action in plan.actions:
         if action.kind is Kind.BLOCKED:
             seq += 1
+            # A blocked name changes nothing, so its row names no spec hashes (as it never has)
+            record = replace(action_record(action, seq), old_hash=None, new_hash=None)
             audit.record_action(
-                run_id,
-                seq=seq,
-                host=action.host,
-                kind=action.kind.value,
-                node=action.node,
-                role=action.role,
-                container=action.name,
-                reason=[c.to_dict() for c in action.reasons],
-                status="skipped",
-                container_id=action.observed.id if action.observed else None,
-                image=action.image,
-                error="blocked: name held by a container that is not ours",
+                run_id, record, status="skipped", error="blocked: name held by a container that is not ours"
             )
     needs_secrets = any(
         a.desired is not None and a.desired.secret_files
@@ -194,7 +187,7 @@ def run_pass(
     reachable = {h.name for h in observed.hosts if h.reachable}
     for wanted in desired.hosts:
         if wanted.name in reachable:
-            audit.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+            audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
     endpoints = {h.name: h.endpoint for h in observed.hosts}
     rollout = loaded.topology.rollout
     exec_options = replace(options.exec, max_parallel=rollout.max_parallel)
@@ -236,7 +229,7 @@ def run_pass(
         raise
     for host in plan.retired_hosts:
         if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
-            audit.forget_host(cluster, host)
+            audit.state.forget_host(cluster, host)
     result = PassResult(plan, observed, run_id, applied)
     result.interrupted = should_stop() and any(
         r.status == "skipped" and r.error == STOPPED_ACTING for r in applied.results

@@ -30,13 +30,13 @@ class AuditPauses:
         self.audit = audit
 
     def get(self, cluster: str) -> Pause | None:
-        return self.audit.rollout_pause(cluster)
+        return self.audit.state.rollout_pause(cluster)
 
     def set(self, cluster: str, reason: str, digest: str | None) -> None:
-        self.audit.pause_rollout(cluster, reason, digest)
+        self.audit.state.pause_rollout(cluster, reason, digest)
 
     def clear(self, cluster: str) -> bool:
-        return self.audit.resume_rollout(cluster)
+        return self.audit.state.resume_rollout(cluster)
 
 
 def pause_key_for(source_key: str) -> str:

@@ -454,10 +454,10 @@ def history(
         _fail(f"--consul {consul_url!r}: expected {FORMS}")
     log = open_log(db)
     try:
-        rows = log.documents(wanted, limit=limit)
+        rows = log.state.documents(wanted, limit=limit)
         if not rows and wanted is not None and "://" not in wanted and not wanted.startswith("file:"):
             wanted = f"file:{wanted}"  # a bare path: file sources are recorded as file:PATH
-            rows = log.documents(wanted, limit=limit)
+            rows = log.state.documents(wanted, limit=limit)
     finally:
         log.close()
     if as_json:
@@ -504,7 +504,7 @@ def diff(
         docs: list[DocumentRow] = []
         for ref in (a, b):
             try:
-                docs.append(log.find_document(ref.strip()))
+                docs.append(log.state.find_document(ref.strip()))
             except KeyError as exc:
                 _fail(str(exc.args[0]) if exc.args else f"no kept document {ref!r}")
     finally:

@@ -45,7 +45,7 @@ def status(
         loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
     except (SourceError, TopologyError) as exc:
         source_problem = str(exc)
-        kept = audit.last_document(src.describe())
+        kept = audit.state.last_document(src.describe())
         if kept is None:
             audit.close()
             fail(f"{source_problem}; and no document from this source was ever applied")
@@ -58,7 +58,7 @@ def status(
     connections = Connections()
     try:
         desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
-        states = audit.host_states(desired.cluster)
+        states = audit.state.host_states(desired.cluster)
         paused = pauses_for(src, audit).get(desired.cluster)
         hosts: list[dict[str, Any]] = []
         names = [h.name for h in desired.hosts] + [

@@ -1,5 +1,5 @@
-"""What the store returns and takes: plain frozen rows (never ORM objects), the action filter, the
-statuses a run or action may have, and ``--since`` parsing."""
+"""What the store returns and takes: plain frozen rows (never ORM objects), the action record written,
+the action filter, the statuses a run or action may have, and ``--since`` parsing."""
 
 from __future__ import annotations
 
@@ -23,6 +23,27 @@ ACTION_FINAL_STATUSES: Final = ACTION_STATUSES - {"started"}
 # the pass (a crash loop, a degraded host).
 SEQ_PASS_NOTES: Final = 1000
 SEQ_CONTROLLER_NOTES: Final = 2000
+
+
+# --------------------------------------------------------------------------- the action record written
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """What an action row says about the action (everything but its run, status, error and times):
+    what :meth:`AuditLog.start_action` and :meth:`AuditLog.record_action` write."""
+
+    seq: int
+    host: str
+    kind: str
+    node: str | None = None
+    role: str | None = None
+    container: str | None = None
+    reason: list[dict[str, Any]] | None = None
+    old_hash: str | None = None
+    new_hash: str | None = None
+    image: str | None = None
+    container_id: str | None = None
 
 
 # --------------------------------------------------------------------------- returned rows

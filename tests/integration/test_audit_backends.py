@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from reconciler.store import MIGRATIONS_DIR, ActionFilter, AuditLog, Base, HostState
+from reconciler.store import MIGRATIONS_DIR, ActionFilter, ActionRecord, AuditLog, Base, HostState
 from tests.fleet import AGENT_IMAGE_2, Engine
 from tests.integration.controller_harness import ControllerProcess
 from tests.integration.harness import Fleet
@@ -69,16 +69,20 @@ def test_rows_filters_and_state_round_trip(db_url: str) -> None:
         )
         a1 = log.start_action(
             run,
-            seq=1,
-            host="h1",
-            kind="create",
-            node="n1",
-            role="server",
-            container="consul",
-            reason=[{"field": "image", "old": "a", "new": "b"}],
+            ActionRecord(
+                seq=1,
+                host="h1",
+                kind="create",
+                node="n1",
+                role="server",
+                container="consul",
+                reason=[{"field": "image", "old": "a", "new": "b"}],
+            ),
         )
         log.finish_action(a1, status="succeeded", container_id="abc")
-        log.record_action(run, seq=2, host="h2", kind="observe", status="failed", error="unreachable")
+        log.record_action(
+            run, ActionRecord(seq=2, host="h2", kind="observe"), status="failed", error="unreachable"
+        )
         log.finish_run(run, status="failed", summary={"failed": 1})
         assert [a.host for a in log.actions(ActionFilter(status="failed"))] == ["h2"]
         assert [a.kind for a in log.actions(ActionFilter(host="h1"))] == ["create"]
@@ -86,17 +90,17 @@ def test_rows_filters_and_state_round_trip(db_url: str) -> None:
         assert len(log.actions(ActionFilter(since=since, run_id=run))) == 2
         row = log.get_run(run)
         assert row is not None and (row.status, row.lock_index, row.summary) == ("failed", 3, {"failed": 1})
-        log.remember_host("c", "h1", {"url": "unix:///x"})
-        log.remember_host("c", "h1", {"url": "unix:///y"})
-        assert log.known_hosts("c") == {"h1": {"url": "unix:///y"}}
-        log.set_host_states("c", [HostState("h1", "backoff", 2, None, 1, "down")])
-        assert log.host_states("c")["h1"].failures == 2
-        log.keep_document(source="consul://k", digest="e" * 64, cluster_id="c", document="cluster: c\n")
-        assert log.last_document("consul://k") is not None
-        log.pause_rollout("c", "gate failed", "e" * 64)
-        assert log.rollout_pause("c") is not None and log.resume_rollout("c")
+        log.state.remember_host("c", "h1", {"url": "unix:///x"})
+        log.state.remember_host("c", "h1", {"url": "unix:///y"})
+        assert log.state.known_hosts("c") == {"h1": {"url": "unix:///y"}}
+        log.state.set_host_states("c", [HostState("h1", "backoff", 2, None, 1, "down")])
+        assert log.state.host_states("c")["h1"].failures == 2
+        log.state.keep_document(source="consul://k", digest="e" * 64, cluster_id="c", document="cluster: c\n")
+        assert log.state.last_document("consul://k") is not None
+        log.state.pause_rollout("c", "gate failed", "e" * 64)
+        assert log.state.rollout_pause("c") is not None and log.state.resume_rollout("c")
         killed = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)  # a killed controller's
-        log.start_action(killed, seq=1, host="h3", kind="replace")
+        log.start_action(killed, ActionRecord(seq=1, host="h3", kind="replace"))
         assert log.mark_interrupted(cluster_id="c") == 1
         assert [a.status for a in log.actions(ActionFilter(host="h3"))] == ["interrupted"]
         assert log.get_run(killed).status == "interrupted"  # type: ignore[union-attr]
@@ -106,11 +110,11 @@ def test_rows_filters_and_state_round_trip(db_url: str) -> None:
 
 WRITER = """
 import sys
-from reconciler.store import AuditLog
+from reconciler.store import ActionRecord, AuditLog
 log = AuditLog(sys.argv[1])
 run = log.start_run(cluster_id="c", trigger="t", source=sys.argv[2], digest=None)
 for i in range(int(sys.argv[3])):
-    row = log.start_action(run, seq=i, host=sys.argv[2], kind="create")
+    row = log.start_action(run, ActionRecord(seq=i, host=sys.argv[2], kind="create"))
     log.finish_action(row, status="succeeded")
 log.finish_run(run, status="succeeded")
 log.close()
@@ -228,9 +232,9 @@ def test_a_live_peers_open_run_is_left_alone_a_dead_ones_is_closed(db_url: str) 
     log = AuditLog(db_url)
     try:
         live = log.start_run(cluster_id="c", trigger="t", source="s", digest=None, lock_holder="session-live")
-        log.start_action(live, seq=1, host="h1", kind="replace")
+        log.start_action(live, ActionRecord(seq=1, host="h1", kind="replace"))
         dead = log.start_run(cluster_id="c", trigger="t", source="s", digest=None, lock_holder="session-gone")
-        log.start_action(dead, seq=1, host="h2", kind="replace")
+        log.start_action(dead, ActionRecord(seq=1, host="h2", kind="replace"))
         assert log.mark_interrupted(cluster_id="c", alive=lambda owner, holder: holder == "session-live") == 1
         assert log.get_run(live).status == "running"  # type: ignore[union-attr]
         assert log.get_run(dead).status == "interrupted"  # type: ignore[union-attr]
@@ -246,7 +250,7 @@ def test_outcomes_the_database_missed_are_written_once_it_is_back() -> None:
     log = AuditLog(url)
     try:
         run = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
-        row = log.start_action(run, seq=1, host="h1", kind="replace")
+        row = log.start_action(run, ActionRecord(seq=1, host="h1", kind="replace"))
         stop_postgres()  # the Docker action is done; then the database goes away
         try:
             with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises

@@ -28,9 +28,12 @@ from reconciler.store import (
     MIGRATIONS_DIR,
     SCHEMA_REVISION,
     ActionFilter,
+    ActionRecord,
     ActionRow,
     AuditLog,
     Base,
+    ControllerState,
+    HostState,
     RunRow,
     default_database_url,
     normalize_url,
@@ -257,7 +260,7 @@ def test_in_memory_database_works() -> None:
     audit = AuditLog("sqlite://")
     try:
         run_id = audit.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
-        audit.start_action(run_id, seq=1, host="h1", kind="create")
+        audit.start_action(run_id, ActionRecord(seq=1, host="h1", kind="create"))
         assert len(audit.actions(ActionFilter())) == 1
     finally:
         audit.close()
@@ -327,17 +330,19 @@ def test_start_action_is_committed_before_it_returns(db_path: Path) -> None:
         run_id = writer.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
         action_id = writer.start_action(
             run_id,
-            seq=1,
-            host="docker-a",
-            node="consul-1",
-            role="server",
-            container="consul-server-1",
-            kind="replace",
-            reason=[{"field": "image", "old": "consul:1.17", "new": "consul:1.18"}],
-            old_hash="h-old",
-            new_hash="h-new",
-            image="consul:1.18",
-            container_id="abc123",
+            ActionRecord(
+                seq=1,
+                host="docker-a",
+                node="consul-1",
+                role="server",
+                container="consul-server-1",
+                kind="replace",
+                reason=[{"field": "image", "old": "consul:1.17", "new": "consul:1.18"}],
+                old_hash="h-old",
+                new_hash="h-new",
+                image="consul:1.18",
+                container_id="abc123",
+            ),
         )
         # Seen by another engine (as the CLI in another process would) before finish_action.
         (row,) = reader.actions(ActionFilter(run_id=run_id))
@@ -363,9 +368,9 @@ def test_finish_action_sets_duration_and_fields(db_path: Path) -> None:
     audit = AuditLog(str(db_path), clock=clock)
     try:
         run_id = audit.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
-        a1 = audit.start_action(run_id, seq=1, host="h", kind="create", container_id="old-id")
+        a1 = audit.start_action(run_id, ActionRecord(seq=1, host="h", kind="create", container_id="old-id"))
         audit.finish_action(a1, status="succeeded", container_id="new-id")
-        a2 = audit.start_action(run_id, seq=2, host="h", kind="start", container_id="keep-me")
+        a2 = audit.start_action(run_id, ActionRecord(seq=2, host="h", kind="start", container_id="keep-me"))
         audit.finish_action(a2, status="failed", error="boom")
 
         rows = {r.id: r for r in audit.actions(ActionFilter(run_id=run_id))}
@@ -390,7 +395,7 @@ def test_finish_action_sets_duration_and_fields(db_path: Path) -> None:
 
 def test_real_clock_duration_is_non_negative(log: AuditLog) -> None:
     run_id = log.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
-    action_id = log.start_action(run_id, seq=1, host="h", kind="remove")
+    action_id = log.start_action(run_id, ActionRecord(seq=1, host="h", kind="remove"))
     log.finish_action(action_id, status="succeeded")
     (row,) = log.actions(ActionFilter(run_id=run_id))
     assert row.duration_ms is not None and row.duration_ms >= 0.0
@@ -402,14 +407,16 @@ def test_record_action_is_already_finished(log: AuditLog) -> None:
     run_id = log.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
     blocked = log.record_action(
         run_id,
-        seq=1,
-        host="h",
-        kind="blocked",
-        node="consul-1",
-        reason=[{"message": "would remove the last server"}],
+        ActionRecord(
+            seq=1,
+            host="h",
+            kind="blocked",
+            node="consul-1",
+            reason=[{"message": "would remove the last server"}],
+        ),
     )
     failed = log.record_action(
-        run_id, seq=2, host="h2", kind="observe", status="failed", error="connection refused"
+        run_id, ActionRecord(seq=2, host="h2", kind="observe"), status="failed", error="connection refused"
     )
     rows = {r.id: r for r in log.actions(ActionFilter(run_id=run_id))}
     assert rows[blocked].status == "skipped"
@@ -418,22 +425,24 @@ def test_record_action_is_already_finished(log: AuditLog) -> None:
     assert rows[blocked].duration_ms == 0.0
     assert rows[failed].status == "failed" and rows[failed].error == "connection refused"
     with pytest.raises(ValueError, match="status"):
-        log.record_action(run_id, seq=3, host="h", kind="create", status="started")
+        log.record_action(run_id, ActionRecord(seq=3, host="h", kind="create"), status="started")
     with pytest.raises(ValueError, match="status"):
-        log.start_action(run_id, seq=3, host="h", kind="create", status="bogus")
+        log.start_action(run_id, ActionRecord(seq=3, host="h", kind="create"), status="bogus")
 
 
 def test_reason_values_that_are_not_json_are_stored_as_text(log: AuditLog) -> None:
     run_id = log.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)
     log.start_action(
         run_id,
-        seq=1,
-        host="h",
-        kind="replace",
-        reason=[
-            {"field": "env", "old": {"A": "1"}, "new": None},
-            {"field": "when", "old": datetime(2026, 1, 2, tzinfo=UTC), "new": {"x", "y"}},
-        ],
+        ActionRecord(
+            seq=1,
+            host="h",
+            kind="replace",
+            reason=[
+                {"field": "env", "old": {"A": "1"}, "new": None},
+                {"field": "when", "old": datetime(2026, 1, 2, tzinfo=UTC), "new": {"x", "y"}},
+            ],
+        ),
     )
     (row,) = log.actions(ActionFilter(run_id=run_id))
     assert row.reason == [
@@ -451,19 +460,21 @@ def populated(db_path: Path) -> Iterator[tuple[AuditLog, dict[str, int]]]:
     r1 = audit.start_run(cluster_id="dc1", trigger="cli", source="x", digest=None)  # T0
     ids["run1"] = r1
     # start_action uses one tick, finish_action another.
-    ids["a"] = audit.start_action(r1, seq=1, host="h1", node="n1", kind="create")  # T0+1
+    ids["a"] = audit.start_action(r1, ActionRecord(seq=1, host="h1", node="n1", kind="create"))  # T0+1
     audit.finish_action(ids["a"], status="succeeded")  # T0+2
-    ids["b"] = audit.start_action(r1, seq=2, host="h1", node="n2", kind="replace")  # T0+3
+    ids["b"] = audit.start_action(r1, ActionRecord(seq=2, host="h1", node="n2", kind="replace"))  # T0+3
     audit.finish_action(ids["b"], status="failed", error="x")  # T0+4
-    ids["c"] = audit.start_action(r1, seq=3, host="h2", node="n3", kind="create")  # T0+5
+    ids["c"] = audit.start_action(r1, ActionRecord(seq=3, host="h2", node="n3", kind="create"))  # T0+5
     audit.finish_action(ids["c"], status="succeeded")  # T0+6
-    ids["d"] = audit.record_action(r1, seq=4, host="h2", node=None, kind="blocked")  # T0+7
+    ids["d"] = audit.record_action(r1, ActionRecord(seq=4, host="h2", node=None, kind="blocked"))  # T0+7
     r2 = audit.start_run(cluster_id="dc1", trigger="interval", source="x", digest=None)  # T0+8
     ids["run2"] = r2
-    ids["e"] = audit.start_action(r2, seq=1, host="h1", node="n1", kind="start")  # T0+9
+    ids["e"] = audit.start_action(r2, ActionRecord(seq=1, host="h1", node="n1", kind="start"))  # T0+9
     audit.finish_action(ids["e"], status="succeeded")  # T0+10
-    ids["f"] = audit.start_action(r2, seq=2, host="h3", node="n4", kind="remove")  # T0+11
-    ids["g"] = audit.start_action(r2, seq=3, host="h1", node="n2", kind="replace")  # T0+12, unfinished
+    ids["f"] = audit.start_action(r2, ActionRecord(seq=2, host="h3", node="n4", kind="remove"))  # T0+11
+    ids["g"] = audit.start_action(
+        r2, ActionRecord(seq=3, host="h1", node="n2", kind="replace")
+    )  # T0+12, unfinished
     audit.finish_run(r1, status="failed", summary={"create": {"succeeded": 2}})  # T0+13
     yield audit, ids
     audit.close()
@@ -531,7 +542,7 @@ def test_mark_interrupted(populated: tuple[AuditLog, dict[str, int]]) -> None:
     audit, i = populated
     # Another cluster's run, with its own unfinished action.
     other_run = audit.start_run(cluster_id="dc9", trigger="cli", source="y", digest=None)
-    other_action = audit.start_action(other_run, seq=1, host="h9", kind="create")
+    other_action = audit.start_action(other_run, ActionRecord(seq=1, host="h9", kind="create"))
 
     assert audit.mark_interrupted(cluster_id="dc1") == 2
     assert audit.actions(ActionFilter(status="started")) == [
@@ -570,16 +581,16 @@ def test_mark_interrupted(populated: tuple[AuditLog, dict[str, int]]) -> None:
 def test_known_hosts_upsert_and_forget(db_path: Path) -> None:
     audit = AuditLog(str(db_path), clock=StepClock())
     try:
-        assert audit.known_hosts("dc1") == {}
+        assert audit.state.known_hosts("dc1") == {}
         ep1 = {"url": "tcp://10.0.0.1:2376", "tls": {"verify": True, "ca": "/etc/ca.pem"}, "timeout": 10}
-        audit.remember_host("dc1", "docker-a", ep1)  # T0
-        audit.remember_host("dc1", "docker-b", {"url": "ssh://ops@10.0.0.2"})  # T0+1
-        audit.remember_host("dc2", "docker-a", {"url": "unix:///var/run/docker.sock"})  # T0+2
-        assert audit.known_hosts("dc1") == {"docker-a": ep1, "docker-b": {"url": "ssh://ops@10.0.0.2"}}
+        audit.state.remember_host("dc1", "docker-a", ep1)  # T0
+        audit.state.remember_host("dc1", "docker-b", {"url": "ssh://ops@10.0.0.2"})  # T0+1
+        audit.state.remember_host("dc2", "docker-a", {"url": "unix:///var/run/docker.sock"})  # T0+2
+        assert audit.state.known_hosts("dc1") == {"docker-a": ep1, "docker-b": {"url": "ssh://ops@10.0.0.2"}}
 
         ep1b = {**ep1, "timeout": 30}
-        audit.remember_host("dc1", "docker-a", ep1b)  # T0+3: update, not a second row
-        assert audit.known_hosts("dc1")["docker-a"] == ep1b
+        audit.state.remember_host("dc1", "docker-a", ep1b)  # T0+3: update, not a second row
+        assert audit.state.known_hosts("dc1")["docker-a"] == ep1b
         rows = sqlite_rows(
             db_path,
             "SELECT first_seen, last_seen FROM known_hosts WHERE cluster_id='dc1' AND host='docker-a'",
@@ -589,19 +600,35 @@ def test_known_hosts_upsert_and_forget(db_path: Path) -> None:
         assert str(first_seen).startswith("2026-03-01 12:00:00")
         assert str(last_seen).startswith("2026-03-01 12:03:00")
 
-        audit.forget_host("dc1", "docker-a")
-        audit.forget_host("dc1", "never-seen")  # no error
-        assert audit.known_hosts("dc1") == {"docker-b": {"url": "ssh://ops@10.0.0.2"}}
-        assert audit.known_hosts("dc2") == {"docker-a": {"url": "unix:///var/run/docker.sock"}}
+        audit.state.forget_host("dc1", "docker-a")
+        audit.state.forget_host("dc1", "never-seen")  # no error
+        assert audit.state.known_hosts("dc1") == {"docker-b": {"url": "ssh://ops@10.0.0.2"}}
+        assert audit.state.known_hosts("dc2") == {"docker-a": {"url": "unix:///var/run/docker.sock"}}
     finally:
         audit.close()
 
 
 def test_known_hosts_survive_reopen(db_path: Path) -> None:
     with AuditLog(str(db_path)) as audit:
-        audit.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
+        audit.state.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
     with AuditLog(str(db_path)) as audit:
-        assert audit.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
+        assert audit.state.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
+
+
+def test_the_state_store_shares_the_audit_logs_database(db_path: Path) -> None:
+    """AuditLog(url).state is the controller's state on the same open database: same engine (an
+    in-memory database has no tables but on the engine that migrated it), same clock, and what it
+    writes is read back through the state of another AuditLog on the same file."""
+    with AuditLog("sqlite://") as memory:
+        assert isinstance(memory.state, ControllerState)
+        memory.state.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
+        assert memory.state.known_hosts("dc1") == {"docker-a": {"url": "tcp://a:2375"}}
+    with AuditLog(str(db_path), clock=StepClock()) as writer, AuditLog(str(db_path)) as reader:
+        writer.state.pause_rollout("dc1", "gate failed", "d" * 64)  # T0: the writer's clock
+        writer.state.set_host_states("dc1", [HostState("h1", "backoff", 2, None, 1, "down")])
+        assert reader.state.rollout_pause("dc1") == ("gate failed", "d" * 64, T0)
+        assert reader.state.host_states("dc1")["h1"].failures == 2
+        assert reader.state.resume_rollout("dc1") and writer.state.rollout_pause("dc1") is None
 
 
 # --------------------------------------------------------------------------- threads
@@ -620,9 +647,9 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
     def write(audit: AuditLog, host: str) -> None:
         try:
             for n in range(per_thread):
-                action_id = audit.start_action(run_id, seq=n, host=host, kind="create")
+                action_id = audit.start_action(run_id, ActionRecord(seq=n, host=host, kind="create"))
                 audit.finish_action(action_id, status="succeeded")
-                audit.remember_host("dc1", host, {"n": n})
+                audit.state.remember_host("dc1", host, {"n": n})
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -630,7 +657,7 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
         try:
             while not stop.is_set():
                 reader.actions(ActionFilter(run_id=run_id, limit=50))
-                reader.known_hosts("dc1")
+                reader.state.known_hosts("dc1")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -650,7 +677,7 @@ def test_parallel_writers_and_a_reader(db_path: Path) -> None:
         rows = reader.actions(ActionFilter(run_id=run_id, limit=None))
         assert len(rows) == 6 * per_thread
         assert {r.status for r in rows} == {"succeeded"}
-        assert reader.known_hosts("dc1") == {f"h{n}": {"n": per_thread - 1} for n in range(6)}
+        assert reader.state.known_hosts("dc1") == {f"h{n}": {"n": per_thread - 1} for n in range(6)}
     finally:
         writer.close()
         other_writer.close()
@@ -767,16 +794,16 @@ def test_host_states_replace_per_host_and_read_back(log: AuditLog) -> None:
     from reconciler.store import HostState
 
     retry = datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
-    log.set_host_states(
+    log.state.set_host_states(
         "c1", [HostState("h1", "ok", 0, None, 0, None), HostState("h2", "backoff", 2, retry, 3, "x")]
     )
-    log.set_host_states("c1", [HostState("h1", "degraded", 4, retry, 1, "crash loop")])
-    log.set_host_states("c2", [HostState("h1", "ok", 0, None, 0, None)])
-    states = log.host_states("c1")
+    log.state.set_host_states("c1", [HostState("h1", "degraded", 4, retry, 1, "crash loop")])
+    log.state.set_host_states("c2", [HostState("h1", "ok", 0, None, 0, None)])
+    states = log.state.host_states("c1")
     assert sorted(states) == ["h1", "h2"]
     assert (states["h1"].state, states["h1"].failures, states["h1"].detail) == ("degraded", 4, "crash loop")
     assert states["h2"].retry_at == retry and states["h2"].drift == 3
-    assert log.host_states("c2")["h1"].state == "ok"
+    assert log.state.host_states("c2")["h1"].state == "ok"
 
 
 def test_prune_deletes_old_finished_runs_and_their_actions_only(db_path: Path) -> None:
@@ -784,12 +811,12 @@ def test_prune_deletes_old_finished_runs_and_their_actions_only(db_path: Path) -
     log = AuditLog(str(db_path), clock=lambda: clock["now"])
     try:
         old = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
-        log.start_action(old, seq=1, host="h", kind="create")
+        log.start_action(old, ActionRecord(seq=1, host="h", kind="create"))
         log.finish_run(old, status="succeeded")
         still_running = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
         clock["now"] = NOW
         new = log.start_run(cluster_id="c", trigger="t", source="s", digest=None)
-        log.start_action(new, seq=1, host="h", kind="create")
+        log.start_action(new, ActionRecord(seq=1, host="h", kind="create"))
         assert log.prune(NOW - timedelta(days=7)) == 1
         assert log.get_run(old) is None
         assert log.get_run(still_running) is not None
@@ -802,23 +829,23 @@ def test_kept_documents_last_known_good_history_and_lookup(db_path: Path) -> Non
     clock = {"now": NOW}
     log = AuditLog(str(db_path), clock=lambda: clock["now"])
     try:
-        log.keep_document(source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1")
+        log.state.keep_document(source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1")
         clock["now"] = NOW + timedelta(minutes=1)
-        log.keep_document(source="consul://a/k", digest="bbbb2222", cluster_id="c", document="v2")
-        log.keep_document(source="file:/x", digest="cccc3333", cluster_id="c", document="other source")
+        log.state.keep_document(source="consul://a/k", digest="bbbb2222", cluster_id="c", document="v2")
+        log.state.keep_document(source="file:/x", digest="cccc3333", cluster_id="c", document="other source")
         clock["now"] = NOW + timedelta(minutes=2)
-        log.keep_document(
+        log.state.keep_document(
             source="consul://a/k", digest="aaaa1111", cluster_id="c", document="v1"
         )  # re-applied
-        last = log.last_document("consul://a/k")
+        last = log.state.last_document("consul://a/k")
         assert last is not None and (last.digest, last.document) == ("aaaa1111", "v1")
         assert last.first_seen == NOW and last.last_applied == NOW + timedelta(minutes=2)
-        assert [d.digest for d in log.documents("consul://a/k")] == ["bbbb2222", "aaaa1111"]
-        assert log.find_document("bbbb").document == "v2"
-        assert log.find_document(str(last.id)).digest == "aaaa1111"
+        assert [d.digest for d in log.state.documents("consul://a/k")] == ["bbbb2222", "aaaa1111"]
+        assert log.state.find_document("bbbb").document == "v2"
+        assert log.state.find_document(str(last.id)).digest == "aaaa1111"
         with pytest.raises(KeyError, match="no kept document"):
-            log.find_document("ffff")
-        assert log.last_document("consul://other/k") is None
+            log.state.find_document("ffff")
+        assert log.state.last_document("consul://other/k") is None
         run = log.start_run(
             cluster_id="c", trigger="t", source="s", digest=None, lock_holder="sess-1", lock_index=7
         )

@@ -577,8 +577,10 @@ def kept(tmp_path: Path, double: ConsulDouble) -> list[int]:
             ("file:/etc/topology.yaml", OTHER),
             (url_of(double), NEWER),
         ):
-            log.keep_document(source=source, digest=digest_of(doc), cluster_id="shop", document=doc.decode())
-        return [row.id for row in reversed(log.documents())]
+            log.state.keep_document(
+                source=source, digest=digest_of(doc), cluster_id="shop", document=doc.decode()
+            )
+        return [row.id for row in reversed(log.state.documents())]
     finally:
         log.close()
 

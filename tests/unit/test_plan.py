@@ -21,6 +21,7 @@ from desired_state.render import render
 from desired_state.spec import ContainerSpec, DesiredFleet, DesiredHost, Endpoint
 from reconciler import labels as L
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
+from reconciler.execute import action_record
 from reconciler.labels import labels_for
 from reconciler.plan import (
     ROLE_ORDER,
@@ -33,6 +34,7 @@ from reconciler.plan import (
     make_plan,
     phase_key,
 )
+from reconciler.store import ActionRecord
 
 CLUSTER = "shop"
 THREE_SERVERS = (("server1", "10.0.0.1"), ("server2", "10.0.0.2"), ("server3", "10.0.0.3"))
@@ -762,6 +764,43 @@ def representative_plans() -> list[Plan]:
 def test_phases_run_in_exactly_the_order_the_executor_used_to_decide(leader: str | None, gated: bool) -> None:
     for plan in representative_plans():
         assert execution_order(plan, leader, gated) == reference_execution_order(plan, leader, gated)
+
+
+def test_action_record_is_the_planned_action_as_an_audit_row() -> None:
+    fleet, observed = messy_world()
+    plan = make_plan(fleet, observed, max_removals=2)
+    replace_client = plan.actions[3]
+    assert action_record(replace_client, 7) == ActionRecord(
+        seq=7,
+        host="client1",
+        kind="replace",
+        node="client1",
+        role="client",
+        container="consul",
+        reason=[{"field": "image", "old": "hashicorp/consul:1.19", "new": "hashicorp/consul:1.20"}],
+        old_hash=observed.hosts[3].managed[0].spec_hash,
+        new_hash=spec_of(fleet, "client1").spec_hash(),
+        image="hashicorp/consul:1.20",
+        container_id=observed.hosts[3].managed[0].id,
+    )
+    create = next(a for a in plan.actions if a.kind is Kind.CREATE)
+    record = action_record(create, 1)
+    assert (record.container_id, record.old_hash) == (None, None)  # nothing observed yet
+    assert create.desired is not None and record.new_hash == create.desired.spec_hash()
+    blocked = next(a for a in plan.actions if a.kind is Kind.BLOCKED)
+    assert blocked.observed is not None and action_record(blocked, 2).container_id == blocked.observed.id
+    # every action: the row says what the plan says, reasons as plain dicts
+    for seq, action in enumerate(plan.actions, 1):
+        record = action_record(action, seq)
+        shown = action.to_dict()
+        assert record.seq == seq
+        assert (record.kind, record.host, record.container, record.role, record.node) == (
+            shown["kind"], shown["host"], shown["container"], shown["role"], shown["node"],
+        )  # fmt: skip
+        assert record.reason == shown["reasons"] == [c.to_dict() for c in action.reasons]
+        assert (record.old_hash, record.new_hash, record.image, record.container_id) == (
+            shown["old_hash"], shown["new_hash"], shown["image"], shown["container_id"],
+        )  # fmt: skip
 
 
 def test_labels_round_trip_the_record() -> None:
