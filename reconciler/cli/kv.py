@@ -15,7 +15,6 @@ is sent as a header and never printed.
 
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import subprocess
@@ -27,11 +26,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
-from reconciler.cli.common import DbOpt, JsonOpt, emit_json, fail, open_log, read_token_file, time_text
+from reconciler.cli.common import JsonOpt, emit_json, fail_line, read_token_file, say, warn
+from reconciler.cli.kv_history import diff, history
 from reconciler.consul_api import Consul, ConsulError, KVEntry
 from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, scheme_of
-from reconciler.formatting import text_table
-from reconciler.store import DocumentRow
 
 SOURCE_ENV = "CONSUL_RECONCILER_SOURCE"
 DEFAULT_EDITOR = "vi"
@@ -79,27 +77,6 @@ TokenFileOpt = Annotated[
 ]
 
 
-# --- output helpers -------------------------------------------------------------------------------------
-
-
-def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _warn(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    fail(_one_line(message), code)  # each kv error is one line
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 # --- the Consul address ---------------------------------------------------------------------------------
 
 
@@ -109,22 +86,22 @@ def _address(consul_url: str | None, ca: Path | None, token_file: Path | None) -
     if url is None:
         env = os.environ.get(SOURCE_ENV, "").strip()
         if not env:
-            _fail(f"no Consul key given: use --consul consul://HOST:PORT/KEY (or set ${SOURCE_ENV})")
+            fail_line(f"no Consul key given: use --consul consul://HOST:PORT/KEY (or set ${SOURCE_ENV})")
         if not is_consul_url(env):
-            _fail(
+            fail_line(
                 f"no Consul key given: ${SOURCE_ENV} is {env!r}, not a consul://HOST:PORT/KEY URL; "
                 "use --consul"
             )
         url = env
     if ca is not None and scheme_of(url) != "https":
-        _fail(f"--ca is only used with consul+https:// addresses, not {url!r}")
+        fail_line(f"--ca is only used with consul+https:// addresses, not {url!r}")
     if ca is not None and not ca.is_file():
-        _fail(f"--ca {ca}: no such file")
-    token = read_token_file(token_file, "--token-file", _fail) if token_file is not None else None
+        fail_line(f"--ca {ca}: no such file")
+    token = read_token_file(token_file, "--token-file", fail_line) if token_file is not None else None
     try:
         return ConsulAddress.parse(url, ca=str(ca) if ca is not None else None, token=token)
     except (ValueError, ConsulError) as exc:
-        _fail(str(exc))
+        fail_line(str(exc))
 
 
 def _connect(address: ConsulAddress) -> Consul:
@@ -135,7 +112,7 @@ def _get(consul: Consul, key: str) -> KVEntry | None:
     try:
         _, entry = consul.get(key)
     except ConsulError as exc:
-        _fail(str(exc))
+        fail_line(str(exc))
     return entry
 
 
@@ -152,14 +129,14 @@ def _validate(data: bytes, source: str, fmt: str | None) -> Loaded | list[str]:
 
 
 def _print_issues(head: str, issues: list[str]) -> None:
-    _warn(f"error: {head}")
+    warn(f"error: {head}")
     for issue in issues:
-        _warn(f"  {issue}")
+        warn(f"  {issue}")
 
 
 def _print_warnings(loaded: Loaded) -> None:
     for warning in loaded.warnings:
-        _warn(f"warning: {warning}")
+        warn(f"warning: {warning}")
 
 
 def _current_index(consul: Consul, key: str) -> str:
@@ -196,11 +173,11 @@ def push(
     try:
         data = file.read_bytes()
     except FileNotFoundError:
-        _fail(f"{file}: no such file")
+        fail_line(f"{file}: no such file")
     except IsADirectoryError:
-        _fail(f"{file}: is a directory; give the topology file")
+        fail_line(f"{file}: is a directory; give the topology file")
     except OSError as exc:
-        _fail(f"{file}: cannot read: {exc.strerror or exc}")
+        fail_line(f"{file}: cannot read: {exc.strerror or exc}")
     checked = _validate(data, str(file), "json" if file.suffix.lower() == ".json" else None)
     if isinstance(checked, list):
         _print_issues(f"{file} is not a valid topology; nothing was written to {where}:", checked)
@@ -220,7 +197,7 @@ def push(
         if as_json:
             emit_json(result)
         else:
-            _say(
+            say(
                 f"unchanged: {where} already holds {file} (ModifyIndex {entry.modify_index}, "
                 f"digest {checked.digest[:12]}); nothing written"
             )
@@ -229,15 +206,15 @@ def push(
     try:
         written = consul.put(key, data, cas=cas)
     except ConsulError as exc:
-        _fail(f"{exc}; {where} may be unchanged, run `kv pull` to see")
+        fail_line(f"{exc}; {where} may be unchanged, run `kv pull` to see")
     if not written:
         now = _current_index(consul, key)
         if entry is None:
-            _fail(
+            fail_line(
                 f"conflict: {where} was created by someone else while pushing (ModifyIndex 0 -> {now}); "
                 "nothing was overwritten: pull it, merge your changes and push again"
             )
-        _fail(
+        fail_line(
             f"conflict: {where} changed in Consul while pushing (ModifyIndex {cas} -> {now}); "
             "nothing was overwritten: pull it, merge your changes and push again"
         )
@@ -253,9 +230,9 @@ def push(
     if as_json:
         emit_json(result)
     elif entry is None:
-        _say(f"created: {where} (ModifyIndex {new_index}, digest {checked.digest[:12]}) from {file}")
+        say(f"created: {where} (ModifyIndex {new_index}, digest {checked.digest[:12]}) from {file}")
     else:
-        _say(f"updated: {where} (ModifyIndex {cas} -> {new_index}, digest {checked.digest[:12]}) from {file}")
+        say(f"updated: {where} (ModifyIndex {cas} -> {new_index}, digest {checked.digest[:12]}) from {file}")
 
 
 # --- pull -----------------------------------------------------------------------------------------------
@@ -283,13 +260,13 @@ def pull(
     where = address.url()
     entry = _get(_connect(address), address.key)
     if entry is None:
-        _fail(f"{where}: no such key in Consul (create it with `kv push FILE`)")
+        fail_line(f"{where}: no such key in Consul (create it with `kv push FILE`)")
     data = _value(entry)
     if output is not None:
         try:
             output.write_bytes(data)
         except OSError as exc:
-            _fail(f"-o {output}: cannot write: {exc.strerror or exc}")
+            fail_line(f"-o {output}: cannot write: {exc.strerror or exc}")
         if as_json:
             emit_json(
                 {
@@ -300,7 +277,7 @@ def pull(
                 }
             )
         else:
-            _say(f"wrote {output}: {len(data)} bytes from {where} (ModifyIndex {entry.modify_index})")
+            say(f"wrote {output}: {len(data)} bytes from {where} (ModifyIndex {entry.modify_index})")
         return
     if as_json:
         emit_json(
@@ -327,7 +304,7 @@ def _editor_command() -> list[str]:
             try:
                 argv = shlex.split(value)
             except ValueError as exc:
-                _fail(f"${name} {value!r} cannot be split into a command: {exc}")
+                fail_line(f"${name} {value!r} cannot be split into a command: {exc}")
             if argv:
                 return argv
     return [DEFAULT_EDITOR]
@@ -353,7 +330,7 @@ def edit(
     consul = _connect(address)
     entry = _get(consul, key)
     if entry is None:
-        _fail(f"{where}: no such key in Consul (create it with `kv push FILE`)")
+        fail_line(f"{where}: no such key in Consul (create it with `kv push FILE`)")
     original = _value(entry)
     read_index = entry.modify_index
     argv = _editor_command()
@@ -365,25 +342,25 @@ def edit(
         handle.write(original)
 
     def kept(message: str) -> NoReturn:
-        _fail(f"{message}; your edit is kept in {path}; nothing was written")
+        fail_line(f"{message}; your edit is kept in {path}; nothing was written")
 
     try:
         status = subprocess.run([*argv, str(path)], check=False).returncode
     except OSError as exc:
         path.unlink(missing_ok=True)
-        _fail(f"cannot run the editor {argv[0]!r}: {exc.strerror or exc}; nothing was written")
+        fail_line(f"cannot run the editor {argv[0]!r}: {exc.strerror or exc}; nothing was written")
     try:
         edited = path.read_bytes()
     except OSError as exc:
-        _fail(f"cannot read the edited file {path}: {exc.strerror or exc}; nothing was written")
+        fail_line(f"cannot read the edited file {path}: {exc.strerror or exc}; nothing was written")
     if status != 0:
         if edited == original:
             path.unlink(missing_ok=True)
-            _fail(f"the editor {argv[0]!r} exited with status {status}; nothing was written to {where}")
+            fail_line(f"the editor {argv[0]!r} exited with status {status}; nothing was written to {where}")
         kept(f"the editor {argv[0]!r} exited with status {status}")
     if edited == original:
         path.unlink(missing_ok=True)
-        _say(f"no change: {where} left as it was (ModifyIndex {read_index})")
+        say(f"no change: {where} left as it was (ModifyIndex {read_index})")
         return
 
     checked = _validate(edited, f"{where} (edited in {path})", None)
@@ -401,124 +378,14 @@ def edit(
     except ConsulError as exc:
         kept(str(exc))
     if not written:
-        _fail(
+        fail_line(
             f"{where} changed in Consul since you opened it (ModifyIndex {read_index} -> "
             f"{_current_index(consul, key)}); your edit is kept in {path}; nothing was written"
         )
     path.unlink(missing_ok=True)
     after = _current_index(consul, key)
-    _say(f"updated: {where} (ModifyIndex {read_index} -> {after}, digest {checked.digest[:12]})")
+    say(f"updated: {where} (ModifyIndex {read_index} -> {after}, digest {checked.digest[:12]})")
 
 
-# --- history and diff (the audit database) --------------------------------------------------------------
-
-
-@kv_app.command()
-def history(
-    consul_url: Annotated[
-        str | None,
-        typer.Option(
-            "--consul",
-            metavar="URL",
-            help="Only documents applied from this key (consul://HOST:PORT/KEY).",
-            show_default=False,
-        ),
-    ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source",
-            help="Only documents of this source as the audit log names it: file:PATH (a bare PATH "
-            "is tried as file:PATH too) or consul://HOST:PORT/KEY.",
-            show_default=False,
-        ),
-    ] = None,
-    db: DbOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many documents.")] = 50,
-    as_json: JsonOpt = False,
-) -> None:
-    """List the valid desired documents the controller applied, newest first.
-
-    Columns: id, digest (first 12 characters), source, cluster, first seen, last applied (UTC).
-    Without --consul or --source every source is listed. Use an id or digest with `kv diff`.
-    """
-    if consul_url is not None and source is not None:
-        _fail("give --consul or --source, not both")
-    wanted = consul_url if consul_url is not None else source
-    if wanted is not None and is_consul_url(wanted):
-        try:
-            wanted = ConsulAddress.parse(wanted, token="").url()  # the form the controller records
-        except ValueError as exc:
-            _fail(str(exc))
-    elif consul_url is not None:
-        _fail(f"--consul {consul_url!r}: expected {FORMS}")
-    log = open_log(db)
-    try:
-        rows = log.state.documents(wanted, limit=limit)
-        if not rows and wanted is not None and "://" not in wanted and not wanted.startswith("file:"):
-            wanted = f"file:{wanted}"  # a bare path: file sources are recorded as file:PATH
-            rows = log.state.documents(wanted, limit=limit)
-    finally:
-        log.close()
-    if as_json:
-        emit_json([r.to_dict() for r in rows])
-        return
-    if not rows:
-        _say("no kept documents" + (f" for {wanted}" if wanted else ""))
-        return
-    _say(
-        text_table(
-            ["id", "digest", "source", "cluster", "first seen", "last applied"],
-            [
-                [
-                    str(r.id),
-                    r.digest[:12],
-                    r.source,
-                    r.cluster_id,
-                    time_text(r.first_seen),
-                    time_text(r.last_applied),
-                ]
-                for r in rows
-            ],
-        )
-    )
-
-
-def _label(row: DocumentRow) -> str:
-    return f"#{row.id} {row.digest[:12]} {row.source} (first seen {time_text(row.first_seen)})"
-
-
-@kv_app.command()
-def diff(
-    a: Annotated[str, typer.Argument(metavar="A", help="A kept document: its id or a digest prefix (4+).")],
-    b: Annotated[str, typer.Argument(metavar="B", help="The other kept document: id or digest prefix.")],
-    db: DbOpt = None,
-) -> None:
-    """Unified diff of two kept documents (from A to B); see `kv history` for ids and digests.
-
-    Exit 0 when they are identical (says so) and also when they differ (the diff is printed);
-    exit 1 when A or B cannot be found or is ambiguous.
-    """
-    log = open_log(db)
-    try:
-        docs: list[DocumentRow] = []
-        for ref in (a, b):
-            try:
-                docs.append(log.state.find_document(ref.strip()))
-            except KeyError as exc:
-                _fail(str(exc.args[0]) if exc.args else f"no kept document {ref!r}")
-    finally:
-        log.close()
-    first, second = docs
-    if first.document == second.document:
-        _say(f"identical: {_label(first)} and {_label(second)}")
-        return
-    lines = difflib.unified_diff(
-        first.document.splitlines(keepends=True),
-        second.document.splitlines(keepends=True),
-        fromfile=_label(first),
-        tofile=_label(second),
-    )
-    for line in lines:
-        sys.stdout.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
-    sys.stdout.flush()
+kv_app.command()(history)
+kv_app.command()(diff)
