@@ -21,17 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from desired_state.spec import Endpoint
@@ -40,6 +36,7 @@ from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
+from reconciler.loop import ReconcileLoop
 from reconciler.metrics import Metrics
 from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.pauses import pauses_for
@@ -102,9 +99,13 @@ class Controller:
         self.backoff = BackoffTable(self.options.backoff)
         self.crashloops = CrashLoopDetector(self.options.crashloop_attempts, self.options.crashloop_window)
         self.pauses = pauses_for(source, audit)
-        self._stopping = threading.Event()
-        self._scheduler = BackgroundScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}, timezone=UTC
+        self.loop: ReconcileLoop[Request] = ReconcileLoop(
+            self.requests,
+            self._run_pass,
+            retry_delay=lambda failures: self.options.backoff.delay(failures, self.backoff.rng),
+            triggers=self.metrics.triggers,
+            outcomes=self.metrics.passes,
+            log=log,
         )
         self._watchers: dict[str, EventWatcher] = {}
         self._file_watcher: Watcher | None = None
@@ -115,43 +116,28 @@ class Controller:
         self._kept_digest: str | None = None
         self._status_written: dict[str, str] = {}
         self._rollout_pause: str | None = None
-        self._pass_errors = 0
-        self._pass_error: str | None = None
         self._http: StatusServer | None = None
         self._last_valid: Loaded | None = None
         self._rejected_digest: str | None = None
         self._recovered: set[str] = set()  # clusters whose interrupted rows were marked
-        self._started = time.monotonic()
-        self._pass_started: float | None = None
-        self._last_pass_end: float | None = None
-        self._progress_at = time.monotonic()  # the running pass last moved on (or said it waits)
-        self._progress_what = "starting"
         self._last_result: PassResult | None = None
         self._lock = threading.Lock()
         self._recheck: threading.Timer | None = None
-        self.passes_run = 0
-        self.fatal: str | None = None  # why the controller stopped on its own (exit code 1)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-        self.start_background()
-        try:
-            while not self._stopping.is_set():
-                request = self.requests.wait(timeout=1.0)
-                if request is not None and not self._stopping.is_set():
-                    self._guarded_pass(request)
-        finally:
-            self.shutdown()
-        if self.fatal is not None:
-            log.error("controller stopped: %s", self.fatal)
-            return 1
-        log.info("controller stopped")
-        return 0
+        return self.loop.run(self.start_background, self.shutdown)
+
+    @property
+    def passes_run(self) -> int:
+        return self.loop.calls
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the controller stopped on its own (exit code 1)."""
+        return self.loop.fatal
 
     def start_background(self) -> None:
         if self.options.http:
@@ -166,19 +152,10 @@ class Controller:
             self._http.start()
             log.info("serving /healthz, /readyz, /metrics on http://%s", self.options.http)
         interval = self.options.interval
-        self._scheduler.add_job(
-            self._request,
-            "interval",
-            args=["interval"],
-            seconds=interval,
-            jitter=max(0.0, interval * self.options.jitter),
-            id="resync",
-        )
+        self.loop.request_every("interval", interval, max(0.0, interval * self.options.jitter), "resync")
         if self.options.prune_after is not None:
-            self._scheduler.add_job(
-                self._prune, "interval", hours=1, id="prune", next_run_time=datetime.now(UTC)
-            )
-        self._scheduler.start()
+            self.loop.call_every(self._prune, 3600.0, "prune")
+        self.loop.start_scheduler()
         if self.options.watch_file:
             kind = "file" if isinstance(self.source, FileSource) else "kv"
             self._file_watcher = self.source.watcher(lambda: self._request(kind))
@@ -198,17 +175,10 @@ class Controller:
         self._request("startup")
 
     def stop(self) -> None:
-        if not self._stopping.is_set():
-            log.info("stopping: finishing the action in flight, starting no new one")
-        self._stopping.set()
-        self.requests.close()
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        self.stop()
+        self.loop.stop()
 
     def shutdown(self) -> None:
-        self._scheduler.shutdown(wait=False)
+        self.loop.close()
         if self._file_watcher is not None:
             self._file_watcher.stop()
         if self.lock is not None:
@@ -222,25 +192,20 @@ class Controller:
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self.loop.stopping
 
     # --- triggers ----------------------------------------------------------------------------------
 
     def _request(self, reason: str) -> None:
-        self.metrics.triggers.labels(reason.split(":", 1)[0]).inc()
-        self.requests.request(reason)
+        self.loop.request(reason)
 
     def _request_in(self, reason: str, seconds: float) -> None:
         """Ask for a pass once, ``seconds`` from now (a later call for the same reason replaces it)."""
-        when = datetime.now(UTC) + timedelta(seconds=seconds)
-        self._scheduler.add_job(
-            self._request, "date", args=[reason], run_date=when, id=reason, replace_existing=True
-        )
+        self.loop.request_in(reason, seconds)
 
     def _on_fatal(self, why: str) -> None:
         """Something no retry can fix (Consul refuses the leader session's TTL): stop, exit 1."""
-        self.fatal = why
-        self.stop()
+        self.loop.fail(why)
 
     def _on_leadership(self, leading: bool) -> None:
         self.metrics.leader.set(1 if leading else 0)
@@ -249,7 +214,7 @@ class Controller:
 
     def _acting(self) -> bool:
         """May this controller start an action now? (not stopping, and the leader if electing)"""
-        return not self._stopping.is_set() and (self.lock is None or self.lock.is_leader())
+        return not self.loop.stopping and (self.lock is None or self.lock.is_leader())
 
     def _leadership_lost(self) -> str | None:
         if self.lock is None or self.lock.is_leader():
@@ -259,7 +224,7 @@ class Controller:
     def _repairing(self) -> bool:
         """May a repairs-only pass start an action now? (not stopping; the leader, or none knowable)"""
         lock = self.lock
-        return not self._stopping.is_set() and (lock is None or lock.is_leader() or lock.leader_unknown())
+        return not self.loop.stopping and (lock is None or lock.is_leader() or lock.leader_unknown())
 
     def _on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
         if action == "reconnected":
@@ -296,45 +261,6 @@ class Controller:
                 self._watchers[host] = watcher
 
     # --- one pass ----------------------------------------------------------------------------------
-
-    def _guarded_pass(self, request: Request) -> None:
-        """A pass that fails as a whole (the audit database unavailable or read-only, say) pauses the
-        controller: nothing was done without its audit row, it is reported, and retried with backoff."""
-        try:
-            self.run_pass(request)
-        except Exception as exc:
-            self._pass_errors += 1
-            delay = self.options.backoff.delay(self._pass_errors, self.backoff.rng)
-            self._pass_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            self.metrics.passes.labels("error").inc()
-            log.error(
-                "pass failed, nothing more is done until it can be recorded: %s; retrying in %.1fs",
-                self._pass_error,
-                delay,
-            )
-            self._request_in("pass-retry", delay)
-        else:
-            if self._pass_errors:
-                log.info("passes work again after %d failed attempt(s)", self._pass_errors)
-            self._pass_errors = 0
-            self._pass_error = None
-
-    def _progress(self, what: str) -> None:
-        with self._lock:
-            self._progress_at, self._progress_what = time.monotonic(), what
-
-    def run_pass(self, request: Request) -> PassResult | None:
-        started = time.monotonic()
-        with self._lock:
-            self._pass_started = started
-            self._progress_at, self._progress_what = started, f"a pass ({request.label()})"
-        try:
-            return self._run_pass(request, started)
-        finally:
-            with self._lock:
-                self._pass_started = None
-                self._last_pass_end = time.monotonic()
-            self.passes_run += 1
 
     def _run_pass(self, request: Request, started: float) -> PassResult | None:
         repairs_only = False
@@ -387,7 +313,7 @@ class Controller:
             confirm_leadership=self.lock.confirm if self.lock is not None else (lambda: None),
             leadership_lost=self._leadership_lost,
             repairs_only=repairs_only,
-            progress=self._progress,
+            progress=self.loop.progress,
             pauses=self.pauses,
         )
         self._keep(loaded)
@@ -429,7 +355,7 @@ class Controller:
         except SourceError as exc:
             self._source_error = str(exc)
             self._source_failures += 1
-            if not self._stopping.is_set():
+            if not self.loop.stopping:
                 retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self._source_failures - 1))
                 self._request_in("source-retry", retry)
             self.metrics.desired_state_source_up.set(0)
@@ -558,7 +484,7 @@ class Controller:
         if result.ok and not waiting:
             m.last_success.set(time.time())
         self._schedule_retry(now, {h.name for h in loaded.topology.hosts})
-        if result.status == "waiting" and not self._stopping.is_set():
+        if result.status == "waiting" and not self.loop.stopping:
             # a server change waits for the cluster: look again soon, not only at the next resync
             self._request_in("rollout-wait", WAITING_RECHECK)
         self._last_result = result
@@ -582,7 +508,7 @@ class Controller:
         """One pass at the end of the first backoff window among the desired hosts (at once when it
         ended while this pass ran: the pass deferred that host, and no other trigger may come)."""
         next_retry = self.backoff.next_retry(hosts)
-        if next_retry is None or self._stopping.is_set():
+        if next_retry is None or self.loop.stopping:
             return
         self._request_in("backoff-retry", max(0.0, next_retry - now) + 0.01)
 
@@ -656,15 +582,15 @@ class Controller:
         (each look at the cluster counts), passes that end, and a leader lock loop that goes round."""
         now = time.monotonic()
         limit = self.options.health_factor * self.options.interval
-        with self._lock:
-            running_since, last_end = self._pass_started, self._last_pass_end
-            progress_at, doing = self._progress_at, self._progress_what
+        alive = self.loop.liveness()
+        running_since, last_end = alive.running_since, alive.last_end
+        progress_at, doing = alive.progress_at, alive.doing
         if running_since is not None and now - progress_at > limit:
             return False, {
                 "reason": f"a pass has made no progress for {now - progress_at:.0f}s (limit {limit:.0f}s), "
                 f"running for {now - running_since:.0f}s; last: {doing}"
             }
-        reference = last_end if last_end is not None else self._started
+        reference = last_end if last_end is not None else alive.started
         if running_since is None and now - reference > limit:
             return False, {"reason": f"no pass ended in the last {now - reference:.0f}s (limit {limit:.0f}s)"}
         lock = self.lock
@@ -685,7 +611,7 @@ class Controller:
     def readyz(self) -> tuple[bool, dict[str, object]]:
         if self._last_valid is None:
             return False, {"reason": "no valid desired state yet"}
-        if self._last_pass_end is None:
+        if self.loop.last_end is None:
             return False, {"reason": "the first pass has not finished"}
         return True, {"digest": self._last_valid.digest}
 
@@ -708,7 +634,7 @@ class Controller:
             ),
             "leader": None if self.lock is None else self.lock.is_leader(),
             "rollout_paused": self._rollout_pause,
-            "pass_error": self._pass_error,
+            "pass_error": self.loop.error,
             "lock_index": None if self.lock is None else self.lock.fencing()[1],
             "passes": self.passes_run,
             "last_run": self._last_result.run_id if self._last_result else None,
