@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -31,7 +32,8 @@ from typing import Any
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from desired_state.spec import Endpoint
-from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
+from reconciler.assess import History, PassSummary, Rules, assess
+from reconciler.backoff import BackoffPolicy
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
@@ -50,7 +52,6 @@ log = logging.getLogger("consul_reconciler.controller")
 
 REPAIR_KINDS = (Kind.CREATE, Kind.START)
 EVENT_RECHECK_DELAY = 0.1  # seconds
-WAITING_RECHECK = 2.0  # seconds between looks while a server rollout waits for the cluster
 # A desired-state source that could not be read is read again after 1, 2, 4 ... s (at most 30 s): its
 # watcher may not see the recovery (a blocking query held since before a leaderless spell answers
 # only at the end of its wait, and unchanged), and the resync interval may be minutes.
@@ -96,13 +97,16 @@ class Controller:
         self.identity = controller_identity()
         self.requests = PassRequests()
         self.connections = Connections()
-        self.backoff = BackoffTable(self.options.backoff)
-        self.crashloops = CrashLoopDetector(self.options.crashloop_attempts, self.options.crashloop_window)
+        self.rules = Rules(
+            self.options.backoff, self.options.crashloop_attempts, self.options.crashloop_window
+        )
+        self.history = History()  # backoff and crash-loop state: replaced whole after each pass
+        self.rng = random.Random()  # the backoff jitter
         self.pauses = pauses_for(source, audit)
         self.loop: ReconcileLoop[Request] = ReconcileLoop(
             self.requests,
             self._run_pass,
-            retry_delay=lambda failures: self.options.backoff.delay(failures, self.backoff.rng),
+            retry_delay=lambda failures: self.options.backoff.delay(failures, self.rng),
             triggers=self.metrics.triggers,
             outcomes=self.metrics.passes,
             log=log,
@@ -293,7 +297,7 @@ class Controller:
         deferred = {
             host: f"backing off after {s.failures} failure(s); next try in {s.retry_at - now:.1f}s"
             + (" (degraded: crash loop)" if s.degraded else "")
-            for host, s in self.backoff.waiting(now).items()
+            for host, s in self.history.waiting(now).items()
         }
         log.debug(
             "pass (%s), %.1f ms after the first request", request.label(), (started - request.first) * 1e3
@@ -449,44 +453,34 @@ class Controller:
         for host in sorted(observed_hosts | set(drift)):
             m.drift.labels(host).set(drift.get(host, 0))
 
-        seq = SEQ_CONTROLLER_NOTES
-        looping_hosts: set[str] = set()
-        for host, names in repaired.items():
-            looping = [n for n in names if self.crashloops.repaired(host, n, now)]
-            if looping:
-                looping_hosts.add(host)
-                why = (
-                    f"crash loop: {', '.join(looping)} needed repair {self.crashloops.attempts} times "
-                    f"within {self.crashloops.window:.0f}s"
-                )
-                delay = self.backoff.failed(host, now, why, degraded=True)
-                seq += 1
-                self._audit_host(
-                    result, seq, host, "degraded", f"{why}; host degraded, next try in {delay:.1f}s"
-                )
-        for host, error in failed_hosts.items():
-            if host in looping_hosts:
-                continue
-            delay = self.backoff.failed(host, now, error)
-            seq += 1
-            failures = self.backoff.get(host).failures
-            self._audit_host(result, seq, host, "backoff", f"failure {failures}: next try in {delay:.1f}s")
-        for host in observed_hosts - set(failed_hosts) - looping_hosts:
-            self.backoff.succeeded(host)  # a clean pass: backoff and degraded state reset
+        summary = PassSummary(
+            failed_hosts,
+            repaired,
+            frozenset(observed_hosts),
+            frozenset(h.name for h in loaded.topology.hosts),
+            waiting=result.status == "waiting",
+        )
+        verdict = assess(summary, now, self.history, self.rules, self.rng)
+        self.history = verdict.history
+        for seq, note in enumerate(verdict.notes, start=SEQ_CONTROLLER_NOTES + 1):
+            self._audit_host(result, seq, note.host, note.kind, note.message)
 
         pause = self.pauses.get(loaded.topology.cluster)
         m.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
-        waiting = self.backoff.waiting(now)
+        waiting = verdict.waiting
         m.hosts_unreachable.set(len(result.plan.unreachable))
-        m.hosts_degraded.set(sum(1 for s in self.backoff.hosts.values() if s.degraded))
+        m.hosts_degraded.set(sum(1 for s in self.history.hosts.values() if s.degraded))
         m.hosts_backoff.set(len(waiting))
         if result.ok and not waiting:
             m.last_success.set(time.time())
-        self._schedule_retry(now, {h.name for h in loaded.topology.hosts})
-        if result.status == "waiting" and not self.loop.stopping:
+        if verdict.retry_in is not None and not self.loop.stopping:
+            # one pass at the end of the first backoff window among the desired hosts (at once when it
+            # ended while this pass ran: the pass deferred that host, and no other trigger may come)
+            self._request_in("backoff-retry", verdict.retry_in)
+        if verdict.recheck_in is not None and not self.loop.stopping:
             # a server change waits for the cluster: look again soon, not only at the next resync
-            self._request_in("rollout-wait", WAITING_RECHECK)
+            self._request_in("rollout-wait", verdict.recheck_in)
         self._last_result = result
         self._write_host_states(loaded, result, drift)
         log.info(
@@ -504,21 +498,13 @@ class Controller:
             result.run_id, seq=seq, host=host, kind=kind, status="skipped", reason=[{"message": message}]
         )
 
-    def _schedule_retry(self, now: float, hosts: set[str]) -> None:
-        """One pass at the end of the first backoff window among the desired hosts (at once when it
-        ended while this pass ran: the pass deferred that host, and no other trigger may come)."""
-        next_retry = self.backoff.next_retry(hosts)
-        if next_retry is None or self.loop.stopping:
-            return
-        self._request_in("backoff-retry", max(0.0, next_retry - now) + 0.01)
-
     def _write_host_states(self, loaded: Loaded, result: PassResult, drift: dict[str, int]) -> None:
         now_wall = datetime.now(UTC)
         now = time.monotonic()
         states: list[HostState] = []
         hosts = {h.name for h in loaded.topology.hosts} | {h.name for h in result.observed.hosts}
         for host in sorted(hosts):
-            b = self.backoff.hosts.get(host)
+            b = self.history.hosts.get(host)
             if b is not None and b.failures:
                 state = (
                     "degraded"
@@ -646,7 +632,7 @@ class Controller:
                     "error": s.last_error,
                     "retry_in": round(max(0.0, s.retry_at - now), 3),
                 }
-                for h, s in list(self.backoff.hosts.items())  # a snapshot: the pass thread changes it
+                for h, s in self.history.hosts.items()  # the pass thread replaces it whole, never changes it
                 if s.failures
             },
         }
