@@ -9,10 +9,17 @@ jitter) the same inputs give the same assessment.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector, HostBackoff
+from reconciler.plan import Kind
+
+if TYPE_CHECKING:
+    from reconciler.one_pass import PassResult
+
+REPAIR_KINDS = (Kind.CREATE, Kind.START)  # a container that needed these again and again crash-loops
 
 WAITING_RECHECK = 2.0  # seconds between looks while a server rollout waits for the cluster
 RETRY_MARGIN = 0.01  # seconds after a backoff window ends that its pass is asked for
@@ -45,6 +52,21 @@ class PassSummary:
     observed: frozenset[str]  # hosts the pass observed
     desired: frozenset[str]  # hosts of the desired state
     waiting: bool = False  # a server change waits for the cluster
+
+
+def summarize(result: PassResult, desired: Iterable[str]) -> PassSummary:
+    """What :func:`assess` needs of a pass (``desired``: the hosts of the desired state)."""
+    failed: dict[str, str] = {}
+    repaired: dict[str, list[str]] = {}
+    for r in result.applied.results if result.applied else []:
+        if r.status == "failed":
+            failed.setdefault(r.action.host, r.error or "action failed")
+        elif r.status == "succeeded" and r.action.kind in REPAIR_KINDS:
+            repaired.setdefault(r.action.host, []).append(r.action.name)
+    for host, error in result.plan.unreachable.items():
+        failed.setdefault(host, error)
+    observed = frozenset(h.name for h in result.observed.hosts)
+    return PassSummary(failed, repaired, observed, frozenset(desired), waiting=result.status == "waiting")
 
 
 @dataclass(frozen=True)
