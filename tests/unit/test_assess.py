@@ -104,3 +104,34 @@ def test_jitter_comes_from_the_rng_given() -> None:
     second = assess(summary(failed={"h1": "x", "h2": "y"}), 0.0, History(), jittery, random.Random(7))
     assert first == second
     assert all(8.0 <= s.retry_at <= 12.0 for s in first.history.hosts.values())
+
+
+def test_a_pass_is_summarized_failures_first_then_unreachable_engines() -> None:
+    from types import SimpleNamespace as NS
+
+    from reconciler.assess import summarize
+    from reconciler.plan import Kind
+
+    def done(host: str, kind: Kind, name: str, status: str, error: str | None = None) -> NS:
+        return NS(action=NS(host=host, kind=kind, name=name), status=status, error=error)
+
+    result = NS(
+        applied=NS(
+            results=[
+                done("h1", Kind.CREATE, "consul", "failed", "pull failed"),
+                done("h1", Kind.START, "registrator", "failed"),
+                done("h2", Kind.START, "consul", "succeeded"),
+                done("h2", Kind.CREATE, "registrator", "succeeded"),
+                done("h3", Kind.REMOVE, "old", "succeeded"),
+            ]
+        ),
+        plan=NS(unreachable={"h1": "later", "h4": "no route"}),
+        observed=NS(hosts=[NS(name="h1"), NS(name="h2"), NS(name="h3")]),
+        status="waiting",
+    )
+    got = summarize(result, ["h1", "h2", "h3", "h4"])  # type: ignore[arg-type]
+    assert got.failed == {"h1": "pull failed", "h4": "no route"}
+    assert list(got.failed) == ["h1", "h4"]
+    assert got.repaired == {"h2": ["consul", "registrator"]}  # a removal is no repair
+    assert got.observed == {"h1", "h2", "h3"} and got.desired == {"h1", "h2", "h3", "h4"}
+    assert got.waiting
