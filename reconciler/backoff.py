@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -113,6 +113,17 @@ class CrashLoopDetector:
     attempts: int = 3
     window: float = 300.0
     _history: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
+
+    @classmethod
+    def resumed(
+        cls, attempts: int, window: float, history: Mapping[tuple[str, str], Iterable[float]]
+    ) -> CrashLoopDetector:
+        """A detector that goes on from :meth:`history` (a copy: ``history`` is left as it is)."""
+        return cls(attempts, window, {key: deque(times) for key, times in history.items()})
+
+    def history(self) -> dict[tuple[str, str], tuple[float, ...]]:
+        """The repairs noted, per (host, container), oldest first (a copy)."""
+        return {key: tuple(times) for key, times in self._history.items()}
 
     def repaired(self, host: str, container: str, now: float) -> bool:
         """Note one repair; True when this container is now crash-looping."""

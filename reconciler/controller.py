@@ -14,46 +14,45 @@
   recorded as interrupted, exit 0.
 - Start-up: rows a killed controller left "started" become "interrupted", and the
   first pass repairs what they left (it is level-triggered: the plan sees it).
+
+The request queue, timed requests, signals and the guarded pass are the generic
+reconciler.loop; what follows a pass (backoff, crash loops, retries) is decided by
+reconciler.assess and applied here; probes and status write-back are in
+reconciler.reporting, the Docker event streams in reconciler.watchers.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
+import random
 import socket
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import FrameType
-from typing import Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
-from desired_state.spec import Endpoint
-from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector
+from reconciler import reporting
+from reconciler.assess import History, Rules, assess, summarize
+from reconciler.backoff import BackoffPolicy
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
+from reconciler.loop import ReconcileLoop
 from reconciler.metrics import Metrics
 from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.pauses import pauses_for
-from reconciler.plan import Kind
+from reconciler.reporting import StatusWriter
 from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
-from reconciler.store import ActionRecord, AuditLog, HostState
+from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_CONTROLLER_NOTES
-from reconciler.triggers import EventWatcher, PassRequests, Request
+from reconciler.triggers import PassRequests, Request
+from reconciler.watchers import EventWatchers
 
 log = logging.getLogger("consul_reconciler.controller")
 
-REPAIR_KINDS = (Kind.CREATE, Kind.START)
-EVENT_RECHECK_DELAY = 0.1  # seconds
-WAITING_RECHECK = 2.0  # seconds between looks while a server rollout waits for the cluster
 # A desired-state source that could not be read is read again after 1, 2, 4 ... s (at most 30 s): its
 # watcher may not see the recovery (a blocking query held since before a leaderless spell answers
 # only at the end of its wait, and unchanged), and the resync interval may be minutes.
@@ -82,6 +81,123 @@ class ControllerOptions:
     passes: PassOptions = field(default_factory=PassOptions)
 
 
+class DesiredState:
+    """The document to enforce: the source's while it is readable and valid, else the last valid one
+    (kept in memory, and in the audit database across restarts); a rejection is audited once."""
+
+    def __init__(
+        self,
+        source: FileSource | ConsulSource,
+        audit: AuditLog,
+        metrics: Metrics,
+        identity: str,
+        loop: ReconcileLoop[Request],
+        standby: Callable[[], bool],
+    ) -> None:
+        self.source = source
+        self.audit = audit
+        self.metrics = metrics
+        self.identity = identity
+        self.loop = loop
+        self.standby = standby  # a standby under leader election audits no rejection
+        self.source_error: str | None = None
+        self.source_failures = 0
+        self.enforcing_kept: str | None = None  # digest of a kept document enforced since start-up
+        self.kept_digest: str | None = None
+        self.last_valid: Loaded | None = None
+        self.rejected_digest: str | None = None
+
+    def keep(self, loaded: Loaded) -> None:
+        """Remember the applied document: the last known good, even across restarts."""
+        if loaded.digest != self.kept_digest:
+            self.audit.state.keep_document(
+                source=self.source.describe(),
+                digest=loaded.digest,
+                cluster_id=loaded.topology.cluster,
+                document=loaded.text,
+            )
+            self.kept_digest = loaded.digest
+
+    def load(self) -> Loaded | None:
+        """The desired state to enforce: the source's if readable and valid, else the last valid one
+        (from memory, or the kept document in the database when the controller just started)."""
+        try:
+            data = self.source.read()
+        except SourceError as exc:
+            self.source_error = str(exc)
+            self.source_failures += 1
+            if not self.loop.stopping:
+                retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self.source_failures - 1))
+                self.loop.request_in("source-retry", retry)
+            self.metrics.desired_state_source_up.set(0)
+            self.reject(digest_of(str(exc).encode()), str(exc))
+            return self.last_valid or self.kept()
+        self.source_error = None
+        self.source_failures = 0
+        self.metrics.desired_state_source_up.set(1)
+        digest = digest_of(data)
+        if self.last_valid is not None and digest == self.last_valid.digest:
+            # The same bytes as the document in force: parsing and validating them again would give
+            # the same result (a 10,000-host YAML document takes seconds to parse), and the rendered
+            # fleet is kept with it.
+            loaded = self.last_valid
+        else:
+            try:
+                loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
+            except TopologyError as exc:
+                self.reject(digest, "; ".join(str(i) for i in exc.issues))
+                return self.last_valid or self.kept()
+            log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
+        self.last_valid = loaded
+        self.enforcing_kept = None
+        self.rejected_digest = None
+        self.metrics.desired_state_valid.set(1)
+        return loaded
+
+    def kept(self) -> Loaded | None:
+        row = self.audit.state.last_document(self.source.describe())
+        if row is None:
+            return None
+        try:
+            loaded = load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}")
+        except TopologyError:
+            log.error("the kept document %s no longer validates; nothing is enforced", row.digest[:12])
+            return None
+        log.warning(
+            "enforcing the kept document %s (applied %s) until the source is readable and valid",
+            row.digest[:12],
+            row.last_applied.isoformat(timespec="seconds"),
+        )
+        self.last_valid = loaded
+        self.enforcing_kept = loaded.digest
+        return loaded
+
+    def reject(self, digest: str, reason: str) -> None:
+        self.metrics.desired_state_valid.set(0)
+        keeping = (
+            f"keeping the last valid state (digest {self.last_valid.digest[:12]})"
+            if self.last_valid
+            else "no valid state yet: nothing is enforced"
+        )
+        if digest == self.rejected_digest:
+            return  # audited once per distinct document
+        if self.standby():
+            self.rejected_digest = digest
+            log.error("desired state rejected: %s (a standby: not audited)", reason)
+            return
+        self.rejected_digest = digest
+        log.error("desired state rejected: %s; %s", reason, keeping)
+        cluster = self.last_valid.topology.cluster if self.last_valid else "(unknown)"
+        run_id = self.audit.start_run(
+            cluster_id=cluster,
+            trigger="desired-state",
+            source=self.source.describe(),
+            digest=digest,
+            controller=self.identity,
+        )
+        self.audit.finish_run(run_id, status="refused", error=f"desired state rejected: {reason}; {keeping}")
+
+
 class Controller:
     def __init__(
         self,
@@ -99,59 +215,46 @@ class Controller:
         self.identity = controller_identity()
         self.requests = PassRequests()
         self.connections = Connections()
-        self.backoff = BackoffTable(self.options.backoff)
-        self.crashloops = CrashLoopDetector(self.options.crashloop_attempts, self.options.crashloop_window)
-        self.pauses = pauses_for(source, audit)
-        self._stopping = threading.Event()
-        self._scheduler = BackgroundScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}, timezone=UTC
+        self.rules = Rules(
+            self.options.backoff, self.options.crashloop_attempts, self.options.crashloop_window
         )
-        self._watchers: dict[str, EventWatcher] = {}
-        self._file_watcher: Watcher | None = None
+        self.history = History()  # backoff and crash-loop state: replaced whole after each pass
+        self.rng = random.Random()  # the backoff jitter
+        self.pauses = pauses_for(source, audit)
+        self.loop: ReconcileLoop[Request] = ReconcileLoop(
+            self.requests,
+            self._run_pass,
+            retry_delay=lambda failures: self.options.backoff.delay(failures, self.rng),
+            triggers=self.metrics.triggers,
+            outcomes=self.metrics.passes,
+            log=log,
+        )
         self.lock: LeaderLock | None = None
-        self._source_error: str | None = None
-        self._source_failures = 0
-        self._enforcing_kept: str | None = None  # digest of a kept document enforced since start-up
-        self._kept_digest: str | None = None
-        self._status_written: dict[str, str] = {}
+        self.desired = DesiredState(
+            source, audit, self.metrics, self.identity, self.loop, standby=self._standby
+        )
+        self.events = EventWatchers(self.loop.request)
+        self.status = StatusWriter(audit, source, self.identity)
+        self._file_watcher: Watcher | None = None
         self._rollout_pause: str | None = None
-        self._pass_errors = 0
-        self._pass_error: str | None = None
         self._http: StatusServer | None = None
-        self._last_valid: Loaded | None = None
-        self._rejected_digest: str | None = None
         self._recovered: set[str] = set()  # clusters whose interrupted rows were marked
-        self._started = time.monotonic()
-        self._pass_started: float | None = None
-        self._last_pass_end: float | None = None
-        self._progress_at = time.monotonic()  # the running pass last moved on (or said it waits)
-        self._progress_what = "starting"
         self._last_result: PassResult | None = None
-        self._lock = threading.Lock()
-        self._recheck: threading.Timer | None = None
-        self.passes_run = 0
-        self.fatal: str | None = None  # why the controller stopped on its own (exit code 1)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-        self.start_background()
-        try:
-            while not self._stopping.is_set():
-                request = self.requests.wait(timeout=1.0)
-                if request is not None and not self._stopping.is_set():
-                    self._guarded_pass(request)
-        finally:
-            self.shutdown()
-        if self.fatal is not None:
-            log.error("controller stopped: %s", self.fatal)
-            return 1
-        log.info("controller stopped")
-        return 0
+        return self.loop.run(self.start_background, self.shutdown)
+
+    @property
+    def passes_run(self) -> int:
+        return self.loop.calls
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the controller stopped on its own (exit code 1)."""
+        return self.loop.fatal
 
     def start_background(self) -> None:
         if self.options.http:
@@ -166,175 +269,66 @@ class Controller:
             self._http.start()
             log.info("serving /healthz, /readyz, /metrics on http://%s", self.options.http)
         interval = self.options.interval
-        self._scheduler.add_job(
-            self._request,
-            "interval",
-            args=["interval"],
-            seconds=interval,
-            jitter=max(0.0, interval * self.options.jitter),
-            id="resync",
-        )
+        self.loop.request_every("interval", interval, max(0.0, interval * self.options.jitter), "resync")
         if self.options.prune_after is not None:
-            self._scheduler.add_job(
-                self._prune, "interval", hours=1, id="prune", next_run_time=datetime.now(UTC)
-            )
-        self._scheduler.start()
+            self.loop.call_every(self._prune, 3600.0, "prune")
+        self.loop.start_scheduler()
         if self.options.watch_file:
             kind = "file" if isinstance(self.source, FileSource) else "kv"
-            self._file_watcher = self.source.watcher(lambda: self._request(kind))
+            self._file_watcher = self.source.watcher(lambda: self.loop.request(kind))
             self._file_watcher.start()
         if isinstance(self.source, ConsulSource) and self.options.leader_election:
-            key = self.options.lock_key or lock_key_for(self.source.address.key)
-            self.lock = LeaderLock(
-                Consul(self.source.address.with_key(key), timeout=min(5.0, self.options.lock_ttl / 3)),
-                key,
-                self.identity,
-                ttl=self.options.lock_ttl,
-                lock_delay=self.options.lock_delay,
-                on_change=self._on_leadership,
-                on_fatal=self._on_fatal,
+            # on_fatal: something no retry can fix (Consul refuses the leader session's TTL): stop, exit 1
+            self.lock = _leader_lock(
+                self.source, self.options, self.identity, self._on_leadership, self.loop.fail
             )
             self.lock.start()
-        self._request("startup")
+        self.loop.request("startup")
 
     def stop(self) -> None:
-        if not self._stopping.is_set():
-            log.info("stopping: finishing the action in flight, starting no new one")
-        self._stopping.set()
-        self.requests.close()
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        self.stop()
+        self.loop.stop()
 
     def shutdown(self) -> None:
-        self._scheduler.shutdown(wait=False)
+        self.loop.close()
         if self._file_watcher is not None:
             self._file_watcher.stop()
         if self.lock is not None:
             self.lock.stop()
             self.lock.join(timeout=10)
-        for watcher in self._watchers.values():
-            watcher.stop()
+        self.events.stop()
         if self._http is not None:
             self._http.stop()
         self.connections.close()
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self.loop.stopping
 
     # --- triggers ----------------------------------------------------------------------------------
-
-    def _request(self, reason: str) -> None:
-        self.metrics.triggers.labels(reason.split(":", 1)[0]).inc()
-        self.requests.request(reason)
-
-    def _request_in(self, reason: str, seconds: float) -> None:
-        """Ask for a pass once, ``seconds`` from now (a later call for the same reason replaces it)."""
-        when = datetime.now(UTC) + timedelta(seconds=seconds)
-        self._scheduler.add_job(
-            self._request, "date", args=[reason], run_date=when, id=reason, replace_existing=True
-        )
-
-    def _on_fatal(self, why: str) -> None:
-        """Something no retry can fix (Consul refuses the leader session's TTL): stop, exit 1."""
-        self.fatal = why
-        self.stop()
 
     def _on_leadership(self, leading: bool) -> None:
         self.metrics.leader.set(1 if leading else 0)
         if leading:
-            self._request("leader")
+            self.loop.request("leader")
 
     def _acting(self) -> bool:
         """May this controller start an action now? (not stopping, and the leader if electing)"""
-        return not self._stopping.is_set() and (self.lock is None or self.lock.is_leader())
+        return not self.loop.stopping and (self.lock is None or self.lock.is_leader())
 
     def _leadership_lost(self) -> str | None:
         if self.lock is None or self.lock.is_leader():
             return None
         return "this controller is no longer the leader"
 
+    def _standby(self) -> bool:
+        return self.lock is not None and not self.lock.is_leader()
+
     def _repairing(self) -> bool:
         """May a repairs-only pass start an action now? (not stopping; the leader, or none knowable)"""
         lock = self.lock
-        return not self._stopping.is_set() and (lock is None or lock.is_leader() or lock.leader_unknown())
-
-    def _on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
-        if action == "reconnected":
-            log.info("event stream of %s is back; looking at it now", host)
-            self._request(f"engine-back:{host}")
-            return
-        name = (event.get("Actor") or {}).get("Attributes", {}).get("name", "?")
-        log.debug("docker event %s on %s/%s", action, host, name)
-        self._request(f"event:{host}")
-        # Docker publishes an event a moment before its container list shows the new state
-        # (measured: "die" arrives while the list still says "running"). Look now, and once
-        # more shortly after, so the state the event announced is seen either way.
-        with self._lock:
-            if self._recheck is None or not self._recheck.is_alive():
-                self._recheck = threading.Timer(
-                    EVENT_RECHECK_DELAY, self._request, args=[f"event-recheck:{host}"]
-                )
-                self._recheck.daemon = True
-                self._recheck.start()
-
-    def _sync_event_watchers(self, loaded: Loaded) -> None:
-        if not self.options.watch_events:
-            return
-        cluster = loaded.topology.cluster
-        wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in loaded.fleet.hosts}
-        for host, watcher in list(self._watchers.items()):
-            if wanted.get(host) != watcher.endpoint:
-                watcher.stop()
-                del self._watchers[host]
-        for host, endpoint in wanted.items():
-            if host not in self._watchers:
-                watcher = EventWatcher(host, endpoint, cluster, self._on_event)
-                watcher.start()
-                self._watchers[host] = watcher
+        return not self.loop.stopping and (lock is None or lock.is_leader() or lock.leader_unknown())
 
     # --- one pass ----------------------------------------------------------------------------------
-
-    def _guarded_pass(self, request: Request) -> None:
-        """A pass that fails as a whole (the audit database unavailable or read-only, say) pauses the
-        controller: nothing was done without its audit row, it is reported, and retried with backoff."""
-        try:
-            self.run_pass(request)
-        except Exception as exc:
-            self._pass_errors += 1
-            delay = self.options.backoff.delay(self._pass_errors, self.backoff.rng)
-            self._pass_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            self.metrics.passes.labels("error").inc()
-            log.error(
-                "pass failed, nothing more is done until it can be recorded: %s; retrying in %.1fs",
-                self._pass_error,
-                delay,
-            )
-            self._request_in("pass-retry", delay)
-        else:
-            if self._pass_errors:
-                log.info("passes work again after %d failed attempt(s)", self._pass_errors)
-            self._pass_errors = 0
-            self._pass_error = None
-
-    def _progress(self, what: str) -> None:
-        with self._lock:
-            self._progress_at, self._progress_what = time.monotonic(), what
-
-    def run_pass(self, request: Request) -> PassResult | None:
-        started = time.monotonic()
-        with self._lock:
-            self._pass_started = started
-            self._progress_at, self._progress_what = started, f"a pass ({request.label()})"
-        try:
-            return self._run_pass(request, started)
-        finally:
-            with self._lock:
-                self._pass_started = None
-                self._last_pass_end = time.monotonic()
-            self.passes_run += 1
 
     def _run_pass(self, request: Request, started: float) -> PassResult | None:
         repairs_only = False
@@ -348,7 +342,7 @@ class Controller:
         written = self.audit.flush_pending()  # outcomes the database missed: recorded before anything else
         if written:
             log.info("recorded %d outcome(s) the audit database could not take earlier", written)
-        loaded = self._load()
+        loaded = self.desired.load()
         if loaded is None:
             self.metrics.passes.labels("no-desired-state").inc()
             return None
@@ -362,12 +356,13 @@ class Controller:
                     found,
                 )
             self._recovered.add(cluster)
-        self._sync_event_watchers(loaded)
+        if self.options.watch_events:
+            self.events.sync(loaded)
         now = time.monotonic()
         deferred = {
             host: f"backing off after {s.failures} failure(s); next try in {s.retry_at - now:.1f}s"
             + (" (degraded: crash loop)" if s.degraded else "")
-            for host, s in self.backoff.waiting(now).items()
+            for host, s in self.history.waiting(now).items()
         }
         log.debug(
             "pass (%s), %.1f ms after the first request", request.label(), (started - request.first) * 1e3
@@ -387,182 +382,39 @@ class Controller:
             confirm_leadership=self.lock.confirm if self.lock is not None else (lambda: None),
             leadership_lost=self._leadership_lost,
             repairs_only=repairs_only,
-            progress=self._progress,
+            progress=self.loop.progress,
             pauses=self.pauses,
         )
-        self._keep(loaded)
+        self.desired.keep(loaded)
         self._after_pass(result, loaded, time.monotonic() - started)
-        self._write_status(loaded, result)
+        self.status.write_status(loaded, result, self.options.status_prefix)
         return result
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
-        """Is the controller that left a run open still at work? (a peer sharing the audit database)
-        On this machine: its process exists. Under leader election: Consul still knows its session.
-        Otherwise, or when Consul cannot tell, it is taken for dead: its rows are marked interrupted."""
-        if owner and owner != self.identity:
-            host, _, pid = owner.rpartition(":")
-            if host == socket.gethostname() and pid.isdigit():
-                return _pid_alive(int(pid))
-        if holder and self.lock is not None:
-            try:
-                return self.lock.consul.session_alive(holder)
-            except ConsulError:
-                return False
-        return False
-
-    def _keep(self, loaded: Loaded) -> None:
-        """Remember the applied document: the last known good, even across restarts."""
-        if loaded.digest != self._kept_digest:
-            self.audit.state.keep_document(
-                source=self.source.describe(),
-                digest=loaded.digest,
-                cluster_id=loaded.topology.cluster,
-                document=loaded.text,
-            )
-            self._kept_digest = loaded.digest
-
-    def _load(self) -> Loaded | None:
-        """The desired state to enforce: the source's if readable and valid, else the last valid one
-        (from memory, or the kept document in the database when the controller just started)."""
-        try:
-            data = self.source.read()
-        except SourceError as exc:
-            self._source_error = str(exc)
-            self._source_failures += 1
-            if not self._stopping.is_set():
-                retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self._source_failures - 1))
-                self._request_in("source-retry", retry)
-            self.metrics.desired_state_source_up.set(0)
-            self._reject(digest_of(str(exc).encode()), str(exc))
-            return self._last_valid or self._kept()
-        self._source_error = None
-        self._source_failures = 0
-        self.metrics.desired_state_source_up.set(1)
-        digest = digest_of(data)
-        if self._last_valid is not None and digest == self._last_valid.digest:
-            # The same bytes as the document in force: parsing and validating them again would give
-            # the same result (a 10,000-host YAML document takes seconds to parse), and the rendered
-            # fleet is kept with it.
-            loaded = self._last_valid
-        else:
-            try:
-                loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
-            except TopologyError as exc:
-                self._reject(digest, "; ".join(str(i) for i in exc.issues))
-                return self._last_valid or self._kept()
-            log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
-        self._last_valid = loaded
-        self._enforcing_kept = None
-        self._rejected_digest = None
-        self.metrics.desired_state_valid.set(1)
-        return loaded
-
-    def _kept(self) -> Loaded | None:
-        row = self.audit.state.last_document(self.source.describe())
-        if row is None:
-            return None
-        try:
-            loaded = load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}")
-        except TopologyError:
-            log.error("the kept document %s no longer validates; nothing is enforced", row.digest[:12])
-            return None
-        log.warning(
-            "enforcing the kept document %s (applied %s) until the source is readable and valid",
-            row.digest[:12],
-            row.last_applied.isoformat(timespec="seconds"),
-        )
-        self._last_valid = loaded
-        self._enforcing_kept = loaded.digest
-        return loaded
-
-    def _reject(self, digest: str, reason: str) -> None:
-        self.metrics.desired_state_valid.set(0)
-        keeping = (
-            f"keeping the last valid state (digest {self._last_valid.digest[:12]})"
-            if self._last_valid
-            else "no valid state yet: nothing is enforced"
-        )
-        if digest == self._rejected_digest:
-            return  # audited once per distinct document
-        if self.lock is not None and not self.lock.is_leader():
-            self._rejected_digest = digest
-            log.error("desired state rejected: %s (a standby: not audited)", reason)
-            return
-        self._rejected_digest = digest
-        log.error("desired state rejected: %s; %s", reason, keeping)
-        cluster = self._last_valid.topology.cluster if self._last_valid else "(unknown)"
-        run_id = self.audit.start_run(
-            cluster_id=cluster,
-            trigger="desired-state",
-            source=self.source.describe(),
-            digest=digest,
-            controller=self.identity,
-        )
-        self.audit.finish_run(run_id, status="refused", error=f"desired state rejected: {reason}; {keeping}")
+        return _run_alive(owner, holder, self.identity, self.lock)
 
     def _after_pass(self, result: PassResult, loaded: Loaded, duration: float) -> None:
         now = time.monotonic()
-        m = self.metrics
-        m.passes.labels(result.status).inc()
-        m.pass_duration.observe(duration)
-        failed_hosts: dict[str, str] = {}
-        repaired: dict[str, list[str]] = {}
-        for r in result.applied.results if result.applied else []:
-            m.actions.labels(r.action.kind.value, r.status).inc()
-            if r.status == "failed":
-                failed_hosts.setdefault(r.action.host, r.error or "action failed")
-            elif r.status == "succeeded" and r.action.kind in REPAIR_KINDS:
-                repaired.setdefault(r.action.host, []).append(r.action.name)
-        for host, error in result.plan.unreachable.items():
-            failed_hosts.setdefault(host, error)
-
-        drift: dict[str, int] = {}
-        for action in result.plan.actions:
-            drift[action.host] = drift.get(action.host, 0) + 1
-        observed_hosts = {h.name for h in result.observed.hosts}
-        for host in sorted(observed_hosts | set(drift)):
-            m.drift.labels(host).set(drift.get(host, 0))
-
-        seq = SEQ_CONTROLLER_NOTES
-        looping_hosts: set[str] = set()
-        for host, names in repaired.items():
-            looping = [n for n in names if self.crashloops.repaired(host, n, now)]
-            if looping:
-                looping_hosts.add(host)
-                why = (
-                    f"crash loop: {', '.join(looping)} needed repair {self.crashloops.attempts} times "
-                    f"within {self.crashloops.window:.0f}s"
-                )
-                delay = self.backoff.failed(host, now, why, degraded=True)
-                seq += 1
-                self._audit_host(
-                    result, seq, host, "degraded", f"{why}; host degraded, next try in {delay:.1f}s"
-                )
-        for host, error in failed_hosts.items():
-            if host in looping_hosts:
-                continue
-            delay = self.backoff.failed(host, now, error)
-            seq += 1
-            failures = self.backoff.get(host).failures
-            self._audit_host(result, seq, host, "backoff", f"failure {failures}: next try in {delay:.1f}s")
-        for host in observed_hosts - set(failed_hosts) - looping_hosts:
-            self.backoff.succeeded(host)  # a clean pass: backoff and degraded state reset
+        drift = reporting.count_pass(self.metrics, result, duration)
+        summary = summarize(result, (h.name for h in loaded.topology.hosts))
+        verdict = assess(summary, now, self.history, self.rules, self.rng)
+        self.history = verdict.history
+        for seq, note in enumerate(verdict.notes, start=SEQ_CONTROLLER_NOTES + 1):
+            self._audit_host(result, seq, note.host, note.kind, note.message)
 
         pause = self.pauses.get(loaded.topology.cluster)
-        m.rollout_paused.set(1 if pause else 0)
+        self.metrics.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
-        waiting = self.backoff.waiting(now)
-        m.hosts_unreachable.set(len(result.plan.unreachable))
-        m.hosts_degraded.set(sum(1 for s in self.backoff.hosts.values() if s.degraded))
-        m.hosts_backoff.set(len(waiting))
-        if result.ok and not waiting:
-            m.last_success.set(time.time())
-        self._schedule_retry(now, {h.name for h in loaded.topology.hosts})
-        if result.status == "waiting" and not self._stopping.is_set():
+        reporting.count_hosts(self.metrics, result, verdict)
+        if verdict.retry_in is not None and not self.loop.stopping:
+            # one pass at the end of the first backoff window among the desired hosts (at once when it
+            # ended while this pass ran: the pass deferred that host, and no other trigger may come)
+            self.loop.request_in("backoff-retry", verdict.retry_in)
+        if verdict.recheck_in is not None and not self.loop.stopping:
             # a server change waits for the cluster: look again soon, not only at the next resync
-            self._request_in("rollout-wait", WAITING_RECHECK)
+            self.loop.request_in("rollout-wait", verdict.recheck_in)
         self._last_result = result
-        self._write_host_states(loaded, result, drift)
+        self.status.write_host_states(loaded, result, drift, self.history.hosts)
         log.info(
             "pass %s: %s in %.0f ms (%s)",
             result.run_id,
@@ -577,70 +429,6 @@ class Controller:
         record = ActionRecord(seq=seq, host=host, kind=kind, reason=[{"message": message}])
         self.audit.record_action(result.run_id, record, status="skipped")
 
-    def _schedule_retry(self, now: float, hosts: set[str]) -> None:
-        """One pass at the end of the first backoff window among the desired hosts (at once when it
-        ended while this pass ran: the pass deferred that host, and no other trigger may come)."""
-        next_retry = self.backoff.next_retry(hosts)
-        if next_retry is None or self._stopping.is_set():
-            return
-        self._request_in("backoff-retry", max(0.0, next_retry - now) + 0.01)
-
-    def _write_host_states(self, loaded: Loaded, result: PassResult, drift: dict[str, int]) -> None:
-        now_wall = datetime.now(UTC)
-        now = time.monotonic()
-        states: list[HostState] = []
-        hosts = {h.name for h in loaded.topology.hosts} | {h.name for h in result.observed.hosts}
-        for host in sorted(hosts):
-            b = self.backoff.hosts.get(host)
-            if b is not None and b.failures:
-                state = (
-                    "degraded"
-                    if b.degraded
-                    else ("unreachable" if host in result.plan.unreachable else "backoff")
-                )
-                retry_at = now_wall + timedelta(seconds=max(0.0, b.retry_at - now))
-                states.append(HostState(host, state, b.failures, retry_at, drift.get(host, 0), b.last_error))
-            else:
-                states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
-        self.audit.state.set_host_states(loaded.topology.cluster, states)
-
-    def _write_status(self, loaded: Loaded, result: PassResult) -> None:
-        """Per-host status documents in Consul KV, readable in Consul's own UI (written on change)."""
-        if not isinstance(self.source, ConsulSource) or not self.options.status_prefix:
-            return
-        prefix = f"{self.options.status_prefix.rstrip('/')}/{loaded.topology.cluster}"
-        states = self.audit.state.host_states(loaded.topology.cluster)
-        consul = self.source.consul
-        for host in loaded.fleet.hosts:
-            seen = result.observed.host(host.name)
-            state = states.get(host.name)
-            doc = {
-                "host": host.name,
-                "desired": {s.name: s.spec_hash() for s in host.specs},
-                "observed": {
-                    c.name: c.state
-                    for c in (seen.managed if seen else ())
-                    if c.managed_by == loaded.topology.cluster
-                },
-                "reachable": None if seen is None else seen.reachable,
-                "drift": [f"{a.kind.value} {a.name}" for a in result.plan.actions if a.host == host.name],
-                "state": state.state if state else "unknown",
-                "failures": state.failures if state else 0,
-                "detail": state.detail if state else None,
-                "desired_digest": loaded.digest,
-                "controller": self.identity,
-            }
-            text = json.dumps(doc, sort_keys=True)
-            key = f"{prefix}/{host.name}"
-            if self._status_written.get(key) == text:
-                continue
-            try:
-                consul.put(key, text.encode())
-                self._status_written[key] = text
-            except ConsulError as exc:
-                log.warning("could not write status %s: %s", key, exc)
-                return
-
     def _prune(self) -> None:
         if self.options.prune_after is None:
             return
@@ -651,78 +439,49 @@ class Controller:
     # --- probes ------------------------------------------------------------------------------------
 
     def healthz(self) -> tuple[bool, dict[str, object]]:
-        """Alive and making progress, or legitimately waiting: a pass that moves on or waits on a gate
-        (each look at the cluster counts), passes that end, and a leader lock loop that goes round."""
-        now = time.monotonic()
-        limit = self.options.health_factor * self.options.interval
-        with self._lock:
-            running_since, last_end = self._pass_started, self._last_pass_end
-            progress_at, doing = self._progress_at, self._progress_what
-        if running_since is not None and now - progress_at > limit:
-            return False, {
-                "reason": f"a pass has made no progress for {now - progress_at:.0f}s (limit {limit:.0f}s), "
-                f"running for {now - running_since:.0f}s; last: {doing}"
-            }
-        reference = last_end if last_end is not None else self._started
-        if running_since is None and now - reference > limit:
-            return False, {"reason": f"no pass ended in the last {now - reference:.0f}s (limit {limit:.0f}s)"}
-        lock = self.lock
-        if lock is not None and lock.ident is not None:  # started
-            quiet = time.monotonic() - lock.last_beat
-            lock_limit = max(limit, lock.longest_round())
-            if quiet > lock_limit or not lock.is_alive():
-                return False, {
-                    "reason": f"the leader lock loop has not gone round for {quiet:.0f}s "
-                    f"(limit {lock_limit:.0f}s)"
-                }
-        ended_ago = None if last_end is None else round(now - last_end, 3)
-        detail: dict[str, object] = {"last_pass_ended_ago": ended_ago}
-        if running_since is not None:
-            detail["doing"] = doing
-        return True, detail
+        """Alive and making progress, or legitimately waiting (reconciler.reporting.healthz)."""
+        return reporting.healthz(self.loop, self.lock, self.options.health_factor * self.options.interval)
 
     def readyz(self) -> tuple[bool, dict[str, object]]:
-        if self._last_valid is None:
-            return False, {"reason": "no valid desired state yet"}
-        if self._last_pass_end is None:
-            return False, {"reason": "the first pass has not finished"}
-        return True, {"digest": self._last_valid.digest}
+        return reporting.readyz(self.desired.last_valid, self.loop.last_end)
 
     def status_document(self) -> dict[str, object]:
-        now = time.monotonic()
-        return {
-            "controller": self.identity,
-            "source": self.source.describe(),
-            "desired_digest": self._last_valid.digest if self._last_valid else None,
-            "desired_state_valid": self._rejected_digest is None,
-            "source_error": self._source_error,
-            "enforcing": (
-                None
-                if self._last_valid is None
-                else {
-                    "digest": self._last_valid.digest,
-                    "from": "kept document" if self._enforcing_kept else "source",
-                    "why": self._source_error if self._rejected_digest else None,
-                }
-            ),
-            "leader": None if self.lock is None else self.lock.is_leader(),
-            "rollout_paused": self._rollout_pause,
-            "pass_error": self._pass_error,
-            "lock_index": None if self.lock is None else self.lock.fencing()[1],
-            "passes": self.passes_run,
-            "last_run": self._last_result.run_id if self._last_result else None,
-            "last_status": self._last_result.status if self._last_result else None,
-            "hosts": {
-                h: {
-                    "failures": s.failures,
-                    "degraded": s.degraded,
-                    "error": s.last_error,
-                    "retry_in": round(max(0.0, s.retry_at - now), 3),
-                }
-                for h, s in list(self.backoff.hosts.items())  # a snapshot: the pass thread changes it
-                if s.failures
-            },
-        }
+        return reporting.status_document(self)
+
+
+def _run_alive(owner: str | None, holder: str | None, identity: str, lock: LeaderLock | None) -> bool:
+    """Is the controller that left a run open still at work? (a peer sharing the audit database)
+    On this machine: its process exists. Under leader election: Consul still knows its session.
+    Otherwise, or when Consul cannot tell, it is taken for dead: its rows are marked interrupted."""
+    if owner and owner != identity:
+        host, _, pid = owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            return _pid_alive(int(pid))
+    if holder and lock is not None:
+        try:
+            return lock.consul.session_alive(holder)
+        except ConsulError:
+            return False
+    return False
+
+
+def _leader_lock(
+    source: ConsulSource,
+    options: ControllerOptions,
+    identity: str,
+    on_change: Callable[[bool], None],
+    on_fatal: Callable[[str], None],
+) -> LeaderLock:
+    key = options.lock_key or lock_key_for(source.address.key)
+    return LeaderLock(
+        Consul(source.address.with_key(key), timeout=min(5.0, options.lock_ttl / 3)),
+        key,
+        identity,
+        ttl=options.lock_ttl,
+        lock_delay=options.lock_delay,
+        on_change=on_change,
+        on_fatal=on_fatal,
+    )
 
 
 def _pid_alive(pid: int) -> bool:

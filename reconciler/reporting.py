@@ -1,0 +1,198 @@
+"""What the controller tells the outside: /healthz and /readyz, and each host's state, in the audit
+database and (with a Consul source) as status documents in Consul KV."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from desired_state.load import Loaded
+from reconciler.assess import Assessment
+from reconciler.backoff import HostBackoff
+from reconciler.consul_api import ConsulError
+from reconciler.leader import LeaderLock
+from reconciler.loop import ReconcileLoop
+from reconciler.metrics import Metrics
+from reconciler.one_pass import PassResult
+from reconciler.sources import ConsulSource, FileSource
+from reconciler.store import AuditLog, HostState
+
+if TYPE_CHECKING:
+    from reconciler.controller import Controller
+
+# the controller's logger: operators filter on it
+log = logging.getLogger("consul_reconciler.controller")
+
+
+class StatusWriter:
+    def __init__(self, audit: AuditLog, source: FileSource | ConsulSource, identity: str) -> None:
+        self.audit = audit
+        self.source = source
+        self.identity = identity
+        self.written: dict[str, str] = {}  # status documents as last written, by key
+
+    def write_host_states(
+        self, loaded: Loaded, result: PassResult, drift: dict[str, int], backoff: Mapping[str, HostBackoff]
+    ) -> None:
+        """Each host's state (ok, backoff, unreachable, degraded) in the audit database."""
+        now_wall = datetime.now(UTC)
+        now = time.monotonic()
+        states: list[HostState] = []
+        hosts = {h.name for h in loaded.topology.hosts} | {h.name for h in result.observed.hosts}
+        for host in sorted(hosts):
+            b = backoff.get(host)
+            if b is not None and b.failures:
+                state = (
+                    "degraded"
+                    if b.degraded
+                    else ("unreachable" if host in result.plan.unreachable else "backoff")
+                )
+                retry_at = now_wall + timedelta(seconds=max(0.0, b.retry_at - now))
+                states.append(HostState(host, state, b.failures, retry_at, drift.get(host, 0), b.last_error))
+            else:
+                states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
+        self.audit.state.set_host_states(loaded.topology.cluster, states)
+
+    def write_status(self, loaded: Loaded, result: PassResult, status_prefix: str | None) -> None:
+        """Per-host status documents in Consul KV, readable in Consul's own UI (written on change)."""
+        if not isinstance(self.source, ConsulSource) or not status_prefix:
+            return
+        prefix = f"{status_prefix.rstrip('/')}/{loaded.topology.cluster}"
+        states = self.audit.state.host_states(loaded.topology.cluster)
+        consul = self.source.consul
+        for host in loaded.fleet.hosts:
+            seen = result.observed.host(host.name)
+            state = states.get(host.name)
+            doc = {
+                "host": host.name,
+                "desired": {s.name: s.spec_hash() for s in host.specs},
+                "observed": {
+                    c.name: c.state
+                    for c in (seen.managed if seen else ())
+                    if c.managed_by == loaded.topology.cluster
+                },
+                "reachable": None if seen is None else seen.reachable,
+                "drift": [f"{a.kind.value} {a.name}" for a in result.plan.actions if a.host == host.name],
+                "state": state.state if state else "unknown",
+                "failures": state.failures if state else 0,
+                "detail": state.detail if state else None,
+                "desired_digest": loaded.digest,
+                "controller": self.identity,
+            }
+            text = json.dumps(doc, sort_keys=True)
+            key = f"{prefix}/{host.name}"
+            if self.written.get(key) == text:
+                continue
+            try:
+                consul.put(key, text.encode())
+                self.written[key] = text
+            except ConsulError as exc:
+                log.warning("could not write status %s: %s", key, exc)
+                return
+
+
+def healthz(
+    loop: ReconcileLoop[Any], lock: LeaderLock | None, limit: float
+) -> tuple[bool, dict[str, object]]:
+    """Alive and making progress, or legitimately waiting: a pass that moves on or waits on a gate
+    (each look at the cluster counts), passes that end, and a leader lock loop that goes round."""
+    now = time.monotonic()
+    alive = loop.liveness()
+    running_since, last_end = alive.running_since, alive.last_end
+    progress_at, doing = alive.progress_at, alive.doing
+    if running_since is not None and now - progress_at > limit:
+        return False, {
+            "reason": f"a pass has made no progress for {now - progress_at:.0f}s (limit {limit:.0f}s), "
+            f"running for {now - running_since:.0f}s; last: {doing}"
+        }
+    reference = last_end if last_end is not None else alive.started
+    if running_since is None and now - reference > limit:
+        return False, {"reason": f"no pass ended in the last {now - reference:.0f}s (limit {limit:.0f}s)"}
+    if lock is not None and lock.ident is not None:  # started
+        quiet = time.monotonic() - lock.last_beat
+        lock_limit = max(limit, lock.longest_round())
+        if quiet > lock_limit or not lock.is_alive():
+            return False, {
+                "reason": f"the leader lock loop has not gone round for {quiet:.0f}s "
+                f"(limit {lock_limit:.0f}s)"
+            }
+    ended_ago = None if last_end is None else round(now - last_end, 3)
+    detail: dict[str, object] = {"last_pass_ended_ago": ended_ago}
+    if running_since is not None:
+        detail["doing"] = doing
+    return True, detail
+
+
+def readyz(last_valid: Loaded | None, last_end: float | None) -> tuple[bool, dict[str, object]]:
+    if last_valid is None:
+        return False, {"reason": "no valid desired state yet"}
+    if last_end is None:
+        return False, {"reason": "the first pass has not finished"}
+    return True, {"digest": last_valid.digest}
+
+
+def status_document(ctl: Controller) -> dict[str, object]:
+    """The body of /status."""
+    now = time.monotonic()
+    desired = ctl.desired
+    return {
+        "controller": ctl.identity,
+        "source": ctl.source.describe(),
+        "desired_digest": desired.last_valid.digest if desired.last_valid else None,
+        "desired_state_valid": desired.rejected_digest is None,
+        "source_error": desired.source_error,
+        "enforcing": (
+            None
+            if desired.last_valid is None
+            else {
+                "digest": desired.last_valid.digest,
+                "from": "kept document" if desired.enforcing_kept else "source",
+                "why": desired.source_error if desired.rejected_digest else None,
+            }
+        ),
+        "leader": None if ctl.lock is None else ctl.lock.is_leader(),
+        "rollout_paused": ctl._rollout_pause,
+        "pass_error": ctl.loop.error,
+        "lock_index": None if ctl.lock is None else ctl.lock.fencing()[1],
+        "passes": ctl.passes_run,
+        "last_run": ctl._last_result.run_id if ctl._last_result else None,
+        "last_status": ctl._last_result.status if ctl._last_result else None,
+        "hosts": {
+            h: {
+                "failures": s.failures,
+                "degraded": s.degraded,
+                "error": s.last_error,
+                "retry_in": round(max(0.0, s.retry_at - now), 3),
+            }
+            for h, s in ctl.history.hosts.items()  # the pass thread replaces it whole, never changes it
+            if s.failures
+        },
+    }
+
+
+def count_pass(metrics: Metrics, result: PassResult, duration: float) -> dict[str, int]:
+    """A pass's outcome, duration and actions, and each host's drift (planned changes); returns the drift."""
+    metrics.passes.labels(result.status).inc()
+    metrics.pass_duration.observe(duration)
+    for r in result.applied.results if result.applied else []:
+        metrics.actions.labels(r.action.kind.value, r.status).inc()
+    drift: dict[str, int] = {}
+    for action in result.plan.actions:
+        drift[action.host] = drift.get(action.host, 0) + 1
+    observed_hosts = {h.name for h in result.observed.hosts}
+    for host in sorted(observed_hosts | set(drift)):
+        metrics.drift.labels(host).set(drift.get(host, 0))
+    return drift
+
+
+def count_hosts(metrics: Metrics, result: PassResult, verdict: Assessment) -> None:
+    """Hosts unreachable, degraded and backing off after a pass; the time of a pass that left none."""
+    metrics.hosts_unreachable.set(len(result.plan.unreachable))
+    metrics.hosts_degraded.set(sum(1 for s in verdict.history.hosts.values() if s.degraded))
+    metrics.hosts_backoff.set(len(verdict.waiting))
+    if result.ok and not verdict.waiting:
+        metrics.last_success.set(time.time())

@@ -1,0 +1,62 @@
+"""The Docker event streams the controller follows: one per desired host, each event a request for a pass."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from desired_state.load import Loaded
+from desired_state.spec import Endpoint
+from reconciler.triggers import EventWatcher
+
+# the controller's logger: operators filter on it
+log = logging.getLogger("consul_reconciler.controller")
+
+EVENT_RECHECK_DELAY = 0.1  # seconds
+
+
+class EventWatchers:
+    def __init__(self, request: Callable[[str], None]) -> None:
+        self._request = request
+        self._watchers: dict[str, EventWatcher] = {}
+        self._lock = threading.Lock()
+        self._recheck: threading.Timer | None = None
+
+    def on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
+        if action == "reconnected":
+            log.info("event stream of %s is back; looking at it now", host)
+            self._request(f"engine-back:{host}")
+            return
+        name = (event.get("Actor") or {}).get("Attributes", {}).get("name", "?")
+        log.debug("docker event %s on %s/%s", action, host, name)
+        self._request(f"event:{host}")
+        # Docker publishes an event a moment before its container list shows the new state
+        # (measured: "die" arrives while the list still says "running"). Look now, and once
+        # more shortly after, so the state the event announced is seen either way.
+        with self._lock:
+            if self._recheck is None or not self._recheck.is_alive():
+                self._recheck = threading.Timer(
+                    EVENT_RECHECK_DELAY, self._request, args=[f"event-recheck:{host}"]
+                )
+                self._recheck.daemon = True
+                self._recheck.start()
+
+    def sync(self, loaded: Loaded) -> None:
+        """One stream per host of the desired state, on its current endpoint."""
+        cluster = loaded.topology.cluster
+        wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in loaded.fleet.hosts}
+        for host, watcher in list(self._watchers.items()):
+            if wanted.get(host) != watcher.endpoint:
+                watcher.stop()
+                del self._watchers[host]
+        for host, endpoint in wanted.items():
+            if host not in self._watchers:
+                watcher = EventWatcher(host, endpoint, cluster, self.on_event)
+                watcher.start()
+                self._watchers[host] = watcher
+
+    def stop(self) -> None:
+        for watcher in self._watchers.values():
+            watcher.stop()
