@@ -58,6 +58,23 @@ class PassResult:
 
     interrupted: bool = False
 
+    def summary(self) -> dict[str, object]:
+        """The run's summary in the audit log: what was planned and how the actions ended."""
+        applied = self.applied or ApplyResult()
+        return {
+            "planned": self.plan.counts(),
+            "succeeded": applied.count("succeeded"),
+            "failed": applied.count("failed"),
+            "skipped": applied.count("skipped"),
+            "unreachable": sorted(self.plan.unreachable),
+        }
+
+    def error(self) -> str | None:
+        """The run's error in the audit log: every failed action's, then every unreachable host's."""
+        problems = [r.error or "" for r in (self.applied.failed if self.applied else [])]
+        problems += [f"host {h}: {e}" for h, e in sorted(self.plan.unreachable.items())]
+        return "; ".join(problems) or None
+
     @property
     def status(self) -> str:
         if self.refused:
@@ -171,13 +188,8 @@ def run_pass(
             audit.record_action(
                 run_id, record, status="skipped", error="blocked: name held by a container that is not ours"
             )
-    needs_secrets = any(
-        a.desired is not None and a.desired.secret_files
-        for a in plan.actions
-        if a.kind in (Kind.CREATE, Kind.REPLACE, Kind.ADOPT)
-    )
     refused = plan.refused or (
-        _secret_problems(loaded, environ or options.exec.environ) if needs_secrets else None
+        _secret_problems(loaded, environ or options.exec.environ) if plan.needs_secrets else None
     )
     if refused:
         audit.finish_run(run_id, status="refused", error=refused, summary=plan.counts())
@@ -227,24 +239,13 @@ def run_pass(
         with contextlib.suppress(Exception):
             audit.finish_run(run_id, status="failed", error=f"the pass stopped: {type(exc).__name__}: {exc}")
         raise
-    for host in plan.retired_hosts:
-        if not any(r.action.host == host and r.status != "succeeded" for r in applied.results):
-            audit.state.forget_host(cluster, host)
+    for host in plan.hosts_to_forget(r.action.host for r in applied.results if r.status != "succeeded"):
+        audit.state.forget_host(cluster, host)
     result = PassResult(plan, observed, run_id, applied)
     result.interrupted = should_stop() and any(
         r.status == "skipped" and r.error == STOPPED_ACTING for r in applied.results
     )
-    summary: dict[str, object] = {
-        "planned": plan.counts(),
-        "succeeded": applied.count("succeeded"),
-        "failed": applied.count("failed"),
-        "skipped": applied.count("skipped"),
-        "unreachable": sorted(plan.unreachable),
-    }
-    problems = [r.error or "" for r in applied.failed]
-    problems += [f"host {h}: {e}" for h, e in sorted(plan.unreachable.items())]
-    run_error = "; ".join(problems) or None
-    audit.finish_run(run_id, status=result.status, summary=summary, error=run_error)
+    audit.finish_run(run_id, status=result.status, summary=result.summary(), error=result.error())
     return result
 
 

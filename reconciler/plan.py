@@ -140,6 +140,18 @@ class Plan:
     def is_noop(self) -> bool:
         return not self.actions and not self.unreachable and self.refused is None
 
+    @property
+    def needs_secrets(self) -> bool:
+        """Some container is made from its spec this pass, so its secret references must resolve."""
+        made = (Kind.CREATE, Kind.REPLACE, Kind.ADOPT)
+        return any(a.desired is not None and a.desired.secret_files for a in self.actions if a.kind in made)
+
+    def hosts_to_forget(self, unfinished: Iterable[str]) -> tuple[str, ...]:
+        """The hosts that left the topology and are now empty: every retired host but those with an
+        action that did not succeed (``unfinished``), which are looked at again next pass."""
+        left_over = set(unfinished)
+        return tuple(host for host in self.retired_hosts if host not in left_over)
+
     def counts(self) -> dict[str, int]:
         counts = {kind.value: 0 for kind in Kind}
         for action in self.actions:

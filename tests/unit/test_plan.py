@@ -316,6 +316,25 @@ def test_a_retired_host_has_its_containers_removed_registrator_first() -> None:
     assert plan.refused is None
 
 
+def test_a_retired_host_is_forgotten_only_when_all_its_actions_succeeded() -> None:
+    before = desired()
+    after = desired([host("server1", "10.0.0.1"), host("server2", "10.0.0.2"), host("server3", "10.0.0.3")])
+    plan = make_plan(after, converged(before))
+    assert plan.retired_hosts == ("client1", "client2")
+    assert plan.hosts_to_forget([]) == ("client1", "client2")
+    assert plan.hosts_to_forget(["client2", "server1"]) == ("client1",)  # client2 is looked at again
+
+
+def test_secrets_are_needed_only_when_a_container_is_made_from_a_spec_that_has_them() -> None:
+    key = {"encrypt": {"env": "GOSSIP"}}
+    with_key = desired(consul=key)
+    assert make_plan(with_key, empty(with_key)).needs_secrets  # created
+    assert not make_plan(with_key, converged(with_key)).needs_secrets  # nothing made
+    plain = desired()
+    assert not make_plan(plain, empty(plain)).needs_secrets  # made, but no secret in the spec
+    assert make_plan(with_key, converged(plain)).needs_secrets  # replaced to get the key
+
+
 def test_a_departed_host_with_only_foreign_containers_is_not_retired() -> None:
     fleet = desired([host("server1", "10.0.0.1")])
     other = desired([host("elsewhere", "10.0.5.5")])
