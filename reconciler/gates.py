@@ -164,9 +164,3 @@ def after_removal(view: ClusterView, node: str) -> str | None:
     if view.healthy is not True:
         return f"autopilot does not call the cluster healthy yet (failure tolerance {view.failure_tolerance})"
     return None
-
-
-def leader_last(nodes: Iterable[str], leader: str | None) -> list[str]:
-    """Followers first (in the given order), the leader last."""
-    ordered = list(nodes)
-    return [n for n in ordered if n != leader] + [n for n in ordered if n == leader]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.gates import ClusterView, after_removal, after_replacement, before_disruption, leader_last
+from reconciler.gates import ClusterView, after_removal, after_replacement, before_disruption
 
 
 def raft(*servers: tuple[str, bool, bool]) -> dict[str, Any]:
@@ -111,11 +111,6 @@ def test_after_removal_needs_the_server_gone_from_raft_and_health() -> None:
         autopilot(True, 0, ("s1", "alive", True), ("s2", "alive", True)),
     )
     assert after_removal(gone, "s3") is None
-
-
-def test_followers_first_leader_last() -> None:
-    assert leader_last(["s1", "s2", "s3"], "s1") == ["s2", "s3", "s1"]
-    assert leader_last(["s1", "s2"], None) == ["s1", "s2"]
 
 
 def test_the_only_unhealthy_server_may_be_replaced_but_not_while_another_is_unhealthy() -> None:
