@@ -7,6 +7,7 @@ from typing import Any
 
 from desired_state.secrets import REDACTED
 from desired_state.spec import ContainerSpec
+from reconciler.actual import ObservedHost
 from reconciler.plan import Action, Change, Kind, Plan
 
 SYMBOL = {
@@ -117,3 +118,13 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
         return f"{head}  {cells[-1]}".rstrip()
 
     return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def host_report(cluster: str, host: str, plan: Plan, seen: ObservedHost | None) -> dict[str, Any]:
+    """What `status` and the status documents in Consul KV both say of one host: whether it answered,
+    our containers on it and their state, and what the plan would change there."""
+    return {
+        "reachable": seen.reachable if seen else None,
+        "observed": {c.name: c.state for c in (seen.managed if seen else ()) if c.managed_by == cluster},
+        "drift": [f"{a.kind.value} {a.name}" for a in plan.actions if a.host == host],
+    }

@@ -14,6 +14,7 @@ from desired_state.load import Loaded
 from reconciler.assess import Assessment
 from reconciler.backoff import HostBackoff
 from reconciler.consul_api import ConsulError
+from reconciler.formatting import host_report
 from reconciler.leader import LeaderLock
 from reconciler.loop import ReconcileLoop
 from reconciler.metrics import Metrics
@@ -67,16 +68,13 @@ class StatusWriter:
         for host in loaded.fleet.hosts:
             seen = result.observed.host(host.name)
             state = states.get(host.name)
+            report = host_report(loaded.topology.cluster, host.name, result.plan, seen)
             doc = {
                 "host": host.name,
                 "desired": {s.name: s.spec_hash() for s in host.specs},
-                "observed": {
-                    c.name: c.state
-                    for c in (seen.managed if seen else ())
-                    if c.managed_by == loaded.topology.cluster
-                },
-                "reachable": None if seen is None else seen.reachable,
-                "drift": [f"{a.kind.value} {a.name}" for a in result.plan.actions if a.host == host.name],
+                "observed": report["observed"],
+                "reachable": report["reachable"],
+                "drift": report["drift"],
                 "state": state.state if state else "unknown",
                 "failures": state.failures if state else 0,
                 "detail": state.detail if state else None,

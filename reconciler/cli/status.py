@@ -24,7 +24,7 @@ from reconciler.cli.common import (
 )
 from reconciler.consul_api import ConsulError
 from reconciler.engines import Connections
-from reconciler.formatting import text_table
+from reconciler.formatting import host_report, text_table
 from reconciler.one_pass import PassOptions, compute_plan
 from reconciler.pauses import pauses_for
 from reconciler.sources import SourceError
@@ -69,18 +69,15 @@ def status(
             seen = observed.host(name)
             last = audit.actions(ActionFilter(host=name, limit=1))
             state = states.get(name)
+            report = host_report(desired.cluster, name, the_plan, seen)
             hosts.append(
                 {
                     "host": name,
-                    "reachable": seen.reachable if seen else None,
+                    "reachable": report["reachable"],
                     "error": seen.error if seen else None,
                     "desired": [s.name for s in wanted.specs] if wanted else [],
-                    "observed": {
-                        c.name: c.state
-                        for c in (seen.managed if seen else ())
-                        if c.managed_by == desired.cluster
-                    },
-                    "drift": [f"{a.kind.value} {a.name}" for a in the_plan.actions if a.host == name],
+                    "observed": report["observed"],
+                    "drift": report["drift"],
                     "last_action": last[0].to_dict() if last else None,
                     "controller_state": state.to_dict() if state else None,
                 }

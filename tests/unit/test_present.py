@@ -15,7 +15,7 @@ from desired_state.render import render
 from desired_state.secrets import REDACTED
 from desired_state.spec import ContainerSpec, DesiredFleet
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
-from reconciler.formatting import docker_run_line, format_change, format_plan
+from reconciler.formatting import docker_run_line, format_change, format_plan, host_report
 from reconciler.labels import labels_for
 from reconciler.plan import Change, Plan, make_plan
 
@@ -261,3 +261,25 @@ def test_the_gossip_key_value_does_not_change_any_hash(monkeypatch: pytest.Monke
         s.spec_hash() for s in desired(hosts, consul={"encrypt": {"env": "CONSUL_GOSSIP_KEY"}}).hosts[0].specs
     ]
     assert first == second
+
+
+def test_a_hosts_report_names_our_containers_and_what_the_plan_would_change_there() -> None:
+    fleet = desired([host("s1", "127.0.0.1"), host("c1", "127.0.0.2", "client")])
+    observed = ObservedFleet(
+        (
+            seen(fleet, "s1", [ours(spec_of(fleet, "s1"), "exited")]),
+            seen(fleet, "c1", [], reachable=False, error="engine unreachable"),
+        )
+    )
+    plan = make_plan(fleet, observed)
+    assert host_report("shop", "s1", plan, observed.host("s1")) == {
+        "reachable": True,
+        "observed": {"consul": "exited"},
+        "drift": ["start consul", "create registrator"],
+    }
+    assert host_report("shop", "c1", plan, observed.host("c1")) == {
+        "reachable": False,
+        "observed": {},
+        "drift": [],
+    }
+    assert host_report("shop", "gone", plan, None) == {"reachable": None, "observed": {}, "drift": []}
