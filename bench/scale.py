@@ -5,7 +5,7 @@
 1. The pure plan step for large simulated fleets. A topology document of N hosts (5 servers, the
    rest clients; docker endpoints ``unix:///nonexistent/hostNNNNN.sock`` that nothing connects to,
    loopback advertise addresses 127.x.y.z) is taken through the path the controller runs each pass
-   (``Controller._load`` then ``reconcile.compute_plan``): ``load_topology`` (YAML parse and
+   (``DesiredState.load`` then ``one_pass.compute_plan``): ``load_topology`` (YAML parse and
    validation), ``render``, and ``make_plan`` against an observed fleet built as ``observe.py``
    builds it from Docker's container list (``_container`` over list entries carrying our labels).
    Two observed fleets: *converged* (every host runs exactly its rendered containers: the plan is
