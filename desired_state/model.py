@@ -149,7 +149,7 @@ class SecretRef(_Strict):
 
 # The agent flags a topology field already governs (or that defeat the controller's safety), and
 # what to write instead.
-_GOVERNED_FLAGS = {
+GOVERNED_FLAGS = {
     "server": "use hosts[].role",
     "bootstrap-expect": "it follows the number of servers",
     "bootstrap": "a single-server bootstrap is never safe to repeat; the controller never bootstraps",
@@ -177,7 +177,7 @@ def _check_extra_args(values: tuple[str, ...]) -> tuple[str, ...]:
         if any(ch in arg for ch in ("\0", "\n")):
             raise ValueError(f"item {index}: {arg!r} contains a newline or NUL")
         flag = re.split(r"[=\s]", arg, maxsplit=1)[0]  # the value may be a secret: never echo it
-        governed = _GOVERNED_FLAGS.get(flag.lstrip("-"))
+        governed = GOVERNED_FLAGS.get(flag.lstrip("-"))
         if governed is not None:
             raise ValueError(f"item {index}: {flag!r} is set by the topology itself: {governed}")
     return values
