@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from desired_state.spec import Endpoint
+from desired_state.takeover import CONSUL_IMAGES, REGISTRATOR_IMAGES, FoundContainer, image_repository
 from reconciler import labels as L
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.engines import Connections, EngineError, describe_error
@@ -64,4 +65,32 @@ def _container(raw: Mapping[str, Any]) -> ObservedContainer:
         state=str(raw.get("State", "unknown")),
         labels=dict(raw.get("Labels") or {}),
         command=str(raw.get("Command") or ""),
+    )
+
+
+def read_hand_run(connections: Connections, host: str, endpoint: Endpoint) -> list[FoundContainer]:
+    """The containers on ``host`` that look like a Consul agent or a Registrator, for ``import``: one
+    list, then an inspect of each candidate (its image or its command names Consul or Registrator).
+    An unreachable engine raises EngineError naming the host."""
+    api = connections.get(host, endpoint).api
+    try:
+        listed = api.containers(all=True)
+        candidates = [raw for raw in listed if _looks_like_ours(raw)]
+        return [FoundContainer.from_inspect(host, api.inspect_container(raw["Id"])) for raw in candidates]
+    except EngineError:
+        raise
+    except Exception as exc:
+        connections.drop(host)
+        raise EngineError(host, describe_error(exc)) from None
+
+
+def _looks_like_ours(raw: Mapping[str, Any]) -> bool:
+    """From a list entry alone: worth an inspect (the pure reading decides what it is)."""
+    image = image_repository(str(raw.get("Image", "")))
+    command = str(raw.get("Command") or "")
+    return (
+        image in CONSUL_IMAGES
+        or image in REGISTRATOR_IMAGES
+        or "consul://" in command
+        or " agent" in f" {command}"
     )

@@ -18,6 +18,7 @@ from reconciler.cli.converge import apply, plan, run
 from reconciler.cli.desired import render, validate, version
 from reconciler.cli.kv import kv_app
 from reconciler.cli.status import audit_cmd, resume, status
+from reconciler.cli.takeover import import_cmd
 from reconciler.logs import setup_logging
 
 app = typer.Typer(
@@ -46,7 +47,10 @@ def _root(
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
 
 
-for command in (version, validate, render, plan, apply, run, status, resume):
+for command in (version, validate, render):
+    app.command()(command)
+app.command("import")(import_cmd)
+for command in (plan, apply, run, status, resume):
     app.command()(command)
 app.command("audit")(audit_cmd)
 app.add_typer(kv_app, name="kv")

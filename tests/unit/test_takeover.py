@@ -21,7 +21,11 @@ from desired_state.takeover import (
 )
 
 SECRET = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
-HOSTS = [("node1", "tcp://127.0.0.1:23751"), ("node2", "tcp://127.0.0.2:23751"), ("node3", "tcp://127.0.0.3:23751")]
+HOSTS = [
+    ("node1", "tcp://127.0.0.1:23751"),
+    ("node2", "tcp://127.0.0.2:23751"),
+    ("node3", "tcp://127.0.0.3:23751"),
+]
 
 
 def inspect(
@@ -75,13 +79,18 @@ def blog_client(host: str, ip: str, server_ip: str, **kw: Any) -> FoundContainer
 def blog_registrator(host: str, ip: str) -> FoundContainer:
     cmd = ["-internal", "-ip", ip, f"consul://{ip}:8500"]
     attrs = inspect(
-        "registrator", "gliderlabs/registrator:latest", cmd, binds=[("/var/run/docker.sock", "/tmp/docker.sock")]
+        "registrator",
+        "gliderlabs/registrator:latest",
+        cmd,
+        binds=[("/var/run/docker.sock", "/tmp/docker.sock")],
     )
     return FoundContainer.from_inspect(host, attrs)
 
 
 def test_go_flags_are_read_as_consul_reads_them() -> None:
-    flags, rest = parse_flags(["-server", "-client", "0.0.0.0", "--node=n1", "-ui=false", "x"], CONSUL_BOOL_FLAGS)
+    flags, rest = parse_flags(
+        ["-server", "-client", "0.0.0.0", "--node=n1", "-ui=false", "x"], CONSUL_BOOL_FLAGS
+    )
     assert [(f.name, f.value) for f in flags] == [
         ("server", "true"),
         ("client", "0.0.0.0"),
@@ -95,7 +104,9 @@ def test_agents_and_registrators_are_recognised_by_image_or_command() -> None:
     assert image_repository("docker.io/library/consul:1.14.11") == "consul"
     assert image_repository("hashicorp/consul@sha256:" + "a" * 64) == "hashicorp/consul"
     assert image_repository("registry:5000/team/consul:1") == "registry:5000/team/consul"
-    own = FoundContainer.from_inspect("h", inspect("c", "registry:5000/team/consul:1", ["consul", "agent", "-dev"]))
+    own = FoundContainer.from_inspect(
+        "h", inspect("c", "registry:5000/team/consul:1", ["consul", "agent", "-dev"])
+    )
     assert own.command == ("agent", "-dev") and is_consul_agent(own)
     reg = FoundContainer.from_inspect("h", inspect("r", "my/registrator:2", ["consul://127.0.0.1:8500"]))
     assert is_registrator(reg) and not is_consul_agent(reg)
