@@ -27,6 +27,7 @@ from typing import Any
 
 from desired_state.model import DEFAULT_CONSUL_IMAGE, GOVERNED_FLAGS
 from desired_state.render import BRIDGE_PORTS, CONSUL_DATA, HTTP_PORT, REGISTRATOR_SOCKET
+from desired_state.spec import ContainerSpec
 
 # Consul's boolean agent flags (agent/config/flags.go: the flags whose value is a *bool); every other
 # flag takes a value, as "-flag=value" or "-flag value" (Go's flag package).
@@ -60,6 +61,8 @@ class FoundContainer:
     mounts: tuple[tuple[str, str], ...] = ()  # (source on the host, target in the container)
     network_mode: str = "default"
     ports: tuple[tuple[int, str, int], ...] = ()  # (container port, protocol, host port)
+    read_only: tuple[str, ...] = ()  # targets of the mounts that are read-only
+    host_ips: tuple[str, ...] = ()  # "ip:port/proto" of the ports published on one address only
     restart_policy: str = ""
     hostname: str = ""
 
@@ -70,16 +73,17 @@ class FoundContainer:
         command = [str(a) for a in (config.get("Cmd") or [])]
         if command and command[0].rsplit("/", 1)[-1] == "consul":  # "consul agent ..." typed in full
             command = command[1:]
-        mounts = tuple(
-            (str(m.get("Source", "")), str(m.get("Destination", "")))
-            for m in attrs.get("Mounts") or []
-            if m.get("Type") in ("bind", None)
-        )
+        binds = [m for m in attrs.get("Mounts") or [] if m.get("Type") in ("bind", None)]
+        mounts = tuple((str(m.get("Source", "")), str(m.get("Destination", ""))) for m in binds)
+        read_only = tuple(str(m.get("Destination", "")) for m in binds if m.get("RW") is False)
         ports: list[tuple[int, str, int]] = []
+        host_ips: list[str] = []
         for key, bindings in sorted((host_config.get("PortBindings") or {}).items()):
             port, _, proto = str(key).partition("/")
             for binding in bindings or []:
                 ports.append((int(port), proto or "tcp", int(binding.get("HostPort") or port)))
+                if binding.get("HostIp") not in (None, "", "0.0.0.0", "::"):
+                    host_ips.append(f"{binding['HostIp']}:{port}/{proto or 'tcp'}")
         return cls(
             host=host,
             name=str(attrs.get("Name", "")).lstrip("/"),
@@ -90,6 +94,8 @@ class FoundContainer:
             mounts=mounts,
             network_mode=str(host_config.get("NetworkMode") or "default"),
             ports=tuple(ports),
+            read_only=read_only,
+            host_ips=tuple(host_ips),
             restart_policy=str((host_config.get("RestartPolicy") or {}).get("Name") or ""),
             hostname=str(config.get("Hostname") or ""),
         )
@@ -584,3 +590,60 @@ def _server_notes(agents: Sequence[_Agent], servers: Sequence[_Agent], result: I
             result.notes.append(
                 f"{agent.found.where}: -join/-rejoin become -retry-join of every other server (documented)"
             )
+
+
+# The agent flags left out when a running agent is compared with its spec: what only matters while an
+# agent joins (the spec leaves them out of its hash too) and what the official image's entrypoint adds
+_JOIN_TIME_FLAGS = frozenset(("join", "retry-join", "rejoin", "bootstrap-expect"))
+
+
+def _agent_flags(command: Sequence[str]) -> dict[str, list[str]]:
+    flags, rest = parse_flags(list(command)[1:], CONSUL_BOOL_FLAGS)
+    found: dict[str, list[str]] = {"datacenter": ["dc1"]}  # Consul's default, which render writes out
+    for flag in flags:
+        if flag.name in _JOIN_TIME_FLAGS or _ENTRYPOINT_FLAGS.get(flag.name) == flag.value:
+            continue
+        value = flag.value if flag.name not in CONSUL_BOOL_FLAGS else str(_truthy(flag.value)).lower()
+        if flag.name == "datacenter":
+            found["datacenter"] = [value]
+        else:
+            found.setdefault(flag.name, []).append("<hidden>" if flag.name == "encrypt" else value)
+    if rest:
+        found[""] = list(rest)
+    return {name: sorted(values) for name, values in found.items()}
+
+
+def differences(
+    spec: ContainerSpec, found: FoundContainer, image_env: Iterable[str] = ()
+) -> list[tuple[str, Any, Any]]:
+    """What keeps ``found`` (a container started by hand) from being taken over as it runs: each field
+    of the spec's record that differs, as (field, running, desired). Empty: it already does what the
+    spec says, up to the documented normalisations of an agent's command line (join-time flags,
+    ``-datacenter=dc1`` written out, flag order). ``image_env``: the image's own environment, which
+    Docker lists among the container's."""
+    found_diffs: list[tuple[str, Any, Any]] = []
+
+    def differs(name: str, running: Any, desired: Any) -> None:
+        if running != desired:
+            found_diffs.append((name, running, desired))
+
+    differs("image", found.image, spec.image)
+    if spec.role in ("server", "client") and found.command[:1] == ("agent",):
+        differs("command", _agent_flags(found.command), _agent_flags(spec.command))
+    else:
+        differs("command", list(found.command), list(spec.steady_command()))
+    own_env = sorted(set(found.env) - set(image_env))
+    differs("env", own_env, sorted(f"{k}={v}" for k, v in spec.env))
+    mounts = sorted(f"{s}:{t}" + (":ro" if t in found.read_only else "") for s, t in found.mounts)
+    differs("mounts", mounts, sorted(m.record() for m in spec.mounts))
+    mode = "bridge" if found.network_mode == "default" else found.network_mode
+    differs("network_mode", mode, spec.network_mode)
+    ports = sorted(f"{host}:{port}/{proto}" for port, proto, host in found.ports)
+    differs("ports", ports, sorted(p.record() for p in spec.ports))
+    if found.host_ips:
+        differs("ports (address)", sorted(found.host_ips), [])
+    differs("restart_policy", found.restart_policy or "no", spec.restart_policy)
+    if spec.secret_files:
+        files = [f.path for f in spec.secret_files]
+        found_diffs.append(("secret_files", "unknown (a container started by hand)", files))
+    return found_diffs

@@ -13,6 +13,7 @@ from desired_state.render import render
 from desired_state.takeover import (
     CONSUL_BOOL_FLAGS,
     FoundContainer,
+    differences,
     image_repository,
     import_topology,
     is_consul_agent,
@@ -202,3 +203,54 @@ def test_what_cannot_be_mapped_is_listed_with_host_and_container() -> None:
     assert "node2/consul: network mode 'none' (a topology has host or bridge)" in text
     assert "node3: no Consul agent container found on this host" in text
     assert any(t.startswith("node2/consul: -ui False differs") for t in text)
+
+
+def _imported(found: list[FoundContainer], hosts: list[tuple[str, str]]) -> Any:
+    result = import_topology("blog", hosts, found)
+    return render(load_topology(yaml.safe_dump(result.document).encode(), source="import").topology)
+
+
+IMAGE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
+def test_the_blogs_containers_match_the_imported_specs_so_they_are_taken_over_in_place() -> None:
+    found = [blog_server("node1", "127.0.0.1"), blog_registrator("node1", "127.0.0.1")]
+    found += [blog_client("node2", "127.0.0.2", "127.0.0.1"), blog_registrator("node2", "127.0.0.2")]
+    fleet = _imported(found, HOSTS[:2])
+    for item in found:
+        spec = next(s for s in fleet.host(item.host).specs if s.name == item.name)
+        assert differences(spec, item, IMAGE_ENV) == [], item.where
+
+
+def test_each_field_that_keeps_a_container_from_being_taken_over_is_named() -> None:
+    server = blog_server("node1", "127.0.0.1")
+    spec = _imported([server], HOSTS[:1]).hosts[0].specs[0]
+    moved = FoundContainer.from_inspect(
+        "node1",
+        inspect(
+            "consul",
+            "consul:1.15.0",
+            [
+                "agent",
+                "-server",
+                "-node=node1",
+                "-client",
+                "0.0.0.0",
+                "-advertise",
+                "127.0.0.1",
+                "-log-level=debug",
+            ],
+            binds=[("/data/consul", "/consul/data")],
+            restart="unless-stopped",
+            env=["TZ=UTC"],
+        ),
+    )
+    found = {name: (running, desired) for name, running, desired in differences(spec, moved, IMAGE_ENV)}
+    assert set(found) == {"image", "command", "env", "restart_policy"}
+    assert found["image"] == ("consul:1.15.0", "consul:1.14.11")
+    assert found["restart_policy"] == ("unless-stopped", "always")
+    assert found["env"] == (["TZ=UTC"], [])
+    running, desired = found["command"]
+    assert running["log-level"] == ["debug"] and "ui" in desired and "ui" not in running
+    # the join-time flags and the datacenter Consul defaults to are no difference
+    assert "rejoin" not in desired and running["datacenter"] == desired["datacenter"] == ["dc1"]
