@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from desired_state.spec import Endpoint, index_by_name
+from desired_state.takeover import FoundContainer
 from reconciler import labels as L
 
 
@@ -18,6 +19,10 @@ class ObservedContainer:
     state: str  # Docker's State: created, running, paused, restarting, removing, exited, dead
     labels: dict[str, str] = field(default_factory=dict)
     command: str = ""  # Docker's "Command": the entrypoint and arguments, joined by spaces
+    # A container started by hand that holds a desired name: what its inspect says (for adoption), and
+    # its image's own environment (which Docker lists among the container's)
+    found: FoundContainer | None = None
+    image_env: tuple[str, ...] = ()
 
     @property
     def managed_by(self) -> str | None:
@@ -122,3 +127,13 @@ def _http_from_command(command: str) -> str | None:
     port = _flag(words, "http-port") or "8500"
     host = f"[{client}]" if ":" in client and not client.startswith("[") else client
     return f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """A container started by hand that was taken over as it ran (``apply --adopt``): ours by its id,
+    since Docker cannot label a running container, and the spec it matched then (its hash and record)."""
+
+    container_id: str
+    spec_hash: str
+    record: dict[str, Any] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from desired_state.spec import ContainerSpec, Endpoint
+from reconciler.actual import Adoption
 from reconciler.consul_gates import INTERRUPTED, ConsulGates
 from reconciler.containers import ActionError as ActionError
 from reconciler.containers import ContainerOps, ExecOptions, Fenced, temporary_name
@@ -290,6 +291,11 @@ class Executor:
             self._docker.restore_restart_policy(container, action)
             self._docker.start_and_wait(container, action)
             return str(container.id)
+        if action.kind is Kind.ADOPT_IN_PLACE:
+            assert action.desired is not None and action.observed is not None
+            adoption = Adoption(action.observed.id, action.desired.spec_hash(), action.desired.record())
+            self._audit.state.adopt(self._cluster, action.host, action.name, adoption)
+            return action.observed.id  # nothing touched: it already runs as its spec says
         if action.kind in (Kind.REPLACE, Kind.ADOPT):
             assert action.desired is not None and action.observed is not None
             return self._replace(client, action, action.desired, action.observed.id)

@@ -17,7 +17,10 @@ SYMBOL = {
     Kind.REMOVE: "-",
     Kind.BLOCKED: "!",
     Kind.ADOPT: "~",
+    Kind.ADOPT_IN_PLACE: "=",
 }
+# How a kind reads in a plan, where its value alone would not say enough
+LABEL = {Kind.ADOPT: "adopt by replacement", Kind.ADOPT_IN_PLACE: "adopt in place"}
 
 
 def docker_run_line(spec: ContainerSpec) -> str:
@@ -75,8 +78,9 @@ def format_plan(plan: Plan) -> str:
 
 def format_action(action: Action) -> list[str]:
     role = f" ({action.role})" if action.role else ""
-    head = f"  {SYMBOL[action.kind]} {action.kind.value:<8} {action.name}{role}"
-    if action.desired is not None and action.kind in (Kind.CREATE, Kind.ADOPT):
+    label = LABEL.get(action.kind, action.kind.value)
+    head = f"  {SYMBOL[action.kind]} {label:<8} {action.name}{role}"
+    if action.desired is not None and action.kind in (Kind.CREATE, Kind.ADOPT, Kind.ADOPT_IN_PLACE):
         head += f"  image {action.desired.image}"
     out = [head]
     for change in action.reasons:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from desired_state.spec import Endpoint
@@ -22,19 +23,27 @@ def observe_fleet(
     wanted_names: Mapping[str, Iterable[str]],
     *,
     max_workers: int = 32,
+    adopted_ids: frozenset[str] = frozenset(),
 ) -> ObservedFleet:
+    """``adopted_ids``: containers started by hand and already adopted in place, which need no inspect."""
     names = sorted(endpoints)
     if not names:
         return ObservedFleet(())
     with ThreadPoolExecutor(max_workers=min(max_workers, len(names)), thread_name_prefix="observe") as pool:
-        hosts = list(
-            pool.map(lambda h: observe_host(connections, h, endpoints[h], wanted_names.get(h, ())), names)
-        )
+
+        def observe(name: str) -> ObservedHost:
+            return observe_host(connections, name, endpoints[name], wanted_names.get(name, ()), adopted_ids)
+
+        hosts = list(pool.map(observe, names))
     return ObservedFleet(tuple(hosts))
 
 
 def observe_host(
-    connections: Connections, host: str, endpoint: Endpoint, wanted: Iterable[str]
+    connections: Connections,
+    host: str,
+    endpoint: Endpoint,
+    wanted: Iterable[str],
+    adopted_ids: frozenset[str] = frozenset(),
 ) -> ObservedHost:
     try:
         api = connections.get(host, endpoint).api
@@ -44,7 +53,7 @@ def observe_host(
         if missing:
             pattern = [f"^/{name}$" for name in missing]
             others = [
-                c
+                c if c.id in adopted_ids else _inspected(api, host, c)
                 for c in (_container(raw) for raw in api.containers(all=True, filters={"name": pattern}))
                 if c.name in missing and c.managed_by is None
             ]
@@ -54,6 +63,18 @@ def observe_host(
         connections.drop(host)
         return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc))
     return ObservedHost(host, endpoint, True, None, tuple(managed), tuple(others))
+
+
+def _inspected(api: Any, host: str, container: ObservedContainer) -> ObservedContainer:
+    """A container started by hand under a desired name, with what adoption compares: its inspect and
+    its image's environment (two calls, only for such a container). Gone meanwhile: as listed."""
+    try:
+        attrs = api.inspect_container(container.id)
+        image_env = (api.inspect_image(attrs.get("Image", "")).get("Config") or {}).get("Env") or []
+    except Exception:  # removed between the list and the inspect: the plan treats it as listed
+        return container
+    found = FoundContainer.from_inspect(host, attrs)
+    return replace(container, found=found, image_env=tuple(str(e) for e in image_env))
 
 
 def _container(raw: Mapping[str, Any]) -> ObservedContainer:

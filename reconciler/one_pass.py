@@ -115,9 +115,16 @@ def compute_plan(
     deferred = dict(deferred or {})
     endpoints = {h: e for h, e in endpoints_to_observe(desired, audit).items() if h not in deferred}
     wanted = {h.name: [s.name for s in h.specs] for h in desired.hosts}
-    observed = observe_fleet(connections, endpoints, wanted)
+    adopted = audit.state.adoptions(desired.cluster) if audit is not None else {}
+    ids = frozenset(a.container_id for a in adopted.values())
+    observed = observe_fleet(connections, endpoints, wanted, adopted_ids=ids)
     plan = make_plan(
-        desired, observed, max_removals=options.max_removals, adopt=options.adopt, deferred=deferred
+        desired,
+        observed,
+        max_removals=options.max_removals,
+        adopt=options.adopt,
+        deferred=deferred,
+        adopted=adopted,
     )
     return desired, observed, plan
 

@@ -9,7 +9,10 @@ A plan is an ordered list of actions, each with the reasons for it:
 - ``remove``   it is ours but no longer desired (its host left the topology, or a
                leftover of an interrupted replacement);
 - ``blocked``  the name is held by a container without our managed-by label: never touched;
-- ``adopt``    such a container, named by the operator with ``--adopt HOST/NAME``: replaced.
+- ``adopt``    such a container, named by the operator with ``--adopt`` (``all``, ``HOST`` or
+               ``HOST/NAME``), that differs from its spec: replaced (the reasons name each field);
+- ``adopt-in-place`` such a container that already matches its spec field for field: taken over as it
+               runs (recorded by its id in the audit database), replaced only when the spec next changes.
 
 Order: servers, then clients, then registrators (so on each host the agent comes
 before its registrator); removals last, registrators first. Hosts keep their
@@ -30,7 +33,8 @@ from itertools import groupby
 from typing import Any
 
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
-from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
+from desired_state.takeover import differences
+from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
 
 DEFAULT_MAX_REMOVALS = 4
 ROLE_ORDER = {"server": 0, "client": 1, "registrator": 2}
@@ -43,6 +47,7 @@ class Kind(StrEnum):
     REMOVE = "remove"
     BLOCKED = "blocked"
     ADOPT = "adopt"
+    ADOPT_IN_PLACE = "adopt-in-place"
 
 
 DISRUPTIVE = frozenset({Kind.REPLACE, Kind.REMOVE, Kind.ADOPT})
@@ -228,8 +233,10 @@ def make_plan(
     max_removals: int = DEFAULT_MAX_REMOVALS,
     adopt: Iterable[str] = (),
     deferred: Mapping[str, str] | None = None,
+    adopted: Mapping[tuple[str, str], Adoption] | None = None,
 ) -> Plan:
-    """Compare and order. ``adopt`` holds "HOST/NAME" strings the operator allowed us to take over;
+    """Compare and order. ``adopt`` holds what the operator allowed us to take over: "all", "HOST" or
+    "HOST/NAME"; ``adopted``: (host, name) -> the containers already adopted in place (ours by id);
     ``deferred`` hosts (backing off after failures) get no actions this pass."""
     deferred = dict(deferred or {})
     if not desired.hosts:
@@ -247,7 +254,7 @@ def make_plan(
         if seen is None or not seen.reachable:
             unreachable[host.name] = seen.error if seen and seen.error else "not observed"
             continue
-        actions += _host_actions(desired.cluster, host.specs, seen, adopt_set)
+        actions += _host_actions(desired.cluster, host.specs, seen, adopt_set, adopted or {})
 
     for seen in sorted(observed.hosts, key=lambda h: h.name):
         if seen.name in order or seen.name in deferred:
@@ -273,18 +280,32 @@ def make_plan(
     return Plan(desired.cluster, tuple(actions), unreachable, tuple(retired), refused, deferred)
 
 
+def adoption_asked(adopt: frozenset[str], host: str, name: str) -> bool:
+    """Did the operator allow taking over ``name`` on ``host``? (``--adopt all``, ``HOST``, ``HOST/NAME``)"""
+    return bool({"all", host, f"{host}/{name}"} & adopt)
+
+
 def _host_actions(
-    cluster: str, specs: tuple[ContainerSpec, ...], seen: ObservedHost, adopt: frozenset[str]
+    cluster: str,
+    specs: tuple[ContainerSpec, ...],
+    seen: ObservedHost,
+    adopt: frozenset[str],
+    adopted: Mapping[tuple[str, str], Adoption],
 ) -> list[Action]:
     actions: list[Action] = []
     present = seen.by_name()
     wanted = {spec.name for spec in specs}
     for spec in specs:
         current = present.get(spec.name)
+        adoption = adopted.get((seen.name, spec.name))
         if current is None:
             actions.append(_action(Kind.CREATE, spec, None, (Change(message="container is missing"),)))
+        elif current.managed_by is None and adoption is not None and adoption.container_id == current.id:
+            action = _compare(spec, current, adoption)  # adopted in place: ours by its id
+            if action is not None:
+                actions.append(action)
         elif current.managed_by != cluster:
-            actions.append(_collision(cluster, spec, current, f"{seen.name}/{spec.name}" in adopt))
+            actions.append(_collision(cluster, spec, current, adoption_asked(adopt, seen.name, spec.name)))
         else:
             action = _compare(spec, current)
             if action is not None:
@@ -295,8 +316,14 @@ def _host_actions(
     return actions
 
 
-def _compare(spec: ContainerSpec, current: ObservedContainer) -> Action | None:
-    if current.spec_hash != spec.spec_hash() or current.hash_version != HASH_VERSION:
+def _compare(
+    spec: ContainerSpec, current: ObservedContainer, adoption: Adoption | None = None
+) -> Action | None:
+    """Ours (by its labels, or by its id when adopted in place): replaced when its spec changed."""
+    if adoption is not None:
+        if adoption.spec_hash != spec.spec_hash():
+            return _action(Kind.REPLACE, spec, current, tuple(field_changes(adoption.record, spec.record())))
+    elif current.spec_hash != spec.spec_hash() or current.hash_version != HASH_VERSION:
         return _action(Kind.REPLACE, spec, current, tuple(field_changes(current.record(), spec.record())))
     if current.state == "dead":
         return _action(Kind.REPLACE, spec, current, (Change(message="container is dead"),))
@@ -308,6 +335,14 @@ def _compare(spec: ContainerSpec, current: ObservedContainer) -> Action | None:
 def _collision(cluster: str, spec: ContainerSpec, current: ObservedContainer, adopt: bool) -> Action:
     owner = f"managed by cluster {current.managed_by!r}" if current.managed_by else "not managed by us"
     what = f"name held by container {current.short_id} ({current.image}, {current.state}), {owner}"
+    if adopt and current.managed_by is None and current.found is not None:
+        diffs = differences(spec, current.found, current.image_env)
+        if not diffs:
+            why = f"{what}; it matches its spec field for field: taken over as it runs, nothing restarted"
+            return _action(Kind.ADOPT_IN_PLACE, spec, current, (Change(message=why),))
+        changes = tuple(Change(field=name, old=old, new=new) for name, old, new in diffs)
+        reasons = (Change(message=f"{what}; adopting by replacement"), *changes)
+        return _action(Kind.ADOPT, spec, current, reasons)
     if adopt and current.managed_by is None:
         return _action(Kind.ADOPT, spec, current, (Change(message=f"{what}; adopting as asked"),))
     hint = f"; to take it over: --adopt {spec.host}/{spec.name}" if current.managed_by is None else ""

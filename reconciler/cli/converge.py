@@ -48,8 +48,11 @@ AdoptOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--adopt",
-        metavar="HOST/NAME",
-        help="Take over an unmanaged container whose name the topology wants (it is replaced). Repeatable.",
+        metavar="all|HOST|HOST/NAME",
+        help="Take over containers started by hand whose names the topology wants: every one (all), "
+        "those on HOST, or one. One that matches its spec field for field is taken over as it runs "
+        "(= adopt in place); any other is replaced (~ adopt by replacement), a server through the same "
+        "gates as any server change. Repeatable.",
     ),
 ]
 

@@ -180,3 +180,18 @@ class KnownHostModel(Base):
     endpoint: Mapped[str] = mapped_column(Text)
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AdoptionModel(Base):
+    """A container started by hand, taken over in place: ours by its id (it carries no label), with the
+    spec it matched when it was adopted."""
+
+    __tablename__ = "adoptions"
+
+    cluster_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    container: Mapped[str] = mapped_column(String(255), primary_key=True)
+    container_id: Mapped[str] = mapped_column(String(128))
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    record: Mapped[str] = mapped_column(Text)
+    adopted_at: Mapped[datetime] = mapped_column(UTCDateTime())

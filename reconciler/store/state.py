@@ -11,8 +11,15 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from reconciler.actual import Adoption
 from reconciler.store.database import Database
-from reconciler.store.models import DocumentModel, HostStateModel, KnownHostModel, RolloutPauseModel
+from reconciler.store.models import (
+    AdoptionModel,
+    DocumentModel,
+    HostStateModel,
+    KnownHostModel,
+    RolloutPauseModel,
+)
 from reconciler.store.rows import DocumentRow, HostState, _document, _dumps
 
 
@@ -191,3 +198,36 @@ class ControllerState:
                 delete(RolloutPauseModel).where(RolloutPauseModel.cluster_id == cluster_id)
             )
             return bool(getattr(result, "rowcount", 0))
+
+    # -- adoptions in place (containers started by hand, ours by their id)
+
+    def adopt(self, cluster_id: str, host: str, container: str, adoption: Adoption) -> None:
+        """Record that ``container`` on ``host`` (by its id) is taken over as it runs."""
+        with self._db._write() as session:
+            session.execute(
+                delete(AdoptionModel).where(
+                    AdoptionModel.cluster_id == cluster_id,
+                    AdoptionModel.host == host,
+                    AdoptionModel.container == container,
+                )
+            )
+            session.add(
+                AdoptionModel(
+                    cluster_id=cluster_id,
+                    host=host,
+                    container=container,
+                    container_id=adoption.container_id,
+                    spec_hash=adoption.spec_hash,
+                    record=_dumps(adoption.record),
+                    adopted_at=self._db._now(),
+                )
+            )
+
+    def adoptions(self, cluster_id: str) -> dict[tuple[str, str], Adoption]:
+        """(host, container name) -> its adoption, for every container adopted in place in the cluster."""
+        stmt = select(AdoptionModel).where(AdoptionModel.cluster_id == cluster_id)
+        with self._db._read() as session:
+            return {
+                (m.host, m.container): Adoption(m.container_id, m.spec_hash, json.loads(m.record))
+                for m in session.scalars(stmt)
+            }

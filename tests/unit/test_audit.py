@@ -23,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
+from reconciler.actual import Adoption
 from reconciler.store import (
     DEFAULT_DB_ENV,
     MIGRATIONS_DIR,
@@ -92,6 +93,7 @@ def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Pa
         "host_states",
         "desired_documents",
         "rollout_pauses",
+        "adoptions",
     }
 
     assert {c["name"] for c in insp.get_columns("runs")} == {
@@ -881,6 +883,7 @@ def test_an_up_to_date_database_opens_without_alembic(db_path: Path) -> None:
         db.execute("UPDATE alembic_version SET version_num = '0004'")
         for index in ("host_status_started_at", "node_started_at", "kind_started_at"):  # what 0005 added
             db.execute(f"DROP INDEX ix_actions_{index}")
+        db.execute("DROP TABLE adoptions")  # what 0006 added
     assert opens_with_alembic()
     assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
 
@@ -894,3 +897,18 @@ def test_a_new_database_and_its_folder_are_private(tmp_path: Path) -> None:
         modes = {p.name: p.stat().st_mode & 0o777 for p in (path, wal) if p.exists()}
     assert (path.parent.stat().st_mode & 0o777) == 0o700
     assert modes and set(modes.values()) == {0o600}, modes
+
+
+def test_an_adoption_in_place_is_kept_by_host_and_name_and_replaced_by_the_next(log: AuditLog) -> None:
+    first = Adoption("a" * 64, "hash-1", {"image": "consul:1.14.11"})
+    log.state.adopt("blog", "node1", "consul", first)
+    log.state.adopt("blog", "node1", "registrator", Adoption("b" * 64, "hash-2", {}))
+    log.state.adopt("other", "node1", "consul", Adoption("c" * 64, "hash-3", {}))
+    assert log.state.adoptions("blog") == {
+        ("node1", "consul"): first,
+        ("node1", "registrator"): Adoption("b" * 64, "hash-2", {}),
+    }
+    again = Adoption("d" * 64, "hash-4", {"image": "consul:1.15"})
+    log.state.adopt("blog", "node1", "consul", again)
+    assert log.state.adoptions("blog")[("node1", "consul")] == again
+    assert set(log.state.adoptions("other")) == {("node1", "consul")}

@@ -19,8 +19,9 @@ import pytest
 from desired_state.load import load_topology
 from desired_state.render import render
 from desired_state.spec import ContainerSpec, DesiredFleet, DesiredHost, Endpoint
+from desired_state.takeover import FoundContainer
 from reconciler import labels as L
-from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
+from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.execute import action_record
 from reconciler.labels import labels_for
 from reconciler.plan import (
@@ -446,6 +447,72 @@ def test_adopt_takes_over_only_the_named_container() -> None:
     assert adopt.reasons[0].message is not None and adopt.reasons[0].message.endswith("; adopting as asked")
     assert adopt.disruptive
     assert adopt.desired == spec_of(fleet, "server1") and adopt.observed == others["server1"][0]
+
+
+def as_run_by_hand(spec: ContainerSpec, **changed: object) -> ObservedContainer:
+    """A container started by hand that does what ``spec`` says (unless ``changed``), as observe
+    shows it: listed without our labels, with its inspect."""
+    found = FoundContainer(
+        host=spec.host,
+        name=spec.name,
+        id=container_id(spec.host, spec.name, "hand"),
+        image=spec.image,
+        command=spec.command,
+        mounts=tuple((m.source, m.target) for m in spec.mounts),
+        network_mode=spec.network_mode,
+        ports=tuple((p.container_port, p.protocol, p.host_port) for p in spec.ports),
+        restart_policy=spec.restart_policy,
+    )
+    found = replace(found, **changed)  # type: ignore[arg-type]
+    listed = unmanaged(spec.host, spec.name, image=found.image)
+    return replace(listed, found=found)
+
+
+def test_adopt_all_takes_over_in_place_what_matches_and_replaces_the_rest() -> None:
+    fleet = desired([host("server1", "10.0.0.1"), host("client1", "10.0.1.1", "client")])
+    others = {h.name: [as_run_by_hand(s) for s in h.specs] for h in fleet.hosts}
+    others["client1"][0] = as_run_by_hand(spec_of(fleet, "client1"), restart_policy="no")
+    observed = ObservedFleet(tuple(seen(h, others=others[h.name]) for h in fleet.hosts))
+    for adopt in (["all"], ["server1", "client1"]):
+        plan = make_plan(fleet, observed, adopt=adopt)
+        assert summary(plan) == [
+            ("adopt-in-place", "server1", "consul"),
+            ("adopt", "client1", "consul"),
+            ("adopt-in-place", "server1", "registrator"),
+            ("adopt-in-place", "client1", "registrator"),
+        ]
+        in_place, by_replacement = plan.actions[0], plan.actions[1]
+        assert not in_place.disruptive and by_replacement.disruptive
+        assert "taken over as it runs, nothing restarted" in (in_place.reasons[0].message or "")
+        assert by_replacement.reasons[1:] == (Change(field="restart_policy", old="no", new="always"),)
+    only_server = make_plan(fleet, observed, adopt=["server1"])
+    assert [a.kind.value for a in only_server.actions if a.host == "client1"] == ["blocked", "blocked"]
+
+
+def test_a_container_adopted_in_place_is_ours_by_id_until_its_spec_changes() -> None:
+    fleet = desired([host("server1", "10.0.0.1")])
+    spec = spec_of(fleet, "server1")
+    hand = as_run_by_hand(spec)
+    registrator = ours(spec_of(fleet, "server1", "registrator"))
+    observed = ObservedFleet((seen(fleet.hosts[0], managed=[registrator], others=[hand]),))
+    adopted = {("server1", "consul"): Adoption(hand.id, spec.spec_hash(), spec.record())}
+    assert make_plan(fleet, observed, adopted=adopted).is_noop  # ours, as it should be
+    stopped = ObservedFleet(
+        (seen(fleet.hosts[0], managed=[registrator], others=[replace(hand, state="exited")]),)
+    )
+    assert summary(make_plan(fleet, stopped, adopted=adopted)) == [("start", "server1", "consul")]
+    # another container under the name: not the one adopted, so someone else's again
+    other = replace(hand, id=container_id("server1", "consul", "other"))
+    impostor = ObservedFleet((seen(fleet.hosts[0], managed=[registrator], others=[other]),))
+    assert summary(make_plan(fleet, impostor, adopted=adopted)) == [("blocked", "server1", "consul")]
+    # the spec changes: replaced (with our labels this time), naming each changed field
+    newer = desired([host("server1", "10.0.0.1")], consul={"image": "hashicorp/consul:1.21"})
+    plan = make_plan(newer, observed, adopted=adopted)
+    assert summary(plan) == [("replace", "server1", "consul")]
+    assert plan.actions[0].reasons == (
+        Change(field="image", old="hashicorp/consul:1.20", new="hashicorp/consul:1.21"),
+    )
+    assert plan.actions[0].disruptive and plan.actions[0].observed == hand
 
 
 # --- unreachable ----------------------------------------------------------------------------------
