@@ -81,13 +81,14 @@ def _same_container(spec: ContainerSpec, attrs: dict[str, Any]) -> None:
         assert _flags(attrs["Config"]["Cmd"]) == _flags(spec.command), where
 
 
-def test_the_blogs_hand_run_cluster_imports_and_renders_back(
+def test_the_blogs_hand_run_cluster_imports_renders_back_and_is_adopted_in_place(
     clean_fleet: list[Engine], tmp_path: Path
 ) -> None:
     fleet = Fleet(clean_fleet, tmp_path, cluster="blog")
-    old, _new = ensure_images(fleet.engines)
+    old, new = ensure_images(fleet.engines)
     ensure_standin_images(fleet.engines, (STANDIN_REGISTRATOR_1,))
     _by_hand(fleet, old)
+    fleet.wait_consul_healthy(1)
     out = tmp_path / "imported.yaml"
     hosts = [arg for e in fleet.engines for arg in ("--host", f"{e.name}={e.url}")]
     run = fleet.cli("import", *hosts, "--cluster", "blog", "-o", str(out))
@@ -108,35 +109,7 @@ def test_the_blogs_hand_run_cluster_imports_and_renders_back(
     plan = fleet.cli("plan", str(out), "--db", str(fleet.db), "--json")
     kinds = {a["kind"] for a in plan.json()["actions"]}
     assert kinds == {"blocked"}, plan.stdout
-
-
-def _import(fleet: Fleet, out: Path) -> dict[str, Any]:
-    hosts = [arg for e in fleet.engines for arg in ("--host", f"{e.name}={e.url}")]
-    run = fleet.cli("import", *hosts, "--cluster", "blog", "-o", str(out))
-    assert run.code == 0, run.stdout + run.stderr
-    doc: dict[str, Any] = yaml.safe_load(out.read_text())
-    return doc
-
-
-def _started(fleet: Fleet) -> dict[tuple[str, str], tuple[str, str]]:
-    """(host, name) -> (container id, when it last started): what a restart or a replacement changes."""
-    return {
-        (e.name, name): (attrs["Id"], attrs["State"]["StartedAt"])
-        for e in fleet.engines
-        for name, attrs in fleet.containers(e).items()
-    }
-
-
-def test_adopt_all_takes_the_hand_run_cluster_over_in_place_restarting_nothing(
-    clean_fleet: list[Engine], tmp_path: Path
-) -> None:
-    fleet = Fleet(clean_fleet, tmp_path, cluster="blog")
-    old, new = ensure_images(fleet.engines)
-    ensure_standin_images(fleet.engines, (STANDIN_REGISTRATOR_1,))
-    _by_hand(fleet, old)
-    fleet.wait_consul_healthy(1)
-    out = tmp_path / "imported.yaml"
-    _import(fleet, out)
+    # adopt all: each container matches its spec, so each is taken over as it runs
     before = _started(fleet)
     db = ["--db", str(fleet.db)]
     plan = fleet.cli("plan", str(out), *db, "--adopt", "all")
@@ -168,6 +141,23 @@ def test_adopt_all_takes_the_hand_run_cluster_over_in_place_restarting_nothing(
             labels[f"{LABEL}.managed-by"] == "blog"
             and fleet.containers(engine)["consul"]["Config"]["Image"] == new
         )
+
+
+def _import(fleet: Fleet, out: Path) -> dict[str, Any]:
+    hosts = [arg for e in fleet.engines for arg in ("--host", f"{e.name}={e.url}")]
+    run = fleet.cli("import", *hosts, "--cluster", "blog", "-o", str(out))
+    assert run.code == 0, run.stdout + run.stderr
+    doc: dict[str, Any] = yaml.safe_load(out.read_text())
+    return doc
+
+
+def _started(fleet: Fleet) -> dict[tuple[str, str], tuple[str, str]]:
+    """(host, name) -> (container id, when it last started): what a restart or a replacement changes."""
+    return {
+        (e.name, name): (attrs["Id"], attrs["State"]["StartedAt"])
+        for e in fleet.engines
+        for name, attrs in fleet.containers(e).items()
+    }
 
 
 def _put_kv(addr: str, key: str, value: bytes) -> None:
