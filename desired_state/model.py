@@ -82,9 +82,7 @@ def check_image_reference(value: str) -> str:
         if wanted is None:
             raise ValueError(f"{value!r}: digest algorithm {algorithm!r} is not sha256 or sha512")
         if len(hexdigits) != wanted:
-            raise ValueError(
-                f"{value!r}: a {algorithm} digest has {wanted} hex digits, not {len(hexdigits)}"
-            )
+            raise ValueError(f"{value!r}: a {algorithm} digest has {wanted} hex digits, not {len(hexdigits)}")
     return value
 
 

@@ -387,7 +387,7 @@ def _registrator_settings(
     for key in ("image", "internal", "resync", "cleanup", "deregister", "tags"):
         values = {host: r.get(key) for host, r in read.items()}
         value = _common(values.values())
-        if value is not None:
+        if value is not None and not (key == "cleanup" and value is False):  # False: the default
             settings[key] = list(value) if isinstance(value, tuple) else value
         for host, other in values.items():
             if other != value:

@@ -52,7 +52,9 @@ def format_plan(plan: Plan) -> str:
     lines: list[str] = []
     counts = plan.counts()
     summary = ", ".join(
-        f"{n} to {k}" if k not in ("blocked",) else f"{n} blocked" for k, n in counts.items() if n
+        f"{n} to {LABEL.get(Kind(k), k)}" if k not in ("blocked",) else f"{n} blocked"
+        for k, n in counts.items()
+        if n
     )
     if plan.refused:
         lines.append(f"REFUSED: {plan.refused}")

@@ -338,7 +338,10 @@ def _collision(cluster: str, spec: ContainerSpec, current: ObservedContainer, ad
     if adopt and current.managed_by is None and current.found is not None:
         diffs = differences(spec, current.found, current.image_env)
         if not diffs:
-            why = f"{what}; it matches its spec field for field: taken over as it runs, nothing restarted"
+            why = (
+                f"container {current.short_id}, started by hand, matches its spec field for field: "
+                "taken over as it runs, nothing restarted"
+            )
             return _action(Kind.ADOPT_IN_PLACE, spec, current, (Change(message=why),))
         changes = tuple(Change(field=name, old=old, new=new) for name, old, new in diffs)
         reasons = (Change(message=f"{what}; adopting by replacement"), *changes)

@@ -629,7 +629,16 @@ def test_plan_to_dict() -> None:
     data = plan.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["cluster"] == CLUSTER
-    assert data["counts"] == {"create": 2, "replace": 2, "start": 1, "remove": 3, "blocked": 1, "adopt": 0}
+    counts = {
+        "create": 2,
+        "replace": 2,
+        "start": 1,
+        "remove": 3,
+        "blocked": 1,
+        "adopt": 0,
+        "adopt-in-place": 0,
+    }
+    assert data["counts"] == counts
     assert data["unreachable"] == {"client3": "no route to host"}
     assert data["retired_hosts"] == ["client2"]
     assert data["refused"].startswith("this pass would remove 3 containers, more than the limit of 2")
