@@ -6,8 +6,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from desired_state.handrun import FoundContainer
 from desired_state.spec import Endpoint, index_by_name
-from desired_state.takeover import FoundContainer
 from reconciler import labels as L
 
 

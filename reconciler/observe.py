@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from desired_state.handrun import CONSUL_IMAGES, REGISTRATOR_IMAGES, FoundContainer, image_repository
 from desired_state.spec import Endpoint
-from desired_state.takeover import CONSUL_IMAGES, REGISTRATOR_IMAGES, FoundContainer, image_repository
 from reconciler import labels as L
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.engines import Connections, EngineError, describe_error

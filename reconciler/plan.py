@@ -32,8 +32,8 @@ from enum import StrEnum
 from itertools import groupby
 from typing import Any
 
+from desired_state.handrun import differences
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
-from desired_state.takeover import differences
 from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
 
 DEFAULT_MAX_REMOVALS = 4

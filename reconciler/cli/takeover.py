@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 import yaml
 
+from desired_state.handrun import FoundContainer
 from desired_state.load import TopologyError, load_topology
 from desired_state.model import Host
 from desired_state.spec import Endpoint
-from desired_state.takeover import FoundContainer, ImportResult, import_topology
+from desired_state.takeover import ImportResult, import_topology
 from reconciler.cli.common import JsonOpt, emit_json, err, fail, out
 from reconciler.engines import Connections, EngineError
 from reconciler.observe import read_hand_run

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
+from desired_state.handrun import CONSUL_BOOL_FLAGS, parse_flags
 from desired_state.load import load_topology
 from desired_state.render import render
 from desired_state.spec import ContainerSpec
-from desired_state.takeover import CONSUL_BOOL_FLAGS, parse_flags
 from tests.fleet import STANDIN_REGISTRATOR_1, Engine, ensure_standin_images
 from tests.integration.consul_checks import Sampler, images, leader_node
 from tests.integration.controller_harness import audit_rows, wait_for

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from desired_state.handrun import FoundContainer
 from desired_state.load import load_topology
 from desired_state.render import render
 from desired_state.spec import ContainerSpec, DesiredFleet, DesiredHost, Endpoint
-from desired_state.takeover import FoundContainer
 from reconciler import labels as L
 from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.execute import action_record

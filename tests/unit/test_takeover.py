@@ -1,6 +1,6 @@
-"""Import of a cluster started by hand (desired_state.takeover): the blog recipe's containers, as
-Docker's inspect shows them, become a topology that loads, and render gives back their command lines
-up to the documented normalisations."""
+"""Import of a cluster started by hand (desired_state.takeover, desired_state.handrun): the blog
+recipe's containers, as Docker's inspect shows them, become a topology that loads, and render gives
+back their command lines up to the documented normalisations."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from typing import Any
 
 import yaml
 
-from desired_state.load import load_topology
-from desired_state.render import render
-from desired_state.takeover import (
+from desired_state.handrun import (
     CONSUL_BOOL_FLAGS,
     FoundContainer,
     differences,
     image_repository,
-    import_topology,
     is_consul_agent,
     is_registrator,
     parse_flags,
 )
+from desired_state.load import load_topology
+from desired_state.render import render
+from desired_state.takeover import import_topology
 
 SECRET = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 HOSTS = [
