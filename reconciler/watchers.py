@@ -14,7 +14,8 @@ from reconciler.triggers import EventWatcher
 # the controller's logger: operators filter on it
 log = logging.getLogger("consul_reconciler.controller")
 
-EVENT_RECHECK_DELAY = 0.1  # seconds
+# Seconds after the last event at which the controller looks once more (see on_event)
+EVENT_RECHECK_DELAYS = (0.1, 1.0)
 
 
 class EventWatchers:
@@ -22,7 +23,7 @@ class EventWatchers:
         self._request = request
         self._watchers: dict[str, EventWatcher] = {}
         self._lock = threading.Lock()
-        self._recheck: threading.Timer | None = None
+        self._rechecks: list[threading.Timer] = []
 
     def on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
         if action == "reconnected":
@@ -33,15 +34,20 @@ class EventWatchers:
         log.debug("docker event %s on %s/%s", action, host, name)
         self._request(f"event:{host}")
         # Docker publishes an event a moment before its container list shows the new state
-        # (measured: "die" arrives while the list still says "running"). Look now, and once
-        # more shortly after, so the state the event announced is seen either way.
+        # (measured: "die" arrives while the list still says "running"; in a whole-suite run a
+        # killed agent was still listed as running by the passes of its "kill", its "die" and a look
+        # 0.1 s after the first of them, and nothing looked again). Look now, and again 0.1 s and 1 s
+        # after the last event, so the state the last event announced is seen either way.
         with self._lock:
-            if self._recheck is None or not self._recheck.is_alive():
-                self._recheck = threading.Timer(
-                    EVENT_RECHECK_DELAY, self._request, args=[f"event-recheck:{host}"]
-                )
-                self._recheck.daemon = True
-                self._recheck.start()
+            for timer in self._rechecks:
+                timer.cancel()
+            self._rechecks = [self._recheck(delay, host) for delay in EVENT_RECHECK_DELAYS]
+
+    def _recheck(self, delay: float, host: str) -> threading.Timer:
+        timer = threading.Timer(delay, self._request, args=[f"event-recheck:{host}"])
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def sync(self, loaded: Loaded) -> None:
         """One stream per host of the desired state, on its current endpoint."""
@@ -60,3 +66,6 @@ class EventWatchers:
     def stop(self) -> None:
         for watcher in self._watchers.values():
             watcher.stop()
+        with self._lock:
+            for timer in self._rechecks:
+                timer.cancel()
