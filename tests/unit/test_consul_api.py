@@ -183,6 +183,8 @@ def test_a_session_invalidated_with_its_node_ends_leadership_and_another_takes_o
 ) -> None:
     with Pair(double) as pair:
         first = eventually(pair.leader, 10, "a leader")
+        # the other controller may still be creating its session when the first already leads
+        eventually(lambda: len(double.session_ids()) == 2, 10, "both controllers holding a session")
         assert double.deregister_node(double.node) == 2  # both controllers' sessions live on it
         eventually(lambda: not first.is_leader(), 2, "the leader to stand down")
         assert pair.leader() is None  # Consul refuses new sessions on the node: nobody leads
