@@ -10,7 +10,7 @@
 #
 # BASE is any Debian-like image with Python 3.11+ and the venv module. The default is the official
 # slim image; where no registry is reachable, build from a local one (the tests make
-# consul-reconciler-test/python-base:bookworm with debootstrap, see tests/baseimage.py):
+# consul-reconciler-test/python-base:bookworm with debootstrap, see testbed/baseimage.py):
 #   docker build --build-arg BASE=consul-reconciler-test/python-base:bookworm --network host .
 ARG BASE=python:3.11-slim
 

@@ -11,7 +11,7 @@ containers (no duplicate, no leftover temporary, no orphan), every audit row is 
 "started"), and the kill was found and marked "interrupted" when it landed mid-action. The seed is
 printed; the same seed replays the same delays.
 
-With ``--consul real`` the three servers are real Consul agents (tests/real_consul.py: built from
+With ``--consul real`` the three servers are real Consul agents (testbed/real_consul.py: built from
 Consul's Go module; a leave takes about 13 s, a new server becomes a voter after autopilot's 10 s
 stabilisation), the kills land anywhere in a rollout of about 90 s, and a second sampler asks every
 server for ``/v1/status/leader`` ten times a second: quorum lost means a stretch in which no server
@@ -41,8 +41,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.agent_image import ensure_agent_images  # noqa: E402
-from tests.fleet import (  # noqa: E402
+from testbed.agent_image import ensure_agent_images  # noqa: E402
+from testbed.controller_harness import ControllerProcess, wait_for  # noqa: E402
+from testbed.fleet import (  # noqa: E402
     AGENT_IMAGE_1,
     AGENT_IMAGE_2,
     Engine,
@@ -51,8 +52,7 @@ from tests.fleet import (  # noqa: E402
     fleet_topology,
     reset_engines,
 )
-from tests.integration.controller_harness import ControllerProcess, wait_for  # noqa: E402
-from tests.real_consul import REAL_CONSUL_1, ensure_images  # noqa: E402
+from testbed.real_consul import REAL_CONSUL_1, ensure_images  # noqa: E402
 
 RESOLVED = {"succeeded", "failed", "interrupted", "skipped", "waiting"}
 

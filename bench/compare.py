@@ -12,7 +12,7 @@ Parts (each can be left out with --skip):
   scale       the pure plan for 1,000 and 10,000 simulated hosts; the audit log at 1,000,000 rows
               (bench/scale.py)
 
-The engines are separate dockerd processes under /tmp/crbench (tests/fleet.py), on loopback
+The engines are separate dockerd processes under /tmp/crbench (testbed/fleet.py), on loopback
 addresses 127.0.10.N, with the offline stand-in images. Raw figures go to BENCHMARKS.json, from
 which BENCHMARKS.md and BENCHMARKS.png are rendered (bench/report.py).
 """
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"work folder: {workdir}")
 
     if "fleet" not in args.skip or "controller" not in args.skip:
-        from tests.fleet import ensure_engines, ensure_standin_images
+        from testbed.fleet import ensure_engines, ensure_standin_images
 
         _log(f"starting {max(args.sizes)} engines under {os.environ['CR_FLEET_ROOT']} ...")
         engines = ensure_engines(max(args.sizes))
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if "controller" not in args.skip:
         from bench.controllercost import measure
         from bench.fleetbench import topologies
-        from tests.fleet import reset_engines
+        from testbed.fleet import reset_engines
 
         size = max(args.sizes)
         _log(f"the controller on {size} hosts: {args.idle_seconds:.0f} s idle, {args.detect_trials} removals")

@@ -10,7 +10,7 @@ Measures, as medians (min..max) over repeated trials:
 2. a no-op pass over 3 hosts x 3 containers (agent, registrator and one unmanaged app container
    per host): its duration and the number of Docker API requests it makes.
 
-It starts its own engines under /tmp/crbench (tests/fleet.py) and the controller in-process.
+It starts its own engines under /tmp/crbench (testbed/fleet.py) and the controller in-process.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from reconciler.sources import (  # noqa: E402
     FileSource,
 )
 from reconciler.store import ActionFilter, AuditLog  # noqa: E402
-from tests.fleet import (  # noqa: E402
+from testbed.fleet import (  # noqa: E402
     STANDIN_CONSUL_1,
     STANDIN_CONSUL_2,
     Engine,
@@ -60,7 +60,7 @@ TARGET_KV_MS = 300.0
 
 def kv_write_to_first_action(engines: list[Engine], tmp: Path, trials: int) -> list[float]:
     """Time from a KV write (the PUT returned) to the first action's audit row starting."""
-    from tests.consul_double import ConsulDouble
+    from testbed.consul_double import ConsulDouble
 
     for engine in engines:  # the first sections' containers hold the names this cluster wants
         client = engine.client()

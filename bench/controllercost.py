@@ -31,7 +31,7 @@ import yaml
 
 from bench.peers import VENV_BIN, PeerError
 from reconciler.store import ActionFilter, AuditLog
-from tests.fleet import Engine
+from testbed.fleet import Engine
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

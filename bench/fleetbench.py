@@ -35,7 +35,7 @@ from desired_state.spec import DesiredFleet
 from reconciler.engines import Connections
 from reconciler.one_pass import PassOptions, run_pass
 from reconciler.store import AuditLog
-from tests.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine, fleet_topology, reset_engines
+from testbed.fleet import STANDIN_CONSUL_1, STANDIN_CONSUL_2, Engine, fleet_topology, reset_engines
 
 SCENARIOS = ("converge", "noop", "change")
 CLUSTER = "bench"

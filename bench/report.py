@@ -524,7 +524,7 @@ def markdown(results: Mapping[str, Any], chart_name: str) -> str:
             "",
             "## Side by side on real engines",
             "",
-            "Each host is its own dockerd (tests/fleet.py) on a loopback address; each runs one Consul "
+            "Each host is its own dockerd (testbed/fleet.py) on a loopback address; each runs one Consul "
             "agent (host1 the server, the rest clients) and one Registrator, host networking, the "
             "offline stand-in images. Every tool gets the same containers, rendered by the product "
             "from one topology: same images, command lines, mounts and restart policy. Each trial "

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crsoak")
 
-from tests.fleet import (  # noqa: E402
+from testbed.controller_harness import ControllerProcess, wait_for  # noqa: E402
+from testbed.fleet import (  # noqa: E402
     STANDIN_CONSUL_1,
     Engine,
     ensure_engines,
@@ -33,7 +34,6 @@ from tests.fleet import (  # noqa: E402
     fleet_topology,
     reset_engines,
 )
-from tests.integration.controller_harness import ControllerProcess, wait_for  # noqa: E402
 
 
 def rss_and_fds(pid: int) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh and scripts/demo.sh: installs what the project needs on a fresh
 # Debian 12 machine (as root; the only network is the package registries) and the .venv.
-# The local Docker engines are started later, by tests/fleet.py, never system-wide.
+# The local Docker engines are started later, by testbed/fleet.py, never system-wide.
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -16,9 +16,9 @@ else
   [ -x /bin/busybox ] || missing+=(busybox-static)
 fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-# tests/baseimage.py makes the Debian + Python base of the controller's image with debootstrap.
+# testbed/baseimage.py makes the Debian + Python base of the controller's image with debootstrap.
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
-# tests/pgserver.py runs the audit tests on a real PostgreSQL server (Debian's, started by the tests).
+# testbed/pgserver.py runs the audit tests on a real PostgreSQL server (Debian's, started by the tests).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)

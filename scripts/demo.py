@@ -1,7 +1,7 @@
 """The demo: converge a local three-host Consul fleet, then show the plan, the containers and the audit log.
 
 Run through ``bash scripts/demo.sh`` (which installs what is missing first). Hosts are local Docker
-engines started here (tests/fleet.py), or the engines named in ``DEMO_DOCKER_HOSTS`` (comma-separated
+engines started here (testbed/fleet.py), or the engines named in ``DEMO_DOCKER_HOSTS`` (comma-separated
 ``unix://``/``tcp://`` URLs, the first one becomes the server). The real images are pulled when a
 registry can be reached; otherwise offline stand-ins are built and the demo says so.
 """
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crdemo")  # the demo's engines, apart from the tests'
 
-from tests.fleet import (  # noqa: E402  (the path is set up just above)
+from testbed.fleet import (  # noqa: E402  (the path is set up just above)
     STANDIN_CONSUL_1,
     STANDIN_REGISTRATOR_1,
     Engine,
@@ -218,7 +218,7 @@ def main() -> None:
         f"Keep it converging: .venv/bin/consul-reconciler run {path}  (then edit the file: the fleet follows)"
     )
     root = os.environ["CR_FLEET_ROOT"]
-    print(f"`CR_FLEET_ROOT={root} .venv/bin/python -m tests.fleet down` stops the demo engines.")
+    print(f"`CR_FLEET_ROOT={root} .venv/bin/python -m testbed.fleet down` stops the demo engines.")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The project's one test command: installs what the tests need, lints, runs pytest.
 #   bash scripts/test.sh [pytest args...]
 # Made for a fresh Debian 12 machine, run as root, whose only network is the package registries:
-# the integration tests start their own Docker engines (tests/fleet.py) and build their images
+# the integration tests start their own Docker engines (testbed/fleet.py) and build their images
 # offline from busybox-static, so docker.io and busybox-static are installed here when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,12 +10,12 @@ cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 
 # --- a real Consul, built from its Go module ---------------------------------------------------
-# tests/real_consul.py: Go's caches and the binary live in /var/cache/consul-reconciler (keyed by the
+# testbed/real_consul.py: Go's caches and the binary live in /var/cache/consul-reconciler (keyed by the
 # module's files and the Go version); the first build on a machine takes about 4.5 minutes, a rerun
 # finds it. No Go toolchain, or a build that fails, fails the test command: the integration suite runs
 # against this Consul and never skips it.
-step "real Consul $(sed -n 's|^\s*github.com/hashicorp/consul \(v[0-9.]*\)$|\1|p' tests/consul_agent/go.mod) from its Go module"
-.venv/bin/python -m tests.real_consul build || die "the real Consul of the integration suite could not be built"
+step "real Consul $(sed -n 's|^\s*github.com/hashicorp/consul \(v[0-9.]*\)$|\1|p' testbed/consul_agent/go.mod) from its Go module"
+.venv/bin/python -m testbed.real_consul build || die "the real Consul of the integration suite could not be built"
 
 # --- lint and tests --------------------------------------------------------------------------
 step "ruff check ."
@@ -23,13 +23,13 @@ step "ruff check ."
 
 # One process by default. CR_TEST_WORKERS=2 runs two pytest-xdist workers, each given whole files and
 # each a session of its own, with its own engines, loopback /24, TLS engine and PostgreSQL
-# (tests/workers.py), the real-Consul rollouts (the longest file) first on one of them: about 16
+# (testbed/workers.py), the real-Consul rollouts (the longest file) first on one of them: about 16
 # minutes instead of 26 here, but on this 2-core machine the second worker's load still makes
 # timing-bound tests fail now and then (a stand-in election, a controller's start), so it is not
 # the default. "-n N" in the arguments wins.
 workers="${CR_TEST_WORKERS:-0}"
 step "the test fleets: engines and images"
-.venv/bin/python -m tests.workers prepare --workers "$workers" || die "the Docker test fleets could not be prepared"
+.venv/bin/python -m testbed.workers prepare --workers "$workers" || die "the Docker test fleets could not be prepared"
 
 step "pytest -n $workers $*"
 rc=0

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fleet of real, local Docker engines (see tests/fleet.py).
+"""Shared fixtures: a fleet of real, local Docker engines (see testbed/fleet.py).
 
 Tests under tests/integration are marked ``integration`` automatically. Nothing is ever skipped:
 if the engines cannot be brought up, every test that needs them fails with the reason.
@@ -15,18 +15,18 @@ from typing import Any
 
 import pytest
 
-from tests.agent_image import ensure_agent_images
-from tests.agentprobe import Standin
-from tests.fleet import Engine, FleetError, ensure_engines, ensure_standin_images, reset_engines
-from tests.workers import worker_environment
+from testbed.agent_image import ensure_agent_images
+from testbed.agentprobe import Standin
+from testbed.fleet import Engine, FleetError, ensure_engines, ensure_standin_images, reset_engines
+from testbed.workers import worker_environment
 
 FLEET_SIZE = 3
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # each xdist worker its own engines, addresses and servers (tests/workers.py); this runs before any
-    # test module is imported, so module-level addresses (tests/tlsengine.py, tests/pgserver.py) see them
+    # each xdist worker its own engines, addresses and servers (testbed/workers.py); this runs before any
+    # test module is imported, so module-level addresses (testbed/tlsengine.py, testbed/pgserver.py) see them
     os.environ.update(worker_environment(os.environ.get("PYTEST_XDIST_WORKER", ""), dict(os.environ)))
 
 
@@ -91,7 +91,7 @@ def clean_fleet5(fleet5: list[Engine]) -> list[Engine]:
 
 @pytest.fixture
 def agents(tmp_path: Path) -> Iterator[Callable[..., Standin]]:
-    """A factory of agent stand-in processes under tmp_path (tests/agentprobe.py); every process still
+    """A factory of agent stand-in processes under tmp_path (testbed/agentprobe.py); every process still
     running at the end is killed."""
     made: list[Standin] = []
     dc = f"dc{os.getpid()}-{random.randrange(10**6)}"  # agents of other runs on a reused address stay out

@@ -16,8 +16,8 @@ from typing import Any
 import docker.errors
 import yaml
 
-from tests.fleet import Engine, fleet_topology
-from tests.real_consul import ensure_images
+from testbed.fleet import Engine, fleet_topology
+from testbed.real_consul import ensure_images
 
 LABEL = "io.consul-reconciler"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
@@ -46,7 +46,7 @@ class Fleet:
         self.write()
 
     def use_real_consul(self, *, acl: bool = False) -> tuple[str, str]:
-        """Make the agents real Consul (tests/real_consul.py), each bound to its host's loopback address
+        """Make the agents real Consul (testbed/real_consul.py), each bound to its host's loopback address
         (real agents on one machine clash on 0.0.0.0); returns the two image tags (old, new)."""
         old, new = ensure_images(self.engines, acl=acl)
         self.doc["consul"]["image"] = old

@@ -1,4 +1,4 @@
-"""The Consul agent stand-in image (tests/agent_image.py) running as containers on real engines.
+"""The Consul agent stand-in image (testbed/agent_image.py) running as containers on real engines.
 
 One server container per engine of the fleet, host networking, each on its engine's loopback
 address (``-client 127.0.10.N -advertise 127.0.10.N``, port 8500), ``-retry-join`` the others and
@@ -9,7 +9,7 @@ checks the engines' own record of how the containers exited.
 Run it on a fleet of its own, so that it does not disturb other integration runs::
 
     CR_FLEET_ROOT=/tmp/cragent .venv/bin/python -m pytest tests/integration/test_agent_image.py
-    python -m tests.fleet --root /tmp/cragent down --purge
+    python -m testbed.fleet --root /tmp/cragent down --purge
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
-from tests import agentprobe
-from tests.agent_image import AGENT_IMAGE_1, AGENT_IMAGE_2, AGENT_VERSIONS, SOURCE_LABEL, ensure_agent_images
-from tests.fleet import Engine
+from testbed import agentprobe
+from testbed.agent_image import (
+    AGENT_IMAGE_1,
+    AGENT_IMAGE_2,
+    AGENT_VERSIONS,
+    SOURCE_LABEL,
+    ensure_agent_images,
+)
+from testbed.fleet import Engine
 
 NAME = "standin-consul-agent"
 call = agentprobe.call

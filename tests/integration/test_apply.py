@@ -14,7 +14,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, STANDIN_CONSUL_1, Engine
+from testbed.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, STANDIN_CONSUL_1, Engine
 from tests.integration.harness import LABEL, Fleet, Run
 
 

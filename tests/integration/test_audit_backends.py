@@ -1,5 +1,5 @@
 """The audit log on both backends it supports: SQLite (the default) and a real PostgreSQL server
-(Debian's postgresql, started by tests/pgserver.py), migrations included."""
+(Debian's postgresql, started by testbed/pgserver.py), migrations included."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from reconciler.store import MIGRATIONS_DIR, ActionFilter, ActionRecord, AuditLog, Base, HostState
-from tests.fleet import AGENT_IMAGE_2, Engine
-from tests.integration.controller_harness import ControllerProcess
+from testbed.controller_harness import ControllerProcess
+from testbed.fleet import AGENT_IMAGE_2, Engine
+from testbed.pgserver import PostgresError, fresh_database
 from tests.integration.harness import Fleet
-from tests.pgserver import PostgresError, fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -161,8 +161,8 @@ def _quick_retry_controller(fleet: Fleet, url: str, tmp_path: Path) -> Controlle
 def test_database_down_the_controller_pauses_and_resumes_by_itself(
     clean_fleet: list[Engine], tmp_path: Path
 ) -> None:
-    from tests.integration.controller_harness import wait_for
-    from tests.pgserver import ensure_postgres, stop_postgres
+    from testbed.controller_harness import wait_for
+    from testbed.pgserver import ensure_postgres, stop_postgres
 
     url = fresh_database(f"down_{uuid.uuid4().hex[:10]}")
     fleet = Fleet(clean_fleet, tmp_path)
@@ -198,8 +198,8 @@ def test_database_down_the_controller_pauses_and_resumes_by_itself(
 def test_database_read_only_the_controller_pauses_and_resumes_by_itself(
     clean_fleet: list[Engine], tmp_path: Path
 ) -> None:
-    from tests.integration.controller_harness import wait_for
-    from tests.pgserver import set_read_only
+    from testbed.controller_harness import wait_for
+    from testbed.pgserver import set_read_only
 
     name = f"ro_{uuid.uuid4().hex[:10]}"
     url = fresh_database(name)
@@ -244,7 +244,7 @@ def test_a_live_peers_open_run_is_left_alone_a_dead_ones_is_closed(db_url: str) 
 
 
 def test_outcomes_the_database_missed_are_written_once_it_is_back() -> None:
-    from tests.pgserver import ensure_postgres, stop_postgres
+    from testbed.pgserver import ensure_postgres, stop_postgres
 
     url = fresh_database(f"missed_{uuid.uuid4().hex[:10]}")
     log = AuditLog(url)
@@ -275,8 +275,8 @@ def test_an_action_recorded_after_the_database_came_back_reads_as_it_happened(
     """The controller replaces a server (a 5 s graceful leave); the database goes down meanwhile, so the
     action's outcome cannot be written when the Docker work is done. Once the database is back, the
     row reads succeeded (not interrupted, not started) and the run is closed."""
-    from tests.integration.controller_harness import wait_for
-    from tests.pgserver import ensure_postgres, stop_postgres
+    from testbed.controller_harness import wait_for
+    from testbed.pgserver import ensure_postgres, stop_postgres
 
     url = fresh_database(f"after_{uuid.uuid4().hex[:10]}")
     fleet = Fleet(clean_fleet[:1], tmp_path)

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from tests.fleet import Engine
+from testbed.fleet import Engine
 
 
 def test_sigkill_at_random_points_always_converges_and_resolves_rows(

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
-from tests.integration.controller_harness import (
+from testbed.controller_harness import (
     ControllerProcess,
     audit_rows,
     free_port,
     stop_all,
     wait_for,
 )
+from testbed.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
 from tests.integration.harness import LABEL, Fleet
 
 LONG_INTERVAL = "600"

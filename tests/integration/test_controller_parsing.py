@@ -15,8 +15,8 @@ from desired_state.load import Loaded
 from reconciler.controller import Controller, ControllerOptions
 from reconciler.sources import FileSource
 from reconciler.store import AuditLog
-from tests.fleet import AGENT_IMAGE_2, Engine, fleet_topology
-from tests.integration.controller_harness import wait_for
+from testbed.controller_harness import wait_for
+from testbed.fleet import AGENT_IMAGE_2, Engine, fleet_topology
 
 
 def _agent_image(engine: Engine) -> str | None:

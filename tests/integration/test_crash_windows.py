@@ -1,6 +1,6 @@
 """Interleavings that used to let a deposed leader act or leave a container in a state the next pass
 called converged, reproduced step by step against real engines: a fault-injecting proxy in front of
-an engine (tests/dockerproxy.py) holds or drops the request at exactly the step that matters."""
+an engine (testbed/dockerproxy.py) holds or drops the request at exactly the step that matters."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from reconciler.observe import observe_fleet
 from reconciler.one_pass import PassOptions, run_pass
 from reconciler.store import ActionFilter, AuditLog
 from reconciler.triggers import EventWatcher
-from tests.dockerproxy import DockerProxy
-from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, STANDIN_LABEL, Engine, _copy_images, build_image
-from tests.integration.controller_harness import ControllerProcess, wait_for
+from testbed.controller_harness import ControllerProcess, wait_for
+from testbed.dockerproxy import DockerProxy
+from testbed.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, STANDIN_LABEL, Engine, _copy_images, build_image
 from tests.integration.harness import LABEL, Fleet
 
 PULLED = "consul-reconciler-standin/consul-agent:pulled"

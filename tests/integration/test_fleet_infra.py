@@ -9,7 +9,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from tests.fleet import (
+from testbed.fleet import (
     STANDIN_CONSUL_1,
     STANDIN_CONSUL_2,
     STANDIN_IMAGES,

@@ -1,7 +1,7 @@
 """The controller's own image: built from the repository's Dockerfile, run against a real engine.
 
 No registry is reachable, so the image is built ``FROM`` a local Debian 12 + Python base made with
-debootstrap (tests/baseimage.py; cached, about 40 s the first time) instead of python:3.11-slim.
+debootstrap (testbed/baseimage.py; cached, about 40 s the first time) instead of python:3.11-slim.
 The build's ``pip install`` fetches the dependencies from PyPI: the engines run with
 ``--bridge=none``, so the build uses the host's network (``network_mode="host"``).
 
@@ -27,8 +27,8 @@ import docker.errors
 import pytest
 import yaml
 
-from tests.baseimage import BASE_IMAGE, ensure_base_image
-from tests.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError, fleet_net
+from testbed.baseimage import BASE_IMAGE, ensure_base_image
+from testbed.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError, fleet_net
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "consul-reconciler-test/controller:dev"

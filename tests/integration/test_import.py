@@ -16,11 +16,11 @@ from desired_state.handrun import CONSUL_BOOL_FLAGS, parse_flags
 from desired_state.load import load_topology
 from desired_state.render import render
 from desired_state.spec import ContainerSpec
-from tests.fleet import STANDIN_REGISTRATOR_1, Engine, ensure_standin_images
+from testbed.controller_harness import audit_rows, wait_for
+from testbed.fleet import STANDIN_REGISTRATOR_1, Engine, ensure_standin_images
+from testbed.real_consul import ensure_images
 from tests.integration.consul_checks import Sampler, images, leader_node
-from tests.integration.controller_harness import audit_rows, wait_for
 from tests.integration.harness import LABEL, Fleet
-from tests.real_consul import ensure_images
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 # what render writes differently, by design: joins from the topology, the expectation from the number

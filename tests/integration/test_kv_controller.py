@@ -1,12 +1,12 @@
 """The controller with its desired state in Consul KV, on real engines: edits followed at once, bad
 documents refused, the source's loss survived, and two controllers of which exactly one acts.
 
-The store is a real Consul server (tests/real_consul.py, built from Consul's Go module, run as a
+The store is a real Consul server (testbed/real_consul.py, built from Consul's Go module, run as a
 process on its own loopback address, as a management cluster of one), and the managed agents are real
 Consul too, in containers on the engines. Real Consul's own rules hold: a session's TTL is at least
 10 s (``session_ttl_min``) and a dead holder's session is invalidated one to two TTLs after its last
 renewal, so the lock here is ``--lock-ttl 10 --lock-delay 5``. Only the last test, a Consul that
-answers slowly or has no leader, uses the protocol double (tests/consul_double.py): a real Consul
+answers slowly or has no leader, uses the protocol double (testbed/consul_double.py): a real Consul
 cannot be made slow on demand.
 """
 
@@ -27,12 +27,12 @@ import consul as pyconsul
 import pytest
 import yaml
 
-from tests.consul_double import ConsulDouble
-from tests.fleet import AGENT_IMAGE_1, Engine
+from testbed.consul_double import ConsulDouble
+from testbed.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
+from testbed.fleet import AGENT_IMAGE_1, Engine
+from testbed.real_consul import ACL_TOKEN, REAL_CONSUL_1, REAL_CONSUL_2, ConsulServer
 from tests.integration.consul_checks import try_get
-from tests.integration.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
 from tests.integration.harness import Fleet
-from tests.real_consul import ACL_TOKEN, REAL_CONSUL_1, REAL_CONSUL_2, ConsulServer
 
 KEY = "consul-reconciler/topology"
 LONG_INTERVAL = "600"

@@ -1,4 +1,4 @@
-"""The real Consul of the suite (tests/real_consul.py): built from its Go module, in an image that keeps
+"""The real Consul of the suite (testbed/real_consul.py): built from its Go module, in an image that keeps
 the official image's contract, so the product renders the same command lines for it; and a real
 cluster formed in whatever order its agents start."""
 
@@ -8,11 +8,9 @@ import contextlib
 import time
 from pathlib import Path
 
-from tests.fleet import Engine
-from tests.integration.consul_checks import try_get
-from tests.integration.controller_harness import wait_for
-from tests.integration.harness import Fleet
-from tests.real_consul import (
+from testbed.controller_harness import wait_for
+from testbed.fleet import Engine
+from testbed.real_consul import (
     CONSUL_VERSION,
     REAL_CONSUL_1,
     REAL_CONSUL_2,
@@ -20,6 +18,8 @@ from tests.real_consul import (
     ensure_images,
     reported_version,
 )
+from tests.integration.consul_checks import try_get
+from tests.integration.harness import Fleet
 
 
 def test_the_binary_is_the_pinned_release_built_static() -> None:

@@ -1,13 +1,13 @@
 """Consul-aware rollouts on real engines, against real Consul servers.
 
-The servers are real Consul agents (tests/real_consul.py: built from Consul's Go module, in containers
+The servers are real Consul agents (testbed/real_consul.py: built from Consul's Go module, in containers
 on the engines, each bound to its host's loopback address), so what is shown here is what a
 production cluster does: a leave answers only once the server has left (about 13 s: the 5 s drain,
 then its removal from the raft peers), a new server becomes a voter after autopilot's stabilisation
 (10 s), an election takes raft's timeout. A sampler polls /v1/status/leader,
 /v1/operator/raft/configuration and /v1/agent/members on every server at least ten times a second.
 
-Two tests keep the agent stand-in (tests/agent_standin.py), for faults a real Consul cannot be made to
+Two tests keep the agent stand-in (testbed/agent_standin.py), for faults a real Consul cannot be made to
 show on demand: an agent that refuses its leave, and a rollout pause held across a change of
 controller (the stand-in is told to stay unhealthy while the first controller is killed).
 """
@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.agent_image import ensure_agent_image
-from tests.agent_standin import REFUSE_LEAVE_MARKER
-from tests.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
+from testbed.agent_image import ensure_agent_image
+from testbed.agent_standin import REFUSE_LEAVE_MARKER
+from testbed.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
+from testbed.fleet import AGENT_IMAGE_1, AGENT_IMAGE_2, Engine
+from testbed.real_consul import ACL_TOKEN
 from tests.integration.consul_checks import Sampler, healthy, images, leader_node, try_get, try_put
-from tests.integration.controller_harness import ControllerProcess, audit_rows, stop_all, wait_for
 from tests.integration.harness import Fleet
-from tests.real_consul import ACL_TOKEN
 
 pytestmark = pytest.mark.first  # the longest file: one worker starts it at once (tests/conftest.py)
 
@@ -430,7 +430,7 @@ def test_controller_killed_mid_rollout_continues(
 def test_a_rollout_pause_holds_on_the_next_leader(clean_fleet5: list[Engine], tmp_path: Path) -> None:
     """The pause is kept in Consul next to the desired state: a controller that takes over with its own
     audit database still touches no server until `resume`."""
-    from tests.consul_double import ConsulDouble
+    from testbed.consul_double import ConsulDouble
 
     fleet, img = rollout_fleet(clean_fleet5, tmp_path, 3, real=False)  # the stand-in: told to stay unhealthy
     fleet.doc["rollout"]["deadline"] = 8

@@ -1,4 +1,4 @@
-"""A host behind a real mutual-TLS Docker endpoint (tcp://127.0.0.1:PORT, see tests/tlsengine.py).
+"""A host behind a real mutual-TLS Docker endpoint (tcp://127.0.0.1:PORT, see testbed/tlsengine.py).
 
 The product connects over TCP with the topology's ``tls`` files; the tests look at the engine over
 its own unix socket, so what they see does not depend on the product's TLS set-up.
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError
+from testbed.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError
+from testbed.tlsengine import TLSEngine, start_tls_engine, stop_tls_engine
 from tests.integration.harness import LABEL, Fleet, Run
-from tests.tlsengine import TLSEngine, start_tls_engine, stop_tls_engine
 
 MANAGED_BY = f"{LABEL}.managed-by"
 HOST = "tlshost"

@@ -1,6 +1,6 @@
-"""The Consul agent stand-in (tests/agent_standin.py) as processes on the host, no Docker.
+"""The Consul agent stand-in (testbed/agent_standin.py) as processes on the host, no Docker.
 
-Each agent is ``python tests/agent_standin.py agent ...`` on its own loopback address
+Each agent is ``python testbed/agent_standin.py agent ...`` on its own loopback address
 (127.0.10.100-199, port 8500) with a temporary data dir and short gossip timings (gossip 0.1 s,
 failure after 0.5 s, stabilisation 1 s), raft at Consul's production setting raft_multiplier=1
 (heartbeat timeout 1 s) and Consul's default leave drain (5 s). The assertions are on what the
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_standin import REFUSE_MARKER, parse_flags
-from tests.agentprobe import (
+from testbed.agent_standin import REFUSE_MARKER, parse_flags
+from testbed.agentprobe import (
     DRAIN,
     HEARTBEAT,
     STANDIN,

@@ -1,6 +1,6 @@
 """The product's Consul client (reconciler/consul_api.py), leader lock and KV watcher, over real HTTP:
-against the Consul double (tests/consul_double.py) for KV and sessions, and against agent stand-in
-processes (tests/agent_standin.py) for the agent endpoints, with ACLs on (default deny)."""
+against the Consul double (testbed/consul_double.py) for KV and sessions, and against agent stand-in
+processes (testbed/agent_standin.py) for the agent endpoints, with ACLs on (default deny)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from reconciler.consul_api import (
 from reconciler.consul_settings import resolve_token
 from reconciler.leader import LeaderLock, lock_timing_problem
 from reconciler.sources import KVWatcher
-from tests.agentprobe import DRAIN, TOKEN, Standin, eventually, leader_of, start_cluster
-from tests.consul_double import ConsulDouble
+from testbed.agentprobe import DRAIN, TOKEN, Standin, eventually, leader_of, start_cluster
+from testbed.consul_double import ConsulDouble
 
 KEY = "infra/topology.leader"
 

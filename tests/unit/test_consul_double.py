@@ -1,4 +1,4 @@
-"""The Consul HTTP API double (tests/consul_double.py), checked over real HTTP: raw HTTP for exact status
+"""The Consul HTTP API double (testbed/consul_double.py), checked over real HTTP: raw HTTP for exact status
 codes, bodies and headers, py-consul for the paths the product uses."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import consul
 import pytest
 import requests
 
-from tests.consul_double import ConsulDouble, format_go_duration, parse_go_duration
+from testbed.consul_double import ConsulDouble, format_go_duration, parse_go_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -823,7 +823,7 @@ def test_the_command_line_serves_until_sigterm() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.consul_double", "--port", str(port), "--min-ttl", "1"],
+        [sys.executable, "-m", "testbed.consul_double", "--port", str(port), "--min-ttl", "1"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -27,7 +27,7 @@ from desired_state.load import digest_of
 from reconciler.cli import app
 from reconciler.consul_api import Consul
 from reconciler.store import AuditLog, normalize_url
-from tests.consul_double import ConsulDouble
+from testbed.consul_double import ConsulDouble
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "infra/consul-reconciler/topology"

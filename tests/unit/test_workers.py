@@ -1,10 +1,10 @@
-"""tests/workers.py: each xdist worker gets folders, addresses and a port no other worker uses."""
+"""testbed/workers.py: each xdist worker gets folders, addresses and a port no other worker uses."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.workers import WorkerError, worker_environment
+from testbed.workers import WorkerError, worker_environment
 
 
 def test_the_first_worker_and_a_run_without_workers_keep_the_defaults() -> None:

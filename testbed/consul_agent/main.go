@@ -5,7 +5,7 @@
 // github.com/hashicorp/consul@vX` refuses to build it. This main module of consul-reconciler's
 // tests requires Consul as a library instead (a requirement's own replaces are ignored, so the
 // published consul/api and consul/sdk modules are used) and hands the arguments to the command
-// table Consul registers. No Consul source is copied here. tests/real_consul.py builds it.
+// table Consul registers. No Consul source is copied here. testbed/real_consul.py builds it.
 package main
 
 import (

@@ -1371,7 +1371,7 @@ class ConsulDouble:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.consul_double",
+        prog="python -m testbed.consul_double",
         description="Serve a model of Consul's HTTP API (for tests; not Consul) until SIGTERM/SIGINT.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")

@@ -17,14 +17,14 @@ anywhere but to the engines' unix sockets.
 
 Stopping an engine (SIGTERM to its dockerd) is a host going down; starting it again with the
 same folders brings its containers back. Engines are left running after a test session so the
-next one reuses them; ``python -m tests.fleet down`` stops them.
+next one reuses them; ``python -m testbed.fleet down`` stops them.
 
 Used as a module (``ensure_engines``, ``ensure_standin_images``) by ``tests/conftest.py`` and as a
 command line::
 
-    python -m tests.fleet up --engines 3      # start (or reuse) 3 engines and build the images
-    python -m tests.fleet status              # show every engine found under the root
-    python -m tests.fleet down [--purge]      # stop them (and delete their folders)
+    python -m testbed.fleet up --engines 3      # start (or reuse) 3 engines and build the images
+    python -m testbed.fleet status              # show every engine found under the root
+    python -m testbed.fleet down [--purge]      # stop them (and delete their folders)
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ STANDIN_CONSUL_2 = "consul-reconciler-standin/consul:2"
 STANDIN_REGISTRATOR_1 = "consul-reconciler-standin/registrator:1"
 STANDIN_IMAGES: tuple[str, ...] = (STANDIN_CONSUL_1, STANDIN_CONSUL_2, STANDIN_REGISTRATOR_1)
 STANDIN_LABEL = "org.consul-reconciler.standin"
-# The Consul agent of the integration suite: images of the agent stand-in (tests/agent_image.py builds
+# The Consul agent of the integration suite: images of the agent stand-in (testbed/agent_image.py builds
 # them), which answer Consul's HTTP API, so the default, gated rollout path runs in every test.
 AGENT_IMAGE_1 = "consul-reconciler-standin/consul-agent:1"
 AGENT_IMAGE_2 = "consul-reconciler-standin/consul-agent:2"
@@ -78,7 +78,7 @@ AGENT_IMAGE_2 = "consul-reconciler-standin/consul-agent:2"
 _MAX_SOCKET_PATH = 100
 _LONGEST_SOCKET_SUFFIX = "/exec/containerd/containerd.sock.ttrpc"
 _LOG_ROTATE_BYTES = 8 * 1024 * 1024
-_START_MARKER = "=== tests.fleet: starting dockerd"
+_START_MARKER = "=== testbed.fleet: starting dockerd"
 _MNT_DETACH = 2
 
 # The stand-ins' entrypoint: print the command line once (so ``docker logs`` shows what the product
@@ -842,7 +842,7 @@ def _down(root: Path, purge: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fleet", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m testbed.fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--root", type=Path, default=None, help=f"fleet root (default ${ROOT_ENV} or {DEFAULT_ROOT})"
     )

@@ -1,6 +1,6 @@
 """A real Consul for the integration suite: built from its Go module, run in containers on the engines.
 
-**The build.** ``tests/consul_agent`` is a small Go main module of this project's own: its go.mod
+**The build.** ``testbed/consul_agent`` is a small Go main module of this project's own: its go.mod
 requires ``github.com/hashicorp/consul`` at one pinned release (1.14.11, the newest release under the
 MPL-2.0: 1.17 and later are under the BUSL) and its main.go hands the arguments to the command table
 Consul registers. ``go install github.com/hashicorp/consul@vX`` cannot be used: Consul's root go.mod
@@ -23,8 +23,8 @@ variants add ``acl.json``: ACLs on, ``default_policy = deny``, a management toke
 
 Command line::
 
-    python -m tests.real_consul build          # the binary (built once, then from the cache)
-    python -m tests.real_consul images [-n N]  # the images on engines 1..N of the fleet root
+    python -m testbed.real_consul build          # the binary (built once, then from the cache)
+    python -m testbed.real_consul images [-n N]  # the images on engines 1..N of the fleet root
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tests.baseimage import IMPORT_TIMEOUT
-from tests.fleet import (
+from testbed.baseimage import IMPORT_TIMEOUT
+from testbed.fleet import (
     BUSYBOX,
     STANDIN_LABEL,
     Engine,
@@ -397,7 +397,9 @@ class ConsulServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.real_consul", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.real_consul", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build the real Consul binary, or find it in the cache")
     images = sub.add_parser("images", help="put the real Consul images on engines 1..N")

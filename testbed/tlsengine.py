@@ -1,6 +1,6 @@
 """One extra Docker engine that also listens on ``tcp://127.0.0.1:<port>`` with mutual TLS.
 
-The engine is a separate ``dockerd`` (see ``tests/fleet.py``) with its own state folder
+The engine is a separate ``dockerd`` (see ``testbed/fleet.py``) with its own state folder
 (``/tmp/crtls/e1`` unless ``CR_TLS_ROOT`` says otherwise) and two listeners:
 
 * its unix socket ``$ROOT/e1/docker.sock``, for the tests' own inspection and for loading images;
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.fleet import AGENT_IMAGE_1, STANDIN_IMAGES, Engine, FleetError, fleet_net
+from testbed.fleet import AGENT_IMAGE_1, STANDIN_IMAGES, Engine, FleetError, fleet_net
 
 DEFAULT_ROOT = "/tmp/crtls"
 ROOT_ENV = "CR_TLS_ROOT"

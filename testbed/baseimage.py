@@ -12,7 +12,7 @@ Bookworm's python3 is 3.11, the same minor version as ``python:3.11-slim``, so t
 default base and this one run the same interpreter.
 
 The root file system tarball is cached under ``$CR_CACHE_DIR`` (default /tmp/crcache), outside
-any fleet root, so ``python -m tests.fleet down --purge`` keeps it and a second engine, fleet or
+any fleet root, so ``python -m testbed.fleet down --purge`` keeps it and a second engine, fleet or
 test session imports it again in seconds instead of re-running debootstrap (about 40 s). An engine
 that already has the tag is left alone; an engine that lacks it gets a copy by save/load from one
 that has it (same image id everywhere), else an import of the cached tarball.
@@ -24,7 +24,7 @@ local to the test engines and never pushed anywhere.
 
 Command line (builds the tarball and imports it into the engines of the current fleet root)::
 
-    python -m tests.baseimage [--engines N] [--rebuild]
+    python -m testbed.baseimage [--engines N] [--rebuild]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tests.fleet import (
+from testbed.fleet import (
     Engine,
     FleetError,
     _copy_images,
@@ -320,7 +320,7 @@ def ensure_base_image(fleet: Sequence[Engine], tag: str = BASE_IMAGE, *, replace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.baseimage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m testbed.baseimage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", type=int, default=1, help="engines 1..N of the fleet root to supply")
     parser.add_argument("--rebuild", action="store_true", help="run debootstrap again (new tarball)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
-"""Images of the Consul agent stand-in (tests/agent_standin.py: a model of Consul, not Consul).
+"""Images of the Consul agent stand-in (testbed/agent_standin.py: a model of Consul, not Consul).
 
 ``consul-reconciler-standin/consul-agent:1`` and ``:2`` are built ``FROM`` the Debian + Python base
-image of tests/baseimage.py (made offline with debootstrap, cached in /tmp/crcache), with
+image of testbed/baseimage.py (made offline with debootstrap, cached in /tmp/crcache), with
 ``/agent_standin.py`` as the entrypoint (``python3 -u /agent_standin.py``) and /consul/data,
 /consul/config made. The two tags are distinct images, so an upgrade from one to the other is a
 real image change: their labels differ, and so do the versions the agents report (STANDIN_VERSION
@@ -11,13 +11,13 @@ Each image carries the SHA-256 of agent_standin.py and its Dockerfile as a label
 was built from another version of either counts as lacking it (the superseded image is removed once replaced,
 unless a container still uses it). A tag that no engine has current is built once, on the first
 engine (after the base image is put there); engines lacking a tag get it by save/load, in
-parallel, as tests/fleet.py does for its stand-ins. The build needs no network
+parallel, as testbed/fleet.py does for its stand-ins. The build needs no network
 (``network_mode="none"``). ``ensure_agent_image(engines)`` supplies both tags (and returns :1);
 ``ensure_agent_images(engines, tags)`` only the tags given.
 
 Command line::
 
-    python -m tests.agent_image [--engines N]
+    python -m testbed.agent_image [--engines N]
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tests.baseimage import BASE_IMAGE, IMPORT_TIMEOUT, ensure_base_image
-from tests.fleet import (
+from testbed.baseimage import BASE_IMAGE, IMPORT_TIMEOUT, ensure_base_image
+from testbed.fleet import (
     AGENT_IMAGE_1,
     AGENT_IMAGE_2,
     STANDIN_LABEL,
@@ -212,7 +212,9 @@ def _image_id(engine: Engine, tag: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.agent_image", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.agent_image", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--engines", type=int, default=3, help="engines 1..N of the fleet root to supply")
     args = parser.parse_args(argv)
     try:

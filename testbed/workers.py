@@ -2,7 +2,7 @@
 
 With CR_TEST_WORKERS=2, scripts/test.sh runs the suite on two workers. Each is a test session of
 its own: worker gwN (N > 0) gets its own engines, loopback /24, TLS engine and PostgreSQL, as
-tests/fleet.py describes for a second session, so no two workers share an address, a port or a
+testbed/fleet.py describes for a second session, so no two workers share an address, a port or a
 state folder. gw0 keeps the
 defaults, those of a run without workers. tests/conftest.py applies this before any test module is
 imported.
@@ -10,7 +10,7 @@ imported.
 Before pytest starts, scripts/test.sh prepares every worker's fleet (one fleet without workers),
 one after another::
 
-    python -m tests.workers prepare --workers 2
+    python -m testbed.workers prepare --workers 2
 
 five engines each, with the stand-in, agent stand-in and real Consul images. On a new machine that
 is minutes of image loading per fleet; done inside the first tests of two workers at once, it slowed
@@ -27,9 +27,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from tests.fleet import DEFAULT_NET, DEFAULT_ROOT, NET_ENV, ROOT_ENV
+from testbed.fleet import DEFAULT_NET, DEFAULT_ROOT, NET_ENV, ROOT_ENV
 
-# tests/tlsengine.py and tests/pgserver.py read their variables when imported, so they are not imported
+# testbed/tlsengine.py and testbed/pgserver.py read their variables when imported, so they are not imported
 # here (conftest imports this module before it sets a worker's variables); their defaults are restated
 _FOLDERS = {ROOT_ENV: DEFAULT_ROOT, "CR_TLS_ROOT": "/tmp/crtls", "CR_PG_ROOT": "/tmp/crpg"}
 _NET = (NET_ENV, DEFAULT_NET)
@@ -59,9 +59,9 @@ ENGINES = 5  # the largest fleet a test asks for (tests/conftest.py: fleet5)
 
 def prepare_this_worker() -> None:
     """Engines and images of the fleet the environment names (CR_FLEET_ROOT, CR_FLEET_NET)."""
-    from tests.agent_image import ensure_agent_images
-    from tests.fleet import ensure_engines, ensure_standin_images
-    from tests.real_consul import ensure_images
+    from testbed.agent_image import ensure_agent_images
+    from testbed.fleet import ensure_engines, ensure_standin_images
+    from testbed.real_consul import ensure_images
 
     engines = ensure_engines(ENGINES)
     ensure_standin_images(engines)
@@ -71,7 +71,7 @@ def prepare_this_worker() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.workers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m testbed.workers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser(
         "prepare", help="start each worker's engines and load their images, one worker after another"
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker = f"gw{index}"
         env = {**os.environ, **worker_environment(worker, os.environ)}
         began = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "tests.workers", "prepare-one"], env=env, check=False)
+        done = subprocess.run([sys.executable, "-m", "testbed.workers", "prepare-one"], env=env, check=False)
         if done.returncode != 0:
             print(f"worker {worker}: its fleet could not be prepared (see above)", file=sys.stderr)
             return done.returncode

@@ -5,7 +5,7 @@ the ``consul agent`` flags the product renders, answers a small part of Consul's
 Consul's documented JSON shapes, and runs a simple but causal cluster model between the stand-ins
 over real HTTP: a killed agent stops answering, a restarted one keeps its data dir (identity, raft
 configuration), a graceful leave shrinks the peer set. Standard library only (Python 3.11); it runs
-in the image of tests/agent_image.py and directly on the host (tests/unit/test_agent_standin.py).
+in the image of testbed/agent_image.py and directly on the host (tests/unit/test_agent_standin.py).
 
     python3 agent_standin.py agent -server -bootstrap-expect=3 -node=host1 -datacenter=dc1 \\
         -retry-join=127.0.10.2 -retry-join=127.0.10.3 -client 127.0.10.1 -advertise 127.0.10.1 -ui
