@@ -40,7 +40,7 @@ from reconciler.consul_api import Consul, ConsulError
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
-from reconciler.loop import ReconcileLoop
+from reconciler.loop import ReconcileLoop, Requeue
 from reconciler.metrics import Metrics
 from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.pauses import pauses_for
@@ -91,14 +91,12 @@ class DesiredState:
         audit: AuditLog,
         metrics: Metrics,
         identity: str,
-        loop: ReconcileLoop[Request],
         standby: Callable[[], bool],
     ) -> None:
         self.source = source
         self.audit = audit
         self.metrics = metrics
         self.identity = identity
-        self.loop = loop
         self.standby = standby  # a standby under leader election audits no rejection
         self.source_error: str | None = None
         self.source_failures = 0
@@ -118,6 +116,14 @@ class DesiredState:
             )
             self.kept_digest = loaded.digest
 
+    def requeues(self) -> list[Requeue]:
+        """After :meth:`load`: a read again of a source that could not be read, sooner after the
+        first failure than after many (1 s doubling to 30 s)."""
+        if self.source_error is None:
+            return []
+        retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self.source_failures - 1))
+        return [Requeue("source-retry", retry)]
+
     def load(self) -> Loaded | None:
         """The desired state to enforce: the source's if readable and valid, else the last valid one
         (from memory, or the kept document in the database when the controller just started)."""
@@ -126,9 +132,6 @@ class DesiredState:
         except SourceError as exc:
             self.source_error = str(exc)
             self.source_failures += 1
-            if not self.loop.stopping:
-                retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self.source_failures - 1))
-                self.loop.request_in("source-retry", retry)
             self.metrics.desired_state_source_up.set(0)
             self.reject(digest_of(str(exc).encode()), str(exc))
             return self.last_valid or self.kept()
@@ -223,16 +226,14 @@ class Controller:
         self.pauses = pauses_for(source, audit)
         self.loop: ReconcileLoop[Request] = ReconcileLoop(
             self.requests,
-            self._run_pass,
+            self._reconcile,
             retry_delay=lambda failures: self.options.backoff.delay(failures, self.rng),
             triggers=self.metrics.triggers,
             outcomes=self.metrics.passes,
             log=log,
         )
         self.lock: LeaderLock | None = None
-        self.desired = DesiredState(
-            source, audit, self.metrics, self.identity, self.loop, standby=self._standby
-        )
+        self.desired = DesiredState(source, audit, self.metrics, self.identity, standby=self._standby)
         self.events = EventWatchers(self.loop.request)
         self.status = StatusWriter(audit, source, self.identity)
         self._file_watcher: Watcher | None = None
@@ -330,12 +331,15 @@ class Controller:
 
     # --- one pass ----------------------------------------------------------------------------------
 
-    def _run_pass(self, request: Request, started: float) -> PassResult | None:
+    def _reconcile(self, request: Request, started: float) -> list[Requeue]:
+        """One pass; returns what it asks to follow (the loop schedules it): a retry of an unreadable
+        source, a pass at the end of the first backoff window, a look again at a server change that
+        waits for the cluster."""
         repairs_only = False
         if self.lock is not None and not self.lock.is_leader():
             if not self.lock.leader_unknown():
                 self.metrics.passes.labels("standby").inc()
-                return None  # a standby under a live leader: observes nothing, acts on nothing
+                return []  # a standby under a live leader: observes nothing, acts on nothing
             # Consul does not answer (the cluster this controller repairs may be the one it asks):
             # no leader can be known, so do what needs none, from the kept document if need be.
             repairs_only = True
@@ -343,9 +347,10 @@ class Controller:
         if written:
             log.info("recorded %d outcome(s) the audit database could not take earlier", written)
         loaded = self.desired.load()
+        requeues = self.desired.requeues()
         if loaded is None:
             self.metrics.passes.labels("no-desired-state").inc()
-            return None
+            return requeues
         cluster = loaded.topology.cluster
         if cluster not in self._recovered:
             found = self.audit.mark_interrupted(cluster_id=cluster, alive=self._run_alive)
@@ -386,14 +391,14 @@ class Controller:
             pauses=self.pauses,
         )
         self.desired.keep(loaded)
-        self._after_pass(result, loaded, time.monotonic() - started)
+        requeues += self._after_pass(result, loaded, time.monotonic() - started)
         self.status.write_status(loaded, result, self.options.status_prefix)
-        return result
+        return requeues
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
         return _run_alive(owner, holder, self.identity, self.lock)
 
-    def _after_pass(self, result: PassResult, loaded: Loaded, duration: float) -> None:
+    def _after_pass(self, result: PassResult, loaded: Loaded, duration: float) -> list[Requeue]:
         now = time.monotonic()
         drift = reporting.count_pass(self.metrics, result, duration)
         summary = summarize(result, (h.name for h in loaded.topology.hosts))
@@ -406,13 +411,14 @@ class Controller:
         self.metrics.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
         reporting.count_hosts(self.metrics, result, verdict)
-        if verdict.retry_in is not None and not self.loop.stopping:
+        requeues: list[Requeue] = []
+        if verdict.retry_in is not None:
             # one pass at the end of the first backoff window among the desired hosts (at once when it
             # ended while this pass ran: the pass deferred that host, and no other trigger may come)
-            self.loop.request_in("backoff-retry", verdict.retry_in)
-        if verdict.recheck_in is not None and not self.loop.stopping:
+            requeues.append(Requeue("backoff-retry", verdict.retry_in))
+        if verdict.recheck_in is not None:
             # a server change waits for the cluster: look again soon, not only at the next resync
-            self.loop.request_in("rollout-wait", verdict.recheck_in)
+            requeues.append(Requeue("rollout-wait", verdict.recheck_in))
         self._last_result = result
         self.status.write_host_states(loaded, result, drift, self.history.hosts)
         log.info(
@@ -422,6 +428,7 @@ class Controller:
             duration * 1e3,
             ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v) or "no changes",
         )
+        return requeues
 
     def _audit_host(self, result: PassResult, seq: int, host: str, kind: str, message: str) -> None:
         if result.run_id is None:

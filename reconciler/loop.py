@@ -4,6 +4,8 @@ It knows nothing of what is reconciled:
 
 - Requests go to a coalescing mailbox (any number of requests, one call); a request may be asked for
   now, once after a delay (a later ask for the same reason replaces it), or at an interval.
+- A call returns its follow-ups (:class:`Requeue`, controller-runtime's ``Result{RequeueAfter}``):
+  the loop asks for them once the call has ended, unless it is stopping.
 - The thread that calls :meth:`ReconcileLoop.run` makes the calls, so two never overlap.
 - A call that raises is retried after a delay that grows with the failures in a row (the caller's rate
   limit); the failure is counted, logged and kept for the status document until a call works again.
@@ -18,7 +20,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -47,6 +49,15 @@ class Mailbox(Protocol[R_co]):
 
 
 @dataclass(frozen=True)
+class Requeue:
+    """A follow-up a call returns: ask for another call for ``reason`` ``after`` seconds from its end
+    (a later follow-up for the same reason replaces an earlier one)."""
+
+    reason: str
+    after: float
+
+
+@dataclass(frozen=True)
 class Liveness:
     started: float  # monotonic time the loop was made
     running_since: float | None  # the call in flight started then (None: none is)
@@ -59,7 +70,7 @@ class ReconcileLoop(Generic[R]):
     def __init__(
         self,
         mailbox: Mailbox[R],
-        reconcile: Callable[[R, float], object],
+        reconcile: Callable[[R, float], Sequence[Requeue]],
         *,
         retry_delay: Callable[[int], float],
         triggers: Counter,
@@ -67,9 +78,9 @@ class ReconcileLoop(Generic[R]):
         log: logging.Logger,
     ) -> None:
         """``reconcile(request, started)`` is called for each coalesced request (``started``: the
-        monotonic time the call began); ``retry_delay(n)`` is the wait after ``n`` failed calls in a
-        row; ``triggers`` counts requests by the part of their reason before any ':', ``outcomes``
-        counts failed calls as "error"."""
+        monotonic time the call began) and returns its follow-ups; ``retry_delay(n)`` is the wait
+        after ``n`` failed calls in a row; ``triggers`` counts requests by the part of their reason
+        before any ':', ``outcomes`` counts failed calls as "error"."""
         self.mailbox = mailbox
         self._reconcile = reconcile
         self._retry_delay = retry_delay
@@ -192,12 +203,15 @@ class ReconcileLoop(Generic[R]):
             self._running_since = started
             self._progress_at, self._doing = started, f"a pass ({request.label()})"
         try:
-            self._reconcile(request, started)
+            requeues = self._reconcile(request, started)
         finally:
             with self._lock:
                 self._running_since = None
                 self._last_end = time.monotonic()
             self.calls += 1
+        if not self.stopping:
+            for requeue in requeues:
+                self.request_in(requeue.reason, requeue.after)
 
     def progress(self, what: str) -> None:
         """The call in flight moved on, or is waiting on purpose (a wait is not a wedge)."""

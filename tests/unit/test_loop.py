@@ -9,7 +9,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from reconciler.loop import ReconcileLoop
+from reconciler.loop import ReconcileLoop, Requeue
 from reconciler.triggers import PassRequests, Request
 
 
@@ -19,14 +19,16 @@ class Recorder:
         self.fail = fail
         self.seen_running: list[bool] = []
         self.loop: ReconcileLoop[Request] | None = None
+        self.follow_ups: list[Requeue] = []
 
-    def __call__(self, request: Request, started: float) -> None:
+    def __call__(self, request: Request, started: float) -> list[Requeue]:
         self.calls.append(request)
         if self.loop is not None:
             self.seen_running.append(self.loop.liveness().running_since == started)
         if self.fail:
             self.fail -= 1
             raise RuntimeError("database is locked\nsecond line")
+        return self.follow_ups
 
 
 def make(reconcile: Recorder) -> tuple[ReconcileLoop[Request], CollectorRegistry]:
@@ -96,3 +98,20 @@ def test_stop_and_fail_end_run_with_its_exit_code(fatal: str | None, code: int) 
     thread.join(10)
     assert codes == [code]
     assert steps == ["start", "finish"] and loop.stopping and loop.fatal == fatal
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_calls_follow_ups_are_asked_for_after_it_unless_the_loop_stops(stopping: bool) -> None:
+    reconcile = Recorder()
+    reconcile.follow_ups = [Requeue("rollout-wait", 2.0), Requeue("source-retry", 1.0)]
+    loop, _ = make(reconcile)
+    asked: list[tuple[str, float, bool]] = []
+    loop.request_in = lambda reason, seconds: asked.append(  # type: ignore[method-assign]
+        (reason, seconds, loop.liveness().running_since is None)
+    )
+    if stopping:
+        loop.stop()
+    loop.guarded(Request({"interval": time.monotonic()}))
+    assert len(reconcile.calls) == 1
+    # asked once the call has ended (not while it runs), in the order the call gave them
+    assert asked == ([] if stopping else [("rollout-wait", 2.0, True), ("source-retry", 1.0, True)])
