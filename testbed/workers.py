@@ -1,7 +1,7 @@
 """What keeps pytest-xdist workers clear of each other on one machine.
 
-With CR_TEST_WORKERS=2, scripts/test.sh runs the suite on two workers. Each is a test session of
-its own: worker gwN (N > 0) gets its own engines, loopback /24, TLS engine and PostgreSQL, as
+scripts/test.sh runs the suite on two workers (CR_TEST_WORKERS, 2 by default). Each is a test
+session of its own: worker gwN (N > 0) gets its own engines, loopback /24, TLS engine and PostgreSQL, as
 testbed/fleet.py describes for a second session, so no two workers share an address, a port or a
 state folder. gw0 keeps the
 defaults, those of a run without workers. tests/conftest.py applies this before any test module is

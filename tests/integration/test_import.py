@@ -199,7 +199,7 @@ def test_adopting_hand_run_servers_by_replacement_keeps_quorum_and_their_data(
     doc = _import(fleet, out)
     assert doc["registrator"] == {"enabled": False}
     doc["consul"]["image"] = new
-    doc["rollout"] = {"deadline": 60, "stabilization": 1, "agent_timeout": 20}
+    doc["rollout"] = {"deadline": 60, "stabilization": 1}
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     leader = leader_node(fleet, 3)
     addresses = {e.name: f"{e.address}:8500" for e in fleet.engines}

@@ -73,7 +73,8 @@ def rollout_fleet(
         "deadline": 60 if real else 30,
         "stabilization": 1,
         "max_parallel": 2,
-        "agent_timeout": 20,
+        # agent_timeout: the default 30 s (a fresh agent with ACLs answers once its servers elected
+        # and replicated the token; on a loaded machine that took more than 20 s)
     }
     for i, host in enumerate(fleet.doc["hosts"]):
         host["role"] = "server" if i < servers else "client"
