@@ -28,7 +28,9 @@ MAX_DOCUMENT_BYTES = 4 << 20  # 4 MiB: 10,000 hosts in the style of examples/blo
 MAX_DEPTH = 32
 MAX_VALUES = 250_000  # scalars, mappings and lists: 10,000 hosts take about 70,000
 MAX_ISSUES = 100  # errors reported one by one; the rest are counted
-_SECRET_FIELDS = frozenset({"encrypt"})  # fields whose values are never shown in an error
+_SECRET_FIELDS = frozenset(  # fields whose values are never shown in an error
+    {"encrypt", "agent_token", "default_token", "initial_management_token"}
+)
 
 
 @dataclass(frozen=True)

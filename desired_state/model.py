@@ -156,7 +156,7 @@ GOVERNED_FLAGS = {
     "node-id": "the agent keeps its own in its data folder",
     "datacenter": "use datacenter",
     "data-dir": "use hosts[].data_dir",
-    "config-dir": "the controller writes the agent's config folder (the gossip key)",
+    "config-dir": "the controller writes the agent's config folder (the gossip key, ACL settings and tokens)",
     "client": "use consul.client_address or hosts[].client_address",
     "bind": "use hosts[].bind",
     "advertise": "use hosts[].advertise",
@@ -181,6 +181,31 @@ def _check_extra_args(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
+class AgentACL(_Strict):
+    """Consul's ACL system on every agent (``acl`` in the agent configuration; its presence turns ACLs
+    on). The tokens are references, written into the agent's config folder before it starts: never on
+    a command line, in an environment variable, a label, a log line or the audit log."""
+
+    default_policy: Literal["allow", "deny"] = "deny"
+    down_policy: Literal["allow", "deny", "extend-cache", "async-cache"] = "extend-cache"
+    enable_token_persistence: Bool = False
+    agent_token: SecretRef | None = Field(
+        default=None,
+        description="the token every agent uses for its own requests (its node's registration, "
+        "anti-entropy): acl.tokens.agent",
+    )
+    default_token: SecretRef | None = Field(
+        default=None,
+        description="the token for requests that carry none (acl.tokens.default): Registrator's, which "
+        "registers the host's services through its agent without a token of its own",
+    )
+    initial_management_token: SecretRef | None = Field(
+        default=None,
+        description="servers only: the management token the servers create when they bootstrap ACLs "
+        "(acl.tokens.initial_management); leave it out when ACLs are bootstrapped by hand",
+    )
+
+
 class ConsulSettings(_Strict):
     image: str = DEFAULT_CONSUL_IMAGE
     server_image: str | None = Field(default=None, description="Overrides 'image' for servers")
@@ -188,6 +213,7 @@ class ConsulSettings(_Strict):
     ui: Bool = True
     client_address: str = "0.0.0.0"
     encrypt: SecretRef | None = None
+    acl: AgentACL | None = None
     extra_args: tuple[str, ...] = ()
 
     @field_validator("image", "server_image", "client_image")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 
-from desired_state.model import Host, NetworkMode, Role, Topology
+from desired_state.model import AgentACL, Host, NetworkMode, Role, Topology
 from desired_state.spec import (
+    ConfigFile,
     ContainerSpec,
     DesiredFleet,
     DesiredHost,
@@ -104,6 +106,10 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
     secret_files: tuple[SecretFile, ...] = ()
     if consul.encrypt is not None:
         secret_files = (SecretFile(f"{CONSUL_CONFIG}/encrypt.json", "encrypt", consul.encrypt),)
+    config_files: tuple[ConfigFile, ...] = ()
+    if consul.acl is not None:
+        config_files, tokens = acl_files(consul.acl, is_server)
+        secret_files += tokens
     return ContainerSpec(
         host=host.name,
         name=topology.names.agent,
@@ -117,7 +123,40 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
         network_mode=host.network.value,
         ports=ports,
         secret_files=secret_files,
+        config_files=config_files,
     )
+
+
+def acl_files(acl: AgentACL, is_server: bool) -> tuple[tuple[ConfigFile, ...], tuple[SecretFile, ...]]:
+    """The agent's ACL configuration: the settings as a plain file, each token as a secret file of its
+    own (Consul merges the files of its config folder, acl.tokens into acl)."""
+    settings = {
+        "acl": {
+            "enabled": True,
+            "default_policy": acl.default_policy,
+            "down_policy": acl.down_policy,
+            "enable_token_persistence": acl.enable_token_persistence,
+        }
+    }
+    config = (ConfigFile(f"{CONSUL_CONFIG}/acl.json", json.dumps(settings, sort_keys=True)),)
+    tokens: list[SecretFile] = []
+    if acl.agent_token is not None:
+        tokens.append(
+            SecretFile(f"{CONSUL_CONFIG}/acl-agent-token.json", "acl.tokens.agent", acl.agent_token)
+        )
+    if acl.default_token is not None:
+        tokens.append(
+            SecretFile(f"{CONSUL_CONFIG}/acl-default-token.json", "acl.tokens.default", acl.default_token)
+        )
+    if is_server and acl.initial_management_token is not None:
+        tokens.append(
+            SecretFile(
+                f"{CONSUL_CONFIG}/acl-initial-management.json",
+                "acl.tokens.initial_management",
+                acl.initial_management_token,
+            )
+        )
+    return config, tuple(tokens)
 
 
 def agent_http_address(topology: Topology, host: Host) -> str:

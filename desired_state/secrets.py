@@ -72,4 +72,24 @@ def check_secrets(
             check_gossip_key(resolve(topology.consul.encrypt, environ, read_file))
         except SecretError as exc:
             issues.append(Issue("consul.encrypt", f"{topology.consul.encrypt.describe()}: {exc}"))
+    acl = topology.consul.acl
+    if acl is not None:
+        refs = {
+            "agent_token": acl.agent_token,
+            "default_token": acl.default_token,
+            "initial_management_token": acl.initial_management_token,
+        }
+        for name, ref in refs.items():
+            if ref is None:
+                continue
+            try:
+                check_token(resolve(ref, environ, read_file))
+            except SecretError as exc:
+                issues.append(Issue(f"consul.acl.{name}", f"{ref.describe()}: {exc}"))
     return issues
+
+
+def check_token(value: str) -> None:
+    """An ACL token's secret is one word (Consul makes UUIDs; it sends the token in a header)."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise SecretError("the token contains whitespace or a control character")

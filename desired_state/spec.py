@@ -48,11 +48,31 @@ class SecretFile:
     one secret under ``key``; the spec carries the reference, never the value."""
 
     path: str
-    key: str
+    key: str  # dotted for a nested key: "acl.tokens.agent" is {"acl": {"tokens": {"agent": ...}}}
     ref: SecretRef
 
     def record(self) -> str:
         return f"{self.path}:{self.key}=<{self.ref.describe()}>"
+
+    def document(self, value: str) -> dict[str, Any]:
+        """The file's JSON content holding ``value`` (the one place a value meets its key)."""
+        *outer, last = self.key.split(".")
+        content: dict[str, Any] = {last: value}
+        for key in reversed(outer):
+            content = {key: content}
+        return content
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A JSON file of agent configuration without secrets, written into the container before it starts
+    like a secret file. Its content is hashed: an edit replaces the agent (through the gates)."""
+
+    path: str
+    content: str  # JSON text
+
+    def record(self) -> str:
+        return f"{self.path}={self.content}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ class ContainerSpec:
     ports: tuple[Port, ...] = ()
     restart_policy: str = "always"
     secret_files: tuple[SecretFile, ...] = field(default=())
+    config_files: tuple[ConfigFile, ...] = field(default=())
     agent_http: str | None = None  # HOST:PORT of the Consul agent's HTTP API on this host (not hashed)
 
     def steady_command(self) -> tuple[str, ...]:
@@ -81,7 +102,7 @@ class ContainerSpec:
 
         Contains no secret value: secret files appear as their reference.
         """
-        return {
+        record: dict[str, Any] = {
             "image": self.image,
             "command": list(self.steady_command()),
             "env": [f"{k}={v}" for k, v in self.env],
@@ -91,6 +112,9 @@ class ContainerSpec:
             "restart_policy": self.restart_policy,
             "secret_files": [s.record() for s in self.secret_files],
         }
+        if self.config_files:  # only when there are some: the hash of every older container stays
+            record["config_files"] = [c.record() for c in self.config_files]
+        return record
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.record(), sort_keys=True, separators=(",", ":"))

@@ -69,7 +69,7 @@ class ContainerOps:
 
     def create(self, client: docker.DockerClient, spec: ContainerSpec, name: str) -> Container:
         self.ensure_image(client, spec)
-        files = self.secret_archive(spec)  # resolve before creating anything
+        files = self.config_archive(spec)  # resolve before creating anything
         kwargs: dict[str, Any] = dict(
             image=spec.image,
             command=list(spec.command),
@@ -134,22 +134,21 @@ class ContainerOps:
                 f"host {spec.host}: cannot pull image {spec.image}: {describe_error(exc)}"
             ) from None
 
-    def secret_archive(self, spec: ContainerSpec) -> bytes | None:
-        if not spec.secret_files:
+    def config_archive(self, spec: ContainerSpec) -> bytes | None:
+        """The files written into the container before it starts: its config files, and its secret
+        files with their references resolved (the only place their values are read)."""
+        if not spec.secret_files and not spec.config_files:
             return None
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for config in spec.config_files:
+                _add_file(tar, config.path, config.content.encode())
             for secret in spec.secret_files:
                 try:
                     value = resolve(secret.ref, self.options.environ)
                 except SecretError as exc:
                     raise ActionError(f"host {spec.host}: secret {secret.ref.describe()}: {exc}") from None
-                data = json.dumps({secret.key: value}).encode()
-                info = tarfile.TarInfo(secret.path.lstrip("/"))
-                info.size = len(data)
-                info.mode = 0o644
-                info.mtime = int(time.time())
-                tar.addfile(info, io.BytesIO(data))
+                _add_file(tar, secret.path, json.dumps(secret.document(value)).encode())
         return buffer.getvalue()
 
     @staticmethod
@@ -232,3 +231,11 @@ def port_bindings(spec: ContainerSpec) -> dict[str, Any]:
         key = f"{port.container_port}/{port.protocol}"
         bindings[key] = (port.host_ip, port.host_port) if port.host_ip else port.host_port
     return bindings
+
+
+def _add_file(tar: tarfile.TarFile, path: str, data: bytes) -> None:
+    info = tarfile.TarInfo(path.lstrip("/"))
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = int(time.time())
+    tar.addfile(info, io.BytesIO(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from typing import Any
 
@@ -40,9 +41,12 @@ def docker_run_line(spec: ContainerSpec) -> str:
     argv.append(spec.image)
     argv += list(spec.command)
     line = shlex.join(argv)
+    for config in spec.config_files:
+        line += f"\n# then, before start: {config.path} = {config.content}"
     for secret in spec.secret_files:
+        shown = json.dumps(secret.document(REDACTED))
         line += (
-            f'\n# then, before start: {secret.path} = {{"{secret.key}": "{REDACTED}"}}'
+            f"\n# then, before start: {secret.path} = {shown}"
             f"  (value from {secret.ref.describe()}, written into the container, never on its command line)"
         )
     return line

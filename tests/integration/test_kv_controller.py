@@ -404,16 +404,23 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
     """ACLs on everywhere (the store and the agents, real Consul, default deny), the token given as a
     file while $CONSUL_HTTP_TOKEN holds a stale one: the explicit token wins for the source, the lock,
     the status write-back and the gates; without a token the controller says why it cannot work; the
-    gossip key, given by reference, reaches the agents (their gossip is encrypted, as /v1/agent/self
-    reports), and neither secret shows anywhere."""
+    gossip key and the agents' ACL tokens, given by reference, reach the agents (their gossip is
+    encrypted, as /v1/agent/self reports; the servers bootstrapped ACLs with the initial management
+    token and each agent registered its node with its agent token), and no secret shows anywhere."""
     token = ACL_TOKEN
     gossip = base64.b64encode(os.urandom(32)).decode()
     with ConsulServer(tmp_path / "kvstore", acl=True) as store:
         fleet = Fleet(clean_fleet, tmp_path, cluster="secret")
-        acl_image, _ = fleet.use_real_consul(acl=True)
+        image, _ = fleet.use_real_consul()  # the plain image: ACLs come from the topology
         fleet.doc["consul"]["encrypt"] = {"env": "CR_TEST_GOSSIP"}
+        fleet.doc["consul"]["acl"] = {
+            "default_policy": "deny",
+            "initial_management_token": {"file": str(tmp_path / "consul-token")},
+            "agent_token": {"env": "CR_TEST_AGENT_TOKEN"},
+        }
         fleet.env["CONSUL_HTTP_TOKEN"] = "a-stale-token-that-must-lose"
         fleet.env["CR_TEST_GOSSIP"] = gossip
+        fleet.env["CR_TEST_AGENT_TOKEN"] = token  # the agents' own requests use the management token
         token_file = tmp_path / "consul-token"
         token_file.write_text(token + "\n")
         store.kv_put(KEY, yaml.safe_dump(fleet.doc, sort_keys=False).encode())
@@ -426,7 +433,7 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
             fleet, store, "--interval", LONG_INTERVAL, "--consul-token-file", str(token_file), *LOCK
         )
         ctl.wait_ready()
-        wait_for(lambda: converged(fleet, acl_image), 30, "convergence with a token and a gossip key")
+        wait_for(lambda: converged(fleet, image), 30, "convergence with a token and a gossip key")
         # the registrators were created only once their agents answered agent/self with the token
         assert audit_rows(fleet.db, "SELECT count(*) FROM actions WHERE status='failed'") == [(0,)]
         reader = kv_client(store, token)
@@ -440,6 +447,13 @@ def test_secrets_never_leak_acl_token_and_gossip_key(
         first = f"{fleet.engines[0].address}:8500"
         alive = lambda: [int(m["Status"]) for m in try_get(first, "/v1/agent/members", token) or []]  # noqa: E731
         wait_for(lambda: alive() == [1, 1, 1], 30, "three alive members over encrypted gossip")
+        # default deny: nothing without a token; the servers bootstrapped ACLs with the initial
+        # management token; each agent registered its node with its agent token (without it, default
+        # deny blocks the node's registration: "Node info update blocked by ACLs")
+        assert try_get(first, "/v1/agent/self", None) is None
+        assert try_get(first, "/v1/acl/token/self", token)["Description"] == "Initial Management Token"
+        nodes = lambda: sorted(n["Node"] for n in try_get(first, "/v1/catalog/nodes", token) or [])  # noqa: E731
+        wait_for(lambda: nodes() == ["host1", "host2", "host3"], 30, "every node registered by its agent")
         # everywhere a secret could show: logs, metrics, /status, audit DB, KV status, docker inspect, CLI
         places = {
             "controller log": ctl.log(),
