@@ -206,6 +206,32 @@ class AgentACL(_Strict):
     )
 
 
+class AgentTLS(_Strict):
+    """TLS on every agent (Consul's ``tls`` stanza and its HTTPS port). The three files are paths on
+    each host (each host keeps its own certificate at the same path), mounted read-only into the agent
+    and into Registrator; their contents are never read by the controller, copied or labelled."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    verify_incoming: Bool = Field(
+        default=True,
+        description="agents ask every caller (RPC and HTTPS: the controller too) for a certificate "
+        "signed by the CA",
+    )
+    verify_outgoing: Bool = True
+    verify_server_hostname: Bool = True
+    https_port: Annotated[Int, Field(ge=1, le=65535)] = 8501
+    http: Bool = Field(
+        default=False, description="keep the plain HTTP port (8500) open beside HTTPS; off by default"
+    )
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        return _check_absolute_path(value, "a file on each host")
+
+
 class ConsulSettings(_Strict):
     image: str = DEFAULT_CONSUL_IMAGE
     server_image: str | None = Field(default=None, description="Overrides 'image' for servers")
@@ -214,6 +240,7 @@ class ConsulSettings(_Strict):
     client_address: str = "0.0.0.0"
     encrypt: SecretRef | None = None
     acl: AgentACL | None = None
+    tls: AgentTLS | None = None
     extra_args: tuple[str, ...] = ()
 
     @field_validator("image", "server_image", "client_image")

@@ -19,7 +19,7 @@ import functools
 import ipaddress
 import json
 
-from desired_state.model import AgentACL, Host, NetworkMode, Role, Topology
+from desired_state.model import AgentACL, AgentTLS, Host, NetworkMode, Role, Topology
 from desired_state.spec import (
     ConfigFile,
     ContainerSpec,
@@ -33,6 +33,8 @@ from desired_state.spec import (
 
 CONSUL_DATA = "/consul/data"
 CONSUL_CONFIG = "/consul/config"
+CONSUL_TLS = "/consul/tls"  # where the hosts' CA, certificate and key are mounted (read-only)
+TLS_FILES = {"ca_file": "ca.pem", "cert_file": "agent.pem", "key_file": "agent-key.pem"}
 REGISTRATOR_SOCKET = "/tmp/docker.sock"
 HTTP_PORT = 8500
 
@@ -110,6 +112,10 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
     if consul.acl is not None:
         config_files, tokens = acl_files(consul.acl, is_server)
         secret_files += tokens
+    mounts: tuple[Mount, ...] = (Mount(host.data_dir, CONSUL_DATA),)
+    if consul.tls is not None:
+        config_files += (tls_file(consul.tls),)
+        mounts += tls_mounts(consul.tls)
     return ContainerSpec(
         host=host.name,
         name=topology.names.agent,
@@ -118,7 +124,7 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
         image=consul.image_for(host.role),
         command=tuple(command),
         bootstrap_only=frozenset(bootstrap),
-        mounts=(Mount(host.data_dir, CONSUL_DATA),),
+        mounts=mounts,
         agent_http=agent_http(topology, host),
         network_mode=host.network.value,
         ports=ports,
@@ -159,6 +165,24 @@ def acl_files(acl: AgentACL, is_server: bool) -> tuple[tuple[ConfigFile, ...], t
     return config, tuple(tokens)
 
 
+def tls_file(tls: AgentTLS) -> ConfigFile:
+    """Consul's TLS settings (the ``tls`` stanza of Consul 1.12 and later) and its ports: HTTPS on,
+    plain HTTP off unless asked for."""
+    defaults: dict[str, object] = {key: f"{CONSUL_TLS}/{name}" for key, name in TLS_FILES.items()}
+    defaults |= {"verify_incoming": tls.verify_incoming, "verify_outgoing": tls.verify_outgoing}
+    settings = {
+        "tls": {"defaults": defaults, "internal_rpc": {"verify_server_hostname": tls.verify_server_hostname}},
+        "ports": {"https": tls.https_port, "http": HTTP_PORT if tls.http else -1},
+    }
+    return ConfigFile(f"{CONSUL_CONFIG}/tls.json", json.dumps(settings, sort_keys=True))
+
+
+def tls_mounts(tls: AgentTLS) -> tuple[Mount, ...]:
+    return tuple(
+        Mount(getattr(tls, key), f"{CONSUL_TLS}/{name}", read_only=True) for key, name in TLS_FILES.items()
+    )
+
+
 def agent_http_address(topology: Topology, host: Host) -> str:
     """Where Registrator (on the host network) reaches the agent's HTTP API."""
     return _client_address(host.client_address or topology.consul.client_address) or host.advertise
@@ -173,9 +197,12 @@ def _client_address(text: str) -> str | None:
 
 
 def agent_http(topology: Topology, host: Host) -> str:
-    """HOST:PORT of the agent's HTTP API on this host (what health gates and Registrator talk to)."""
+    """The agent's HTTP API on this host (what health gates and Registrator talk to): ``HOST:PORT``,
+    or ``https://HOST:PORT`` when the agents serve HTTPS (``consul.tls``)."""
     address = agent_http_address(topology, host)
-    return f"[{address}]:{HTTP_PORT}" if ":" in address else f"{address}:{HTTP_PORT}"
+    address = f"[{address}]" if ":" in address else address
+    tls = topology.consul.tls
+    return f"{address}:{HTTP_PORT}" if tls is None else f"https://{address}:{tls.https_port}"
 
 
 def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
@@ -193,7 +220,20 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
     if settings.tags:
         command += ["-tags", ",".join(settings.tags)]
     http = agent_http(topology, host)
-    command.append(f"consul://{http}")
+    mounts: tuple[Mount, ...] = (Mount(host.socket_path, REGISTRATOR_SOCKET),)
+    env: tuple[tuple[str, str], ...] = ()
+    tls = topology.consul.tls
+    if tls is None:
+        command.append(f"consul://{http}")
+    else:
+        # Registrator's consul-tls:// backend reads its CA and client certificate from these variables
+        command.append(f"consul-tls://{http.removeprefix('https://')}")
+        mounts += tls_mounts(tls)
+        env = (
+            ("CONSUL_CACERT", f"{CONSUL_TLS}/ca.pem"),
+            ("CONSUL_TLSCERT", f"{CONSUL_TLS}/agent.pem"),
+            ("CONSUL_TLSKEY", f"{CONSUL_TLS}/agent-key.pem"),
+        )
     return ContainerSpec(
         host=host.name,
         name=topology.names.registrator,
@@ -201,7 +241,8 @@ def registrator_spec(topology: Topology, host: Host) -> ContainerSpec:
         node=host.node_name,
         image=settings.image,
         command=tuple(command),
-        mounts=(Mount(host.socket_path, REGISTRATOR_SOCKET),),
+        mounts=mounts,
+        env=env,
         agent_http=http,
         network_mode="host",
     )

@@ -10,14 +10,16 @@ sends it, whatever the library does per call. It is never logged.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import consul
+import requests.adapters
 import requests.exceptions
 from consul.callback import CB
 
-from reconciler.consul_settings import ConsulAddress
+from reconciler.consul_settings import ConsulAddress, TLSClient
 from reconciler.consul_settings import ConsulError as ConsulError  # every Consul failure, settings too
 
 
@@ -30,19 +32,61 @@ class ConsulRefused(ConsulError):
     ``session_ttl_min``): a configuration error to report once, not to retry for ever."""
 
 
+_SSL_REASON = re.compile(r"\[SSL: [A-Z0-9_]+\] (.+?) \(_ssl\.c")
+_CLIENT_CERT_HINT = "does it verify callers? a client certificate: $CONSUL_CLIENT_CERT and $CONSUL_CLIENT_KEY"
+_VERIFY_HINT = "the CA: --consul-ca or $CONSUL_CACERT; the name checked: $CONSUL_TLS_SERVER_NAME"
+
+
+def tls_reason(exc: Exception) -> str:
+    """What OpenSSL said, without the layers of exceptions around it, and what to check."""
+    text = str(exc)
+    found = _SSL_REASON.search(text)
+    if found and "certificate verify failed" in found.group(1):
+        return f"{found.group(1)} ({_VERIFY_HINT})"
+    if found:
+        return f"{found.group(1)} ({_CLIENT_CERT_HINT})"  # e.g. "tlsv13 alert certificate required"
+    mismatch = re.search(r"hostname '([^']+)' doesn't match", text)  # urllib3's own name check
+    if mismatch:
+        return f"the agent's certificate does not name {mismatch.group(1)} ({_VERIFY_HINT})"
+    if "EOF occurred" in text or "reset by peer" in text:
+        return f"the agent closed the connection in the TLS handshake ({_CLIENT_CERT_HINT})"
+    return text.splitlines()[0][:200]
+
+
+class _ServerName(requests.adapters.HTTPAdapter):
+    """HTTPS that checks the certificate against ``server_name`` (and sends it as SNI) rather than the
+    address dialled: ``CONSUL_TLS_SERVER_NAME``, as Consul's CLI sets tls.Config.ServerName."""
+
+    def __init__(self, server_name: str) -> None:
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = kwargs["assert_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
+
+
 def _client(
-    host: str, port: int, scheme: str, verify: bool | str, token: str | None, timeout: float
+    host: str, port: int, scheme: str, tls: TLSClient, token: str | None, timeout: float
 ) -> consul.Consul:
     """A py-consul client that sends ``token`` (and only it) on every request."""
     client = consul.Consul(
-        host=host, port=port, scheme=scheme, verify=verify, token=token, connections_timeout=timeout
+        host=host,
+        port=port,
+        scheme=scheme,
+        verify=tls.verify,
+        cert=tls.client_cert,
+        token=token,
+        connections_timeout=timeout,
     )
     client.token = token  # py-consul prefers $CONSUL_HTTP_TOKEN over the token it was given
-    headers = client.http.session.headers
+    session = client.http.session
     if token:
-        headers["X-Consul-Token"] = token
+        session.headers["X-Consul-Token"] = token
     else:
-        headers.pop("X-Consul-Token", None)
+        session.headers.pop("X-Consul-Token", None)
+    if scheme == "https" and tls.server_name:
+        session.mount("https://", _ServerName(tls.server_name))
     return client
 
 
@@ -60,8 +104,8 @@ class Consul:
     def __init__(self, address: ConsulAddress, timeout: float = 10.0) -> None:
         self.address = address
         self.timeout = timeout
-        verify: bool | str = address.ca if address.ca else True
-        self._client = _client(address.host, address.port, address.scheme, verify, address.token, timeout)
+        tls = TLSClient.resolve(address.ca) if address.scheme == "https" else TLSClient(address.ca)
+        self._client = _client(address.host, address.port, address.scheme, tls, address.token, timeout)
 
     def where(self) -> str:
         return f"Consul at {self.address.scheme}://{self.address.host}:{self.address.port}"
@@ -69,6 +113,8 @@ class Consul:
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise ConsulError(f"{self.where()}: TLS failed ({what}): {tls_reason(exc)}") from None
         except requests.exceptions.ConnectionError:
             raise ConsulUnreachable(f"{self.where()} is unreachable ({what})") from None
         except requests.exceptions.Timeout:
@@ -191,12 +237,17 @@ class ConsulAgent:
     """One agent's own HTTP API (``HOST:PORT``): what the rollout gates ask each server."""
 
     def __init__(
-        self, http: str, *, token: str | None = None, timeout: float = 3.0, scheme: str = "http"
+        self, http: str, *, token: str | None = None, timeout: float = 3.0, tls: TLSClient | None = None
     ) -> None:
-        host, _, port = http.rpartition(":")
+        """``http`` is ``HOST:PORT`` (plain HTTP) or ``https://HOST:PORT`` (an agent serving HTTPS,
+        reached with ``tls``, by default the CA and client certificate of the environment)."""
+        scheme = "https" if http.startswith("https://") else "http"
+        host, _, port = http.removeprefix("https://").rpartition(":")
         self.http = http
         self.timeout = timeout
-        self._client = _client(host.strip("[]"), int(port), scheme, True, token, timeout)
+        if scheme == "https" and tls is None:
+            tls = TLSClient.resolve()
+        self._client = _client(host.strip("[]"), int(port), scheme, tls or TLSClient(), token, timeout)
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -205,6 +256,9 @@ class ConsulAgent:
             raise ConsulUnreachable(
                 f"agent {self.http} did not answer within {self.timeout:g}s ({what})"
             ) from None
+        except requests.exceptions.SSLError as exc:
+            # the agent is there, and the handshake failed: a setting to fix, not an agent gone
+            raise ConsulError(f"agent {self.http}: TLS failed ({what}): {tls_reason(exc)}") from None
         except requests.exceptions.ConnectionError:
             # refused, reset, or closed before the answer (an agent that exits as it leaves does that)
             raise ConsulUnreachable(f"agent {self.http} does not answer ({what})") from None

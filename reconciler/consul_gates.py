@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from reconciler.consul_api import ConsulAgent, ConsulError
+from reconciler.consul_settings import TLSClient
 from reconciler.gates import MEMBER_STATUS, ClusterView, after_removal, after_replacement
 
 log = logging.getLogger("consul_reconciler.consul_gates")
@@ -18,13 +19,14 @@ INTERRUPTED = "gate interrupted"
 class ConsulGates:
     def __init__(
         self,
-        servers: Mapping[str, str],  # node -> agent HTTP "HOST:PORT"
+        servers: Mapping[str, str],  # node -> agent HTTP "HOST:PORT" or "https://HOST:PORT"
         *,
         deadline: float,
         stabilization: float,
         agent_timeout: float,
         leave_timeout: float = 60.0,
         token: str | None = None,
+        tls: TLSClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[str], None] = lambda what: None,
@@ -35,12 +37,13 @@ class ConsulGates:
         self.agent_timeout = agent_timeout
         self.leave_timeout = leave_timeout
         self._token = token
+        self._tls = tls or TLSClient()
         self._clock = clock
         self._sleep = sleep
         self._progress = progress  # told at every look while waiting: a wait is not a wedge
 
     def agent(self, http: str, timeout: float = 3.0) -> ConsulAgent:
-        return ConsulAgent(http, token=self._token, timeout=timeout)
+        return ConsulAgent(http, token=self._token, timeout=timeout, tls=self._tls)
 
     def view(self, exclude: str | None = None) -> ClusterView:
         """The cluster as the first answering server agent sees it (one with a leader preferred)."""

@@ -6,6 +6,10 @@ Addresses: ``consul://HOST:PORT/KEY`` (HTTP; also ``consul+http://``) or ``consu
 The ACL token. Precedence is Consul's own CLI's: a token given explicitly (``--consul-token-file``,
 ``--token-file``) wins over ``CONSUL_HTTP_TOKEN``, which wins over ``CONSUL_HTTP_TOKEN_FILE``
 (:func:`resolve_token`). The CA: ``--ca``/``--consul-ca``, else ``CONSUL_CACERT`` (:func:`resolve_ca`).
+HTTPS to Consul (the KV source over consul+https://, and the agents when they serve HTTPS,
+``consul.tls``) also honours, as Consul's CLI does, ``CONSUL_CLIENT_CERT`` and ``CONSUL_CLIENT_KEY``
+(a client certificate for agents with ``verify_incoming``) and ``CONSUL_TLS_SERVER_NAME`` (the name
+the agent's certificate is checked against instead of the address dialled) (:class:`TLSClient`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ SCHEMES = {"consul": "http", "consul+http": "http", "consul+https": "https"}
 TOKEN_ENV = "CONSUL_HTTP_TOKEN"
 TOKEN_FILE_ENV = "CONSUL_HTTP_TOKEN_FILE"
 CACERT_ENV = "CONSUL_CACERT"
+CLIENT_CERT_ENV = "CONSUL_CLIENT_CERT"
+CLIENT_KEY_ENV = "CONSUL_CLIENT_KEY"
+TLS_SERVER_NAME_ENV = "CONSUL_TLS_SERVER_NAME"
 FORMS = "consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY"
 
 
@@ -67,6 +74,39 @@ def resolve_ca(explicit: str | Path | None, environ: Mapping[str, str] | None = 
         return str(explicit)
     env = os.environ if environ is None else environ
     return env.get(CACERT_ENV) or None
+
+
+@dataclass(frozen=True)
+class TLSClient:
+    """How the controller speaks HTTPS to Consul: the CA to verify the agent with (None: the system's),
+    a client certificate and key (for agents with ``verify_incoming``), and the name to check the
+    agent's certificate against (None: the address dialled)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def resolve(cls, ca: str | Path | None = None, environ: Mapping[str, str] | None = None) -> TLSClient:
+        """From ``ca`` (a flag) and the environment, as Consul's CLI reads them. A certificate without
+        its key (or a key without its certificate) is a ConsulError naming both variables."""
+        env = os.environ if environ is None else environ
+        cert, key = env.get(CLIENT_CERT_ENV) or None, env.get(CLIENT_KEY_ENV) or None
+        if (cert is None) != (key is None):
+            raise ConsulError(
+                f"${CLIENT_CERT_ENV} and ${CLIENT_KEY_ENV} go together: "
+                f"{'the key' if cert else 'the certificate'} is missing"
+            )
+        return cls(resolve_ca(ca, env), cert, key, env.get(TLS_SERVER_NAME_ENV) or None)
+
+    @property
+    def verify(self) -> bool | str:
+        return self.ca or True
+
+    @property
+    def client_cert(self) -> tuple[str, str] | None:
+        return (self.cert, self.key) if self.cert and self.key else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
 from reconciler.actual import ObservedFleet
 from reconciler.consul_gates import ConsulGates
-from reconciler.consul_settings import resolve_token
+from reconciler.consul_settings import ConsulError, TLSClient, resolve_token
 from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor, action_record
 from reconciler.observe import observe_fleet
@@ -37,6 +37,7 @@ class PassOptions:
     adopt: tuple[str, ...] = ()
     exec: ExecOptions = field(default_factory=ExecOptions)
     consul_token: str | None = None  # given explicitly (a token file); wins over $CONSUL_HTTP_TOKEN
+    consul_ca: str | None = None  # given explicitly (--consul-ca); wins over $CONSUL_CACERT
 
 
 @dataclass
@@ -198,6 +199,10 @@ def run_pass(
     refused = plan.refused or (
         _secret_problems(loaded, environ or options.exec.environ) if plan.needs_secrets else None
     )
+    try:
+        tls = TLSClient.resolve(options.consul_ca, environ)
+    except ConsulError as exc:
+        tls, refused = TLSClient(), refused or f"the controller's TLS settings for Consul: {exc}"
     if refused:
         audit.finish_run(run_id, status="refused", error=refused, summary=plan.counts())
         log.error("pass refused: %s", refused)
@@ -220,6 +225,7 @@ def run_pass(
             agent_timeout=rollout.agent_timeout,
             leave_timeout=rollout.leave_timeout,
             token=resolve_token(options.consul_token, environ),
+            tls=tls,
             progress=progress,
         )
         hold = _pause_in_force(store, cluster, loaded.digest)

@@ -112,9 +112,10 @@ def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 def _leaf(
     common_name: str,
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | Sequence[x509.ObjectIdentifier],
     san: Sequence[x509.GeneralName] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    usages = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
     ca_cert, ca_key = ca
     key = _key()
     builder = (
@@ -134,7 +135,7 @@ def _leaf(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -181,6 +182,47 @@ def write_certs(directory: Path) -> CertFiles:
         other_ca=_write_cert(directory / "other-ca.pem", other[0]),
         other_client_cert=_write_cert(directory / "other-cert.pem", other_client[0]),
         other_client_key=_write_key(directory / "other-key.pem", other_client[1]),
+    )
+
+
+@dataclass(frozen=True)
+class ConsulCerts:
+    """PEM files for Consul agents with TLS (``write_consul_certs``): one CA, a certificate and key
+    per agent address, and a client certificate for the controller."""
+
+    ca: Path
+    agents: dict[str, tuple[Path, Path]]  # address -> (certificate, key)
+    client_cert: Path
+    client_key: Path
+
+
+def write_consul_certs(
+    directory: Path, addresses: Sequence[str], datacenter: str = "dc1", *, ip_sans: bool = True
+) -> ConsulCerts:
+    """Certificates as ``consul tls cert create -server`` makes them: SAN ``server.<dc>.consul`` and
+    ``localhost`` (and the agent's address unless ``ip_sans`` is False), usable for both server and
+    client authentication (an agent presents the same certificate when it calls another); the key is
+    readable by the agent's user (0644 here: the test image runs Consul as root, the official one as
+    ``consul``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _ca("consul-reconciler test Consul CA")
+    both = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+    agents: dict[str, tuple[Path, Path]] = {}
+    for address in addresses:
+        san: list[x509.GeneralName] = [x509.DNSName(f"server.{datacenter}.consul"), x509.DNSName("localhost")]
+        if ip_sans:
+            san.append(x509.IPAddress(ipaddress.ip_address(address)))
+        cert, key = _leaf(f"server.{datacenter}.consul", ca, both, san)
+        folder = directory / address
+        folder.mkdir(exist_ok=True)
+        agents[address] = (_write_cert(folder / "agent.pem", cert), _write_key(folder / "agent-key.pem", key))
+        agents[address][1].chmod(0o644)
+    client = _leaf("consul-reconciler controller", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return ConsulCerts(
+        ca=_write_cert(directory / "ca.pem", ca[0]),
+        agents=agents,
+        client_cert=_write_cert(directory / "controller.pem", client[0]),
+        client_key=_write_key(directory / "controller-key.pem", client[1]),
     )
 
 

@@ -243,7 +243,12 @@ def run(
         bool, typer.Option("--events/--no-events", help="Watch Docker events for drift.")
     ] = True,
     consul_ca: Annotated[
-        Path | None, typer.Option(help="CA file for a consul+https:// source (default $CONSUL_CACERT).")
+        Path | None,
+        typer.Option(
+            help="CA file for a consul+https:// source and for agents serving HTTPS (consul.tls) "
+            "(default $CONSUL_CACERT; a client certificate comes from $CONSUL_CLIENT_CERT and "
+            "$CONSUL_CLIENT_KEY, the name to check from $CONSUL_TLS_SERVER_NAME)."
+        ),
     ] = None,
     consul_token_file: ConsulTokenFileOpt = None,
     lock_ttl: Annotated[
@@ -295,6 +300,7 @@ def run(
     )
     consul_token = token_from_file(consul_token_file)
     options.passes.consul_token = consul_token
+    options.passes.consul_ca = str(consul_ca) if consul_ca else None
     spec = source_opt or source
     if not spec:
         source_of(source, source_opt)  # fails with the message
