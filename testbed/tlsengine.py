@@ -187,11 +187,12 @@ def write_certs(directory: Path) -> CertFiles:
 
 @dataclass(frozen=True)
 class ConsulCerts:
-    """PEM files for Consul agents with TLS (``write_consul_certs``): one CA, a certificate and key
-    per agent address, and a client certificate for the controller."""
+    """PEM files for Consul agents with TLS (``write_consul_certs``): one CA, the agents' certificate
+    and key, and a client certificate for the controller."""
 
     ca: Path
-    agents: dict[str, tuple[Path, Path]]  # address -> (certificate, key)
+    agent_cert: Path
+    agent_key: Path
     client_cert: Path
     client_key: Path
 
@@ -200,30 +201,28 @@ def write_consul_certs(
     directory: Path, addresses: Sequence[str], datacenter: str = "dc1", *, ip_sans: bool = True
 ) -> ConsulCerts:
     """Certificates as ``consul tls cert create -server`` makes them: SAN ``server.<dc>.consul`` and
-    ``localhost`` (and the agent's address unless ``ip_sans`` is False), usable for both server and
-    client authentication (an agent presents the same certificate when it calls another); the key is
-    readable by the agent's user (0644 here: the test image runs Consul as root, the official one as
-    ``consul``)."""
+    ``localhost`` (and, unless ``ip_sans`` is False, the agents' addresses), good for both server and
+    client authentication (an agent presents the same certificate when it calls another). The test
+    engines share one machine, so the hosts' "same path" is one file: one certificate names every
+    agent's address. The key is readable by the agent's user (0644: the test image runs Consul as
+    root, the official one as ``consul``)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca("consul-reconciler test Consul CA")
+    san: list[x509.GeneralName] = [x509.DNSName(f"server.{datacenter}.consul"), x509.DNSName("localhost")]
+    if ip_sans:
+        san += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     both = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
-    agents: dict[str, tuple[Path, Path]] = {}
-    for address in addresses:
-        san: list[x509.GeneralName] = [x509.DNSName(f"server.{datacenter}.consul"), x509.DNSName("localhost")]
-        if ip_sans:
-            san.append(x509.IPAddress(ipaddress.ip_address(address)))
-        cert, key = _leaf(f"server.{datacenter}.consul", ca, both, san)
-        folder = directory / address
-        folder.mkdir(exist_ok=True)
-        agents[address] = (_write_cert(folder / "agent.pem", cert), _write_key(folder / "agent-key.pem", key))
-        agents[address][1].chmod(0o644)
+    agent = _leaf(f"server.{datacenter}.consul", ca, both, san)
     client = _leaf("consul-reconciler controller", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
-    return ConsulCerts(
+    certs = ConsulCerts(
         ca=_write_cert(directory / "ca.pem", ca[0]),
-        agents=agents,
+        agent_cert=_write_cert(directory / "agent.pem", agent[0]),
+        agent_key=_write_key(directory / "agent-key.pem", agent[1]),
         client_cert=_write_cert(directory / "controller.pem", client[0]),
         client_key=_write_key(directory / "controller-key.pem", client[1]),
     )
+    certs.agent_key.chmod(0o644)
+    return certs
 
 
 # --------------------------------------------------------------------------------------------------

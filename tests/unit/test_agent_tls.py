@@ -139,9 +139,8 @@ class _Self(http.server.BaseHTTPRequestHandler):
 
 
 def _serve(certs: ConsulCerts) -> Iterator[str]:
-    cert, key = certs.agents["127.0.0.1"]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(certs.agent_cert, certs.agent_key)
     context.load_verify_locations(certs.ca)
     context.verify_mode = ssl.CERT_REQUIRED  # Consul's verify_incoming
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Self)

@@ -1,0 +1,97 @@
+"""TLS on real Consul agents (consul.tls): HTTPS only, verify_incoming on, the controller's every call to
+the agents (the gates, the registrator's wait, a server's leave) over HTTPS with its client certificate."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.controller_harness import audit_rows, wait_for
+from testbed.fleet import Engine
+from testbed.tlsengine import ConsulCerts, write_consul_certs
+from tests.integration.harness import Fleet
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+
+
+def https_get(address: str, path: str, certs: ConsulCerts, client_cert: bool = True) -> Any:
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    if client_cert:
+        context.load_cert_chain(certs.client_cert, certs.client_key)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    with opener.open(f"https://{address}:8501{path}", timeout=3) as response:
+        return json.loads(response.read())
+
+
+def healthy_voters(address: str, certs: ConsulCerts) -> int:
+    try:
+        health = https_get(address, "/v1/operator/autopilot/health", certs)
+    except (OSError, ValueError):
+        return 0
+    return sum(1 for s in health["Servers"] or [] if s["Healthy"] and s["Voter"]) if health["Healthy"] else 0
+
+
+def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_server_over_it(
+    clean_fleet: list[Engine], tmp_path: Path
+) -> None:
+    fleet = Fleet(clean_fleet, tmp_path, cluster="tls")
+    fleet.use_real_consul()
+    addresses = [e.address for e in clean_fleet]
+    certs = write_consul_certs(tmp_path / "tls", addresses)
+    fleet.doc["consul"]["tls"] = {
+        "ca_file": str(certs.ca),
+        "cert_file": str(certs.agent_cert),
+        "key_file": str(certs.agent_key),
+    }
+    for host in fleet.doc["hosts"]:
+        host["role"] = "server"
+    fleet.doc["rollout"] |= {"deadline": 60, "stabilization": 1}
+    fleet.write()
+    fleet.env |= {
+        "CONSUL_CACERT": str(certs.ca),
+        "CONSUL_CLIENT_CERT": str(certs.client_cert),
+        "CONSUL_CLIENT_KEY": str(certs.client_key),
+    }
+    run = fleet.apply()
+    assert run.code == 0, run.stdout + run.stderr
+    first = addresses[0]
+    wait_for(lambda: healthy_voters(first, certs) == 3, 60, "3 healthy voters, asked over HTTPS")
+    # the registrators were created after their agents answered agent/self over HTTPS
+    assert audit_rows(fleet.db, "SELECT count(*) FROM actions WHERE status='succeeded'") == [(6,)]
+
+    # HTTPS only: no plain HTTP port; verify_incoming: no answer without a client certificate
+    with pytest.raises(urllib.error.URLError):
+        _OPENER.open(f"http://{first}:8500/v1/status/leader", timeout=2)
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        https_get(first, "/v1/status/leader", certs, client_cert=False)
+    assert https_get(first, "/v1/status/leader", certs).endswith(":8300")
+
+    # one server replaced (its data folder moved): its leave and the gates go over HTTPS too
+    victim = fleet.doc["hosts"][2]
+    victim["data_dir"] = str(tmp_path / "data-moved")
+    fleet.write()
+    run = fleet.apply()
+    assert run.code == 0, run.stdout + run.stderr
+    replaced = audit_rows(fleet.db, "SELECT node, status FROM actions WHERE kind='replace'")
+    assert replaced == [(victim["name"], "succeeded")]
+    wait_for(lambda: healthy_voters(first, certs) == 3, 60, "3 healthy voters after the replacement")
+
+    # without the controller's client certificate, a clear error names the agent and what to give
+    fleet.env.pop("CONSUL_CLIENT_CERT")
+    fleet.env.pop("CONSUL_CLIENT_KEY")
+    victim["data_dir"] = str(tmp_path / "data-moved-again")
+    fleet.doc["rollout"]["deadline"] = 5
+    fleet.write()
+    before = fleet.ids()
+    run = fleet.apply()
+    assert run.code != 0
+    assert "TLS failed" in run.stdout + run.stderr and "CONSUL_CLIENT_CERT" in run.stdout + run.stderr
+    assert fleet.ids() == before  # nothing stopped
