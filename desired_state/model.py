@@ -410,6 +410,11 @@ class RolloutSettings(_Strict):
     stabilization: Annotated[Number, Field(ge=0, le=3600)] = 10.0
     max_parallel: Annotated[Int, Field(ge=1, le=1000)] = 4
     agent_timeout: Annotated[Number, Field(gt=0, le=600)] = 30.0
+    allow_downgrade: Bool = Field(
+        default=False,
+        description="let servers go to an older Consul version than they run (refused by default: a "
+        "server may not read the state a newer version wrote)",
+    )
     leave_timeout: Annotated[Number, Field(gt=0, le=3600)] = Field(
         default=60.0,
         description="seconds a server's graceful leave may take: Consul answers PUT /v1/agent/leave only "

@@ -35,6 +35,7 @@ from reconciler.gates import before_disruption
 from reconciler.leave import ServerLeave
 from reconciler.plan import Action, Kind, Plan, is_down
 from reconciler.store import ActionRecord, AuditLog
+from reconciler.versions import Version, client_wait, image_version
 
 log = logging.getLogger("consul_reconciler.execute")
 
@@ -101,8 +102,11 @@ class Executor:
         on_pause: Callable[[str], None] = lambda reason: None,
         confirm_leadership: Callable[[], str | None] = lambda: None,
         leadership_lost: Callable[[], str | None] = lambda: None,
+        server_versions: Mapping[str, Version | None] | None = None,
     ) -> None:
         self._gates = gates
+        # node -> the Consul version each server runs (from its image's tag), as this pass changes them
+        self._server_versions = dict(server_versions or {})
         # Fencing: None, or why this controller may no longer disrupt anything (it lost leadership);
         # the first is local and cheap, the second asks Consul (before a server is disrupted). A
         # controller that is only stopping (SIGTERM) finishes the action in flight.
@@ -132,13 +136,38 @@ class Executor:
     def apply(self, plan: Plan) -> ApplyResult:
         result = ApplyResult()
         for phase in plan.phases():
-            result.results += self._run_parallel(phase.parallel)
+            parallel = []
+            for action in phase.parallel:
+                wait = client_wait(action, self._server_versions)
+                if wait is None:
+                    parallel.append(action)
+                else:
+                    result.results.append(self._record_wait(action, wait))
+            result.results += self._run_parallel(parallel)
             serial = phase.serial
             if serial and self._gates is not None:
                 serial = phase.rollout(self._gates.view().leader_node)  # the leader as of now
             for action in serial:  # one disruptive server action at a time, cluster-wide
-                result.results.append(self._run_server(action) if self._gates else self._run_one(action))
+                done = self._run_server(action) if self._gates else self._run_one(action)
+                result.results.append(done)
+                if done.status == "succeeded" and action.node:
+                    self._server_ran(action)
         return result
+
+    def _server_ran(self, action: Action) -> None:
+        """A server action succeeded: the version its node runs now (none once it is removed)."""
+        assert action.node is not None
+        if action.kind is Kind.REMOVE or action.desired is None or action.desired.role != "server":
+            self._server_versions.pop(action.node, None)
+        else:
+            self._server_versions[action.node] = image_version(action.desired.image)
+
+    def _record_wait(self, action: Action, why: str) -> ActionResult:
+        row = self._audit.record_action(
+            self._run_id, action_record(action, self._next_seq()), status="waiting", error=why
+        )
+        log.warning("%s %s/%s %s", action.kind.value, action.host, action.name, why)
+        return ActionResult(action, "waiting", why, audit_id=row)
 
     def _run_server(self, action: Action) -> ActionResult:
         """A gated disruption of a server: before it, every other server healthy; after it, the

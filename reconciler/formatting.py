@@ -62,6 +62,7 @@ def format_plan(plan: Plan) -> str:
     )
     if plan.refused:
         lines.append(f"REFUSED: {plan.refused}")
+    lines += [f"WARNING: {warning}" for warning in plan.warnings]
     if not plan.actions and not plan.unreachable:
         lines.append(f"cluster {plan.cluster}: nothing to do; every host matches the topology.")
         return "\n".join(lines)

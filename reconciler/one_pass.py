@@ -27,6 +27,7 @@ from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_PASS_NOTES
+from reconciler.versions import Version, check_versions, image_version
 
 log = logging.getLogger("consul_reconciler.pass")
 
@@ -127,6 +128,7 @@ def compute_plan(
         deferred=deferred,
         adopted=adopted,
     )
+    plan = check_versions(plan, allow_downgrade=loaded.topology.rollout.allow_downgrade)
     return desired, observed, plan
 
 
@@ -243,6 +245,7 @@ def run_pass(
         on_pause=lambda reason: store.set(cluster, reason, loaded.digest),
         confirm_leadership=confirm_leadership,
         leadership_lost=leadership_lost,
+        server_versions=running_server_versions(observed),
     )
     try:
         applied = executor.apply(plan)
@@ -260,6 +263,16 @@ def run_pass(
     )
     audit.finish_run(run_id, status=result.status, summary=result.summary(), error=result.error())
     return result
+
+
+def running_server_versions(observed: ObservedFleet) -> dict[str, Version | None]:
+    """node -> the Consul version (of its image's tag) each running server agent runs."""
+    return {
+        c.node: image_version(c.image)
+        for seen in observed.hosts
+        for c in seen.managed
+        if c.role == "server" and c.node and c.state == "running"
+    }
 
 
 def server_agents(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, str]:

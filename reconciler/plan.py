@@ -125,6 +125,7 @@ class Plan:
     retired_hosts: tuple[str, ...] = ()  # hosts that left the topology but still run our containers
     refused: str | None = None  # set when the pass must not run at all
     deferred: dict[str, str] = field(default_factory=dict)  # host -> why it is left alone this pass
+    warnings: tuple[str, ...] = ()  # what the operator should know before it runs (versions.py)
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -171,6 +172,7 @@ class Plan:
             "unreachable": dict(self.unreachable),
             "retired_hosts": list(self.retired_hosts),
             "refused": self.refused,
+            "warnings": list(self.warnings),
             "deferred": dict(self.deferred),
         }
 
