@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -66,11 +66,14 @@ class Loaded:
     warnings: list[Issue]
     digest: str  # sha256 of the document's bytes: which version was applied
     text: str = ""  # the document itself (secrets appear in it only as references)
+    files: Mapping[str, str] = field(default_factory=dict)  # consul.config_files: path -> content
+    files_digest: str = ""  # of those contents (desired_state.configfiles): an edit is a new state
 
     @cached_property
     def fleet(self) -> DesiredFleet:
-        """The containers this document asks for, rendered once per document, not once per pass."""
-        return render(self.topology)
+        """The containers this document asks for, rendered once per document (and version of its
+        config files), not once per pass."""
+        return render(self.topology, self.files)
 
 
 def digest_of(data: bytes) -> str:

@@ -232,6 +232,45 @@ class AgentTLS(_Strict):
         return _check_absolute_path(value, "a file on each host")
 
 
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.(json|hcl)$")
+# the files the controller writes into the agent's config folder itself
+RESERVED_CONFIG_NAMES = frozenset(
+    {"encrypt.json", "acl.json", "acl-agent-token.json", "acl-default-token.json"}
+    | {"acl-initial-management.json", "tls.json"}
+)
+
+
+class AgentConfigFile(_Strict):
+    """An agent configuration file of the operator's, by reference: a file on the management host that
+    the controller copies into every agent's config folder before it starts. Its content is hashed
+    (never shown: it may hold secrets), so an edit replaces the agents through the gates."""
+
+    file: str = Field(description="the file on the management host (read on each pass)")
+    name: str | None = Field(
+        default=None, description="its name in /consul/config (default: the file's own name); .json or .hcl"
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _check_absolute_path(value, "a config file")
+
+    @property
+    def target(self) -> str:
+        return self.name or PurePosixPath(self.file).name
+
+    @model_validator(mode="after")
+    def _target(self) -> AgentConfigFile:
+        if not _CONFIG_NAME.match(self.target):
+            raise ValueError(
+                f"{self.target!r}: Consul reads only *.json and *.hcl files from its config folder "
+                "(a name of letters, digits, '.', '_', '-'; give 'name' to rename it)"
+            )
+        if self.target in RESERVED_CONFIG_NAMES:
+            raise ValueError(f"{self.target!r} is a file the controller writes itself; give another 'name'")
+        return self
+
+
 class ConsulSettings(_Strict):
     image: str = DEFAULT_CONSUL_IMAGE
     server_image: str | None = Field(default=None, description="Overrides 'image' for servers")
@@ -241,6 +280,7 @@ class ConsulSettings(_Strict):
     encrypt: SecretRef | None = None
     acl: AgentACL | None = None
     tls: AgentTLS | None = None
+    config_files: tuple[AgentConfigFile, ...] = ()
     extra_args: tuple[str, ...] = ()
 
     @field_validator("image", "server_image", "client_image")
@@ -262,6 +302,18 @@ class ConsulSettings(_Strict):
     @classmethod
     def _extra(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         return _check_extra_args(values)
+
+    @field_validator("config_files")
+    @classmethod
+    def _distinct_config_files(cls, values: tuple[AgentConfigFile, ...]) -> tuple[AgentConfigFile, ...]:
+        seen: dict[str, int] = {}
+        for index, ref in enumerate(values):
+            if ref.target in seen:
+                raise ValueError(
+                    f"item {index}: {ref.target!r} is already the name of item {seen[ref.target]}"
+                )
+            seen[ref.target] = index
+        return values
 
 
 class RegistratorSettings(_Strict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+from collections.abc import Mapping
 
 from desired_state.model import AgentACL, AgentTLS, Host, NetworkMode, Role, Topology
 from desired_state.spec import (
@@ -51,17 +52,31 @@ BRIDGE_PORTS: tuple[tuple[int, str], ...] = (
 )
 
 
-def render(topology: Topology) -> DesiredFleet:
+def render(topology: Topology, files: Mapping[str, str] | None = None) -> DesiredFleet:
+    """``files``: the content of each file ``consul.config_files`` names (read by the caller:
+    desired_state.configfiles)."""
     servers = topology.servers  # once: every agent's command names them all
+    extra = operator_config_files(topology, files or {})
     return DesiredFleet(
         cluster=topology.cluster,
         datacenter=topology.datacenter,
-        hosts=tuple(_render_host(topology, host, servers) for host in topology.hosts),
+        hosts=tuple(_render_host(topology, host, servers, extra) for host in topology.hosts),
     )
 
 
-def _render_host(topology: Topology, host: Host, servers: tuple[Host, ...]) -> DesiredHost:
-    specs = [agent_spec(topology, host, servers)]
+def operator_config_files(topology: Topology, files: Mapping[str, str]) -> tuple[ConfigFile, ...]:
+    made = []
+    for ref in topology.consul.config_files:
+        if ref.file not in files:
+            raise ValueError(f"consul.config_files: {ref.file} was not read before rendering")
+        made.append(ConfigFile(f"{CONSUL_CONFIG}/{ref.target}", files[ref.file], shown=False))
+    return tuple(made)
+
+
+def _render_host(
+    topology: Topology, host: Host, servers: tuple[Host, ...], extra: tuple[ConfigFile, ...] = ()
+) -> DesiredHost:
+    specs = [agent_spec(topology, host, servers, extra)]
     if topology.registrator_enabled(host):
         specs.append(registrator_spec(topology, host))
     endpoint = Endpoint(
@@ -74,7 +89,12 @@ def _render_host(topology: Topology, host: Host, servers: tuple[Host, ...]) -> D
     return DesiredHost(name=host.name, endpoint=endpoint, specs=tuple(specs))
 
 
-def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None = None) -> ContainerSpec:
+def agent_spec(
+    topology: Topology,
+    host: Host,
+    servers: tuple[Host, ...] | None = None,
+    extra: tuple[ConfigFile, ...] = (),
+) -> ContainerSpec:
     """The Consul agent's container on ``host``. ``servers`` is ``topology.servers``, passed in by
     :func:`render` so that a fleet of N hosts is rendered in O(N), not O(N^2)."""
     if servers is None:
@@ -116,6 +136,7 @@ def agent_spec(topology: Topology, host: Host, servers: tuple[Host, ...] | None 
     if consul.tls is not None:
         config_files += (tls_file(consul.tls),)
         mounts += tls_mounts(consul.tls)
+    config_files += extra
     return ContainerSpec(
         host=host.name,
         name=topology.names.agent,

@@ -69,10 +69,13 @@ class ConfigFile:
     like a secret file. Its content is hashed: an edit replaces the agent (through the gates)."""
 
     path: str
-    content: str  # JSON text
+    content: str  # JSON (or HCL) text
+    shown: bool = True  # False: an operator's file, which may hold secrets: its hash is recorded instead
 
     def record(self) -> str:
-        return f"{self.path}={self.content}"
+        if self.shown:
+            return f"{self.path}={self.content}"
+        return f"{self.path}:sha256={hashlib.sha256(self.content.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from desired_state.configfiles import attach
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from reconciler import reporting
 from reconciler.assess import History, Rules, assess, summarize
@@ -139,18 +140,19 @@ class DesiredState:
         self.source_failures = 0
         self.metrics.desired_state_source_up.set(1)
         digest = digest_of(data)
-        if self.last_valid is not None and digest == self.last_valid.digest:
-            # The same bytes as the document in force: parsing and validating them again would give
-            # the same result (a 10,000-host YAML document takes seconds to parse), and the rendered
-            # fleet is kept with it.
-            loaded = self.last_valid
-        else:
-            try:
-                loaded = load_topology(data, source=self.source.describe(), fmt=self.source.fmt)
-            except TopologyError as exc:
-                self.reject(digest, "; ".join(str(i) for i in exc.issues))
-                return self.last_valid or self.kept()
-            log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
+        try:
+            if self.last_valid is not None and digest == self.last_valid.digest:
+                # The same bytes as the document in force: parsing and validating them again would
+                # give the same result (a 10,000-host YAML document takes seconds to parse), and the
+                # rendered fleet is kept with it, unless a config file it names was edited.
+                loaded = attach(self.last_valid)
+            else:
+                loaded = attach(load_topology(data, source=self.source.describe(), fmt=self.source.fmt))
+                log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
+        except TopologyError as exc:
+            reason = "; ".join(str(i) for i in exc.issues)
+            self.reject(digest_of(data + reason.encode()), reason)
+            return self.last_valid or self.kept()
         self.last_valid = loaded
         self.enforcing_kept = None
         self.rejected_digest = None
@@ -162,9 +164,13 @@ class DesiredState:
         if row is None:
             return None
         try:
-            loaded = load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}")
-        except TopologyError:
-            log.error("the kept document %s no longer validates; nothing is enforced", row.digest[:12])
+            loaded = attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}"))
+        except TopologyError as exc:
+            log.error(
+                "the kept document %s no longer validates (%s); nothing is enforced",
+                row.digest[:12],
+                "; ".join(str(i) for i in exc.issues),
+            )
             return None
         log.warning(
             "enforcing the kept document %s (applied %s) until the source is readable and valid",

@@ -42,7 +42,8 @@ def docker_run_line(spec: ContainerSpec) -> str:
     argv += list(spec.command)
     line = shlex.join(argv)
     for config in spec.config_files:
-        line += f"\n# then, before start: {config.path} = {config.content}"
+        shown = config.content if config.shown else "(an operator's file, copied; " + config.record() + ")"
+        line += f"\n# then, before start: {config.path} = {shown}"
     for secret in spec.secret_files:
         shown = json.dumps(secret.document(REDACTED))
         line += (

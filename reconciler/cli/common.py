@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from desired_state.configfiles import attach
 from desired_state.load import Loaded, TopologyError, load_topology
 from reconciler.consul_settings import resolve_ca
 from reconciler.sources import ConsulSource, FileSource, SourceError, open_source
@@ -114,7 +115,7 @@ def load_desired(arg: str | None, opt: str | None = None, token: str | None = No
     except SourceError as exc:
         fail(str(exc))
     try:
-        return load_topology(data, source=src.describe(), fmt=src.fmt)
+        return attach(load_topology(data, source=src.describe(), fmt=src.fmt))
     except TopologyError as exc:
         err.print(f"error: {src.describe()} is not a valid topology:", markup=False)
         for issue in exc.issues:

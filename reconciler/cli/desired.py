@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from desired_state.configfiles import attach
 from desired_state.load import TopologyError, load_topology
 from desired_state.render import render as render_fleet
 from desired_state.secrets import check_secrets
@@ -36,7 +37,7 @@ def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: Sou
     data_issues: list[dict[str, Any]] = []
     src = source_of(source, source_opt)
     try:
-        loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
+        loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt))
     except SourceError as exc:
         fail(str(exc))
     except TopologyError as exc:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from desired_state.configfiles import attach
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from reconciler.cli.common import JsonOpt, emit_json, fail_line, read_token_file, say, warn
 from reconciler.cli.kv_history import diff, history
@@ -123,7 +124,7 @@ def _value(entry: KVEntry) -> bytes:
 def _validate(data: bytes, source: str, fmt: str | None) -> Loaded | list[str]:
     """The loaded topology, or the issues (each with its path) that make it invalid."""
     try:
-        return load_topology(data, source=source, fmt=fmt)
+        return attach(load_topology(data, source=source, fmt=fmt))
     except TopologyError as exc:
         return [str(issue) for issue in exc.issues]
 

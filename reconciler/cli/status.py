@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from desired_state.configfiles import attach
 from desired_state.load import TopologyError, load_topology
 from reconciler.cli.common import (
     DbOpt,
@@ -42,14 +43,14 @@ def status(
     src = source_of(source, source_opt)
     source_problem: str | None = None
     try:
-        loaded = load_topology(src.read(), source=src.describe(), fmt=src.fmt)
+        loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt))
     except (SourceError, TopologyError) as exc:
         source_problem = str(exc)
         kept = audit.state.last_document(src.describe())
         if kept is None:
             audit.close()
             fail(f"{source_problem}; and no document from this source was ever applied")
-        loaded = load_topology(kept.document.encode(), source=f"kept document {kept.digest[:12]}")
+        loaded = attach(load_topology(kept.document.encode(), source=f"kept document {kept.digest[:12]}"))
         err.print(
             f"warning: {source_problem}; showing the last applied document {kept.digest[:12]} "
             f"(applied {time_text(kept.last_applied)})",

@@ -51,6 +51,9 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
         "cert_file": str(certs.agent_cert),
         "key_file": str(certs.agent_key),
     }
+    meta = tmp_path / "meta.json"  # an operator's config file, copied into every agent
+    meta.write_text(json.dumps({"node_meta": {"rack": "r1"}}))
+    fleet.doc["consul"]["config_files"] = [{"file": str(meta)}]
     for host in fleet.doc["hosts"]:
         host["role"] = "server"
     fleet.doc["rollout"] |= {"deadline": 60, "stabilization": 1}
@@ -73,6 +76,16 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         https_get(first, "/v1/status/leader", certs, client_cert=False)
     assert https_get(first, "/v1/status/leader", certs).endswith(":8300")
+    assert https_get(first, "/v1/agent/self", certs)["Meta"] == {"rack": "r1"}  # the file was read
+
+    # an edited config file is a new desired state: every agent is to be replaced, the field named
+    meta.write_text(json.dumps({"node_meta": {"rack": "r2"}}))
+    planned = fleet.plan()
+    assert planned.code == 2, planned.stdout + planned.stderr
+    replaces = [a for a in planned.json()["actions"] if a["kind"] == "replace"]
+    assert len(replaces) == 3 and all(r["reasons"][0]["field"] == "config_files" for r in replaces)
+    assert "r2" not in planned.stdout  # the content is never shown, only its hash
+    meta.write_text(json.dumps({"node_meta": {"rack": "r1"}}))
 
     # one server replaced (its data folder moved): its leave and the gates go over HTTPS too
     victim = fleet.doc["hosts"][2]

@@ -1,0 +1,108 @@
+"""The operator's agent config files (consul.config_files): read on the management host, copied into
+the agents, their content hashed so that an edit replaces them (no Docker)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from desired_state.configfiles import attach
+from desired_state.load import Loaded, TopologyError, load_topology
+from reconciler.containers import ContainerOps, ExecOptions
+from reconciler.formatting import docker_run_line
+from reconciler.plan import field_changes
+
+SECRETISH = '{"acl": {"tokens": {"replication": "0d5f-secret-in-a-config-file"}}}'
+
+
+def loaded(files: list[dict[str, Any]]) -> Loaded:
+    hosts = [{"name": "s1", "docker": "tcp://127.0.0.1:2376", "advertise": "127.0.0.1", "role": "server"}]
+    doc = {"cluster": "prod", "consul": {"config_files": files}, "hosts": hosts}
+    return load_topology(json.dumps(doc).encode())
+
+
+def test_a_file_is_copied_into_the_agent_and_only_its_hash_is_shown(tmp_path: Path) -> None:
+    extra = tmp_path / "telemetry.json"
+    extra.write_text(SECRETISH)
+    hcl = tmp_path / "limits.hcl"
+    hcl.write_text("limits { http_max_conns_per_client = 400 }\n")
+    doc = attach(loaded([{"file": str(extra)}, {"file": str(hcl), "name": "20-limits.hcl"}]))
+    spec = doc.fleet.hosts[0].specs[0]
+    assert [c.path for c in spec.config_files] == [
+        "/consul/config/telemetry.json",
+        "/consul/config/20-limits.hcl",
+    ]
+    record = json.dumps(spec.record())
+    assert "0d5f-secret" not in record and "/consul/config/telemetry.json:sha256=" in record
+    line = docker_run_line(spec)
+    assert (
+        "0d5f-secret" not in line and "/consul/config/telemetry.json = (an operator's file, copied;" in line
+    )
+    archive = ContainerOps("prod", ExecOptions(environ={})).config_archive(spec)
+    assert archive is not None
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = tar.extractfile("consul/config/telemetry.json")
+        assert member is not None and member.read().decode() == SECRETISH
+
+
+def test_an_edited_file_is_a_new_desired_state_that_replaces_the_agent(tmp_path: Path) -> None:
+    extra = tmp_path / "telemetry.json"
+    extra.write_text('{"telemetry": {"disable_hostname": true}}')
+    first = attach(loaded([{"file": str(extra)}]))
+    assert attach(first) is first  # nothing changed: the same desired state, rendered once
+    extra.write_text('{"telemetry": {"disable_hostname": false}}')
+    second = attach(first)
+    assert second is not first and second.files_digest != first.files_digest
+    old, new = first.fleet.hosts[0].specs[0], second.fleet.hosts[0].specs[0]
+    assert old.spec_hash() != new.spec_hash()
+    assert [c.field for c in field_changes(old.record(), new.record())] == ["config_files"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "consul.config_files[0].file: cannot read {path}: No such file or directory"),
+        (b"\xff\xfe", "consul.config_files[0].file: {path} is not UTF-8 text"),
+        (b'["not", "an", "object"]', "consul.config_files[0].file: {path} is not a JSON object"),
+    ],
+)
+def test_a_file_that_cannot_be_used_is_an_invalid_document_naming_the_field(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "extra.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(TopologyError) as caught:
+        attach(loaded([{"file": str(path)}]))
+    assert str(caught.value.issues[0]).startswith(message.format(path=path))
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({"file": "extra.json"}, "is not an absolute path"),
+        ({"file": "/etc/consul.d/extra.yaml"}, "Consul reads only *.json and *.hcl files"),
+        ({"file": "/etc/consul.d/x.json", "name": "tls.json"}, "is a file the controller writes itself"),
+    ],
+)
+def test_references_are_checked_where_declared(ref: dict[str, str], message: str) -> None:
+    with pytest.raises(TopologyError) as caught:
+        loaded([ref])
+    assert caught.value.issues[0].path.startswith("consul.config_files[0]")
+    assert message in caught.value.issues[0].message
+
+
+def test_two_files_may_not_land_on_one_name() -> None:
+    with pytest.raises(TopologyError) as caught:
+        loaded([{"file": "/a/extra.json"}, {"file": "/b/extra.json"}])
+    assert "item 1: 'extra.json' is already the name of item 0" in str(caught.value)
+
+
+def test_rendering_without_reading_the_files_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="was not read before rendering"):
+        _ = loaded([{"file": "/etc/consul.d/extra.json"}]).fleet
