@@ -53,6 +53,7 @@ def render(topology: Topology) -> DesiredFleet:
         cluster=topology.cluster,
         datacenter=topology.datacenter,
         hosts=tuple(_render_host(topology, host, servers) for host in topology.hosts),
+        acknowledged=frozenset(topology.acknowledge),
     )
 
 
