@@ -78,15 +78,22 @@ def find_dangers(
     *,
     skip: Collection[str] = (),
     adopted: Mapping[tuple[str, str], Adoption] | None = None,
+    changing: Collection[str] | None = None,
 ) -> tuple[Danger, ...]:
     """Every dangerous change ``desired`` makes to the agents ``observed`` shows, acknowledged or not;
-    ``skip``: hosts left alone this pass. The order: datacenter, gossip key, then per host in the
-    topology's order (node name, server to client), then the removal of servers."""
-    agents = running_agents(desired.cluster, observed, skip, adopted or {})
+    ``skip``: hosts left alone this pass; ``changing``: the hosts whose agent the pass replaces (None:
+    any may be). An agent left as it runs matches its spec, and the spec hash covers the datacenter,
+    the node name, the role and the gossip key's reference: only the changing ones are read further
+    (their spec label parsed), so a converged pass over many hosts pays nothing for this. The order:
+    datacenter, gossip key, then per host in the topology's order (node name, server to client), then
+    the removal of servers."""
+    if changing is not None and not changing and all(desired.host(h.name) for h in observed.hosts):
+        return ()  # every agent stays as it runs, on a host of the document: nothing to compare
+    agents = running_agents(desired.cluster, observed, skip, adopted or {}, changing)
     if not agents:
         return ()
     wanted = desired_agents(desired)
-    staying = [a for a in agents if a.host in wanted]
+    staying = [a for a in agents if a.host in wanted and (changing is None or a.host in changing)]
     found = [
         *_datacenter(staying, desired.datacenter),
         *_gossip_key(staying, _desired_gossip(wanted.values())),
@@ -127,17 +134,20 @@ def running_agents(
     observed: ObservedFleet,
     skip: Collection[str],
     adopted: Mapping[tuple[str, str], Adoption],
+    changing: Collection[str] | None = None,
 ) -> list[RunningAgent]:
     """Our agents on the reachable hosts (not ``skip``): labelled ones, and those adopted in place (ours
     by id, their record in the audit database). A container never started (the temporary container of
-    an interrupted replacement) ran no agent and counts for nothing."""
+    an interrupted replacement) ran no agent and counts for nothing. The spec label is read only on
+    the ``changing`` hosts (None: on all)."""
     agents: list[RunningAgent] = []
     for host in observed.hosts:
         if not host.reachable or host.name in skip:
             continue
+        read = changing is None or host.name in changing
         for container in host.managed:
             if container.managed_by == cluster and container.role in AGENT_ROLES and _ran(container):
-                agents.append(_labelled(host.name, container))
+                agents.append(_labelled(host.name, container, read))
         for container in host.others:
             adoption = adopted.get((host.name, container.name))
             if adoption is not None and adoption.container_id == container.id and _ran(container):
@@ -156,7 +166,11 @@ def _ran(container: ObservedContainer) -> bool:
     return container.state != "created"
 
 
-def _labelled(host: str, container: ObservedContainer) -> RunningAgent:
+def _labelled(host: str, container: ObservedContainer, read: bool = True) -> RunningAgent:
+    """From its labels; its datacenter and gossip key only when ``read`` (its spec label parsed)."""
+    server = container.role == "server"
+    if not read:
+        return RunningAgent(host, container.node, server, datacenter=None, gossip=None, gossip_known=False)
     record = container.record()
     words = _command_of(record) if record is not None else None
     if words is None:
@@ -165,7 +179,7 @@ def _labelled(host: str, container: ObservedContainer) -> RunningAgent:
     return RunningAgent(
         host=host,
         node=container.node,
-        server=container.role == "server",
+        server=server,
         datacenter=flag_value(words, "datacenter"),
         gossip=_gossip_in(record.get("secret_files") if record is not None else None),
         gossip_known=known,

@@ -39,7 +39,7 @@ from typing import Any
 from desired_state.handrun import differences
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
 from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
-from reconciler.dangers import Danger, find_dangers, refusal, unused_acknowledgements
+from reconciler.dangers import AGENT_ROLES, Danger, find_dangers, refusal, unused_acknowledgements
 
 DEFAULT_MAX_REMOVALS = 4
 ROLE_ORDER = {"server": 0, "client": 1, "registrator": 2}
@@ -279,7 +279,8 @@ def make_plan(
             actions.append(_remove(seen.name, container, "host is no longer in the topology"))
 
     actions.sort(key=lambda a: _sort_key(a, order))
-    dangers = find_dangers(desired, observed, skip=deferred, adopted=adopted)
+    changing = {a.host for a in actions if a.kind in (Kind.REPLACE, Kind.ADOPT) and a.role in AGENT_ROLES}
+    dangers = find_dangers(desired, observed, skip=deferred, adopted=adopted, changing=changing)
     refused = "; ".join(r for r in (_too_many_removals(actions, max_removals), refusal(dangers)) if r)
     unused = unused_acknowledgements(desired.acknowledged, dangers)
     return Plan(

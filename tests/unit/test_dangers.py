@@ -581,3 +581,20 @@ def test_a_pass_that_makes_acknowledged_changes_says_so_in_its_summary() -> None
     result = PassResult(plan, running(before))
     assert result.summary()["acknowledged"] == ["datacenter"]
     assert "acknowledged" not in PassResult(plan_for(before, running(before)), running(before)).summary()
+
+
+def test_only_the_agents_a_pass_replaces_are_read_further(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent left as it runs matches its spec (whose hash covers datacenter, node, role and the key's
+    reference): a converged pass over many hosts parses no spec label for this."""
+    before = fleet(hosts(3, 2), datacenter="dc1")
+    after = fleet(hosts(3, 2), datacenter="dc2")
+    assert find_dangers(after, running(before), changing=()) == ()  # nothing replaced: nothing changes
+    assert [d.acknowledgement for d in find_dangers(after, running(before), changing={"client1"})] == [
+        "datacenter"
+    ]
+
+    def unread(self: ObservedContainer) -> None:
+        raise AssertionError(f"the spec label of {self.name} was parsed")
+
+    monkeypatch.setattr(ObservedContainer, "record", unread)
+    assert plan_for(before, running(before)).dangers == ()
