@@ -281,7 +281,7 @@ def _per_host(
             why = (
                 f"server node name: {agent.host} runs server {agent.node!r}, the document names it "
                 f"{spec.node!r}; the server would come back as a new member under the node ID kept in its "
-                "data folder (Consul refuses a node ID it knows under another name), and the old name's "
+                "data folder (Consul can refuse a node ID it knows under another name), and the old name's "
                 "catalog entries and sessions are lost"
             )
             found.append(Danger(acknowledgement(ACK_NODE_NAME, agent.host), why))
