@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -487,6 +488,45 @@ class Names(_Strict):
         return self
 
 
+# Acknowledgements of dangerous changes (reconciler/dangers.py): each names one change the document
+# intends, and only that change goes through. Three name the cluster-wide change; two name a host.
+ACK_DATACENTER = "datacenter"
+ACK_GOSSIP_KEY = "gossip-key"
+ACK_REMOVE_SERVERS = "remove-servers"
+ACK_NODE_NAME = "node-name"  # node-name:HOST
+ACK_SERVER_TO_CLIENT = "server-to-client"  # server-to-client:HOST
+ACK_WHOLE = (ACK_DATACENTER, ACK_GOSSIP_KEY, ACK_REMOVE_SERVERS)
+ACK_PER_HOST = (ACK_NODE_NAME, ACK_SERVER_TO_CLIENT)
+ACK_FORMS = (*ACK_WHOLE, *(f"{kind}:HOST" for kind in ACK_PER_HOST))
+
+
+def acknowledgement(kind: str, host: str | None = None) -> str:
+    """The exact text that acknowledges one dangerous change (``node-name:node1``, ``datacenter``)."""
+    return kind if host is None else f"{kind}:{host}"
+
+
+def acknowledged_host(text: str) -> str | None:
+    """The host a per-host acknowledgement names (None for a cluster-wide one)."""
+    kind, sep, host = text.partition(":")
+    return host if sep and kind in ACK_PER_HOST else None
+
+
+def _check_acknowledgement(value: str) -> str:
+    kind, sep, host = value.partition(":")
+    if (not sep and kind in ACK_WHOLE) or (sep and kind in ACK_PER_HOST and re.match(_NODE_NAME, host)):
+        return value
+    if kind in ACK_PER_HOST:
+        why = f"{kind!r} names a host: write '{kind}:HOST' with the host's name (hosts[].name)"
+    elif sep and kind in ACK_WHOLE:
+        why = f"{kind!r} is cluster-wide: write it alone, without ':{host}'"
+    else:
+        why = "not a change that can be acknowledged"
+    raise ValueError(f"{value!r}: {why}; the forms are: {', '.join(ACK_FORMS)}")
+
+
+Acknowledgement = Annotated[str, AfterValidator(_check_acknowledgement)]
+
+
 class Topology(_Strict):
     cluster: Annotated[str, StringConstraints(pattern=_CLUSTER_ID)] = Field(
         description="Cluster id: becomes the managed-by label; lower-case letters, digits, '.', '_', '-'"
@@ -497,6 +537,12 @@ class Topology(_Strict):
     names: Names = Names()
     rollout: RolloutSettings = RolloutSettings()
     hosts: tuple[Host, ...]
+    acknowledge: tuple[Acknowledgement, ...] = Field(
+        default=(),
+        description="Dangerous changes this document intends (a change of datacenter, of a server's node "
+        "name, a server made a client, a new gossip key reference, the removal of most servers): "
+        f"each written as one of {', '.join(ACK_FORMS)}; without it such a change is refused",
+    )
 
     @model_validator(mode="after")
     def _fleet_rules(self) -> Topology:
@@ -511,6 +557,7 @@ class Topology(_Strict):
         _unique(problems, "docker", [h.engine for h in self.hosts], [h.docker for h in self.hosts])
         if not any(h.role is Role.SERVER for h in self.hosts):
             problems.append("hosts: no host has role 'server'; a Consul datacenter needs at least one")
+        _acknowledged_hosts(problems, self.acknowledge, names)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -544,6 +591,18 @@ def _unique(problems: list[str], field: str, keys: list[str], shown: list[str] |
             problems.append(f"hosts[{index}].{field}: {written!r} is already used by hosts[{first}]{same}")
         else:
             seen[key] = index
+
+
+def _acknowledged_hosts(problems: list[str], acknowledged: tuple[str, ...], names: list[str]) -> None:
+    """A per-host acknowledgement names a host of this document: a misspelt one would match nothing."""
+    known = set(names)
+    for index, text in enumerate(acknowledged):
+        host = acknowledged_host(text)
+        if host is not None and host not in known:
+            problems.append(
+                f"acknowledge[{index}]: {text!r} names no host of the topology (hosts[].name: "
+                f"{', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+            )
 
 
 def _unicast(value: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:

@@ -61,6 +61,7 @@ def render(topology: Topology, files: Mapping[str, str] | None = None) -> Desire
         cluster=topology.cluster,
         datacenter=topology.datacenter,
         hosts=tuple(_render_host(topology, host, servers, extra) for host in topology.hosts),
+        acknowledged=frozenset(topology.acknowledge),
     )
 
 

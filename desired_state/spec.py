@@ -182,6 +182,7 @@ class DesiredFleet:
     cluster: str
     datacenter: str
     hosts: tuple[DesiredHost, ...]
+    acknowledged: frozenset[str] = frozenset()  # the dangerous changes the document intends
     _by_name: dict[str, DesiredHost] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

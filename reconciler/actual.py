@@ -57,7 +57,7 @@ class ObservedContainer:
         ... consul agent -server ...``), by its command line."""
         if self.managed_by is not None:
             return self.role == "server"
-        words = _words(self.command)
+        words = command_words(self.command)
         return "agent" in words and any(w in ("-server", "--server", "-server=true") for w in words)
 
     def record(self) -> dict[str, Any] | None:
@@ -96,14 +96,14 @@ class ObservedFleet:
         return self._by_name.get(name)
 
 
-def _words(command: str) -> list[str]:
+def command_words(command: str) -> list[str]:
     try:
         return shlex.split(command)
     except ValueError:
         return command.split()
 
 
-def _flag(words: list[str], name: str) -> str | None:
+def flag_value(words: list[str], name: str) -> str | None:
     """The last value of ``-name value`` or ``-name=value`` in a Consul command line."""
     found = None
     for i, word in enumerate(words):
@@ -118,13 +118,13 @@ def _flag(words: list[str], name: str) -> str | None:
 def _http_from_command(command: str) -> str | None:
     """HOST:PORT of the agent's HTTP API from ``consul agent`` flags: -client (its first address; an
     unspecified one is reached at -advertise or -bind) and -http-port (8500)."""
-    words = _words(command)
+    words = command_words(command)
     if "agent" not in words:
         return None
-    client = (_flag(words, "client") or "127.0.0.1").split()[0]
+    client = (flag_value(words, "client") or "127.0.0.1").split()[0]
     if client in ("0.0.0.0", "::", "[::]"):
-        client = _flag(words, "advertise") or _flag(words, "bind") or "127.0.0.1"
-    port = _flag(words, "http-port") or "8500"
+        client = flag_value(words, "advertise") or flag_value(words, "bind") or "127.0.0.1"
+    port = flag_value(words, "http-port") or "8500"
     host = f"[{client}]" if ":" in client and not client.startswith("[") else client
     return f"{host}:{port}"
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import textwrap
 from typing import Any
 
 from desired_state.secrets import REDACTED
 from desired_state.spec import ContainerSpec
 from reconciler.actual import ObservedHost
+from reconciler.dangers import refusal
 from reconciler.plan import Action, Change, Kind, Plan
 
 SYMBOL = {
@@ -20,6 +22,7 @@ SYMBOL = {
     Kind.ADOPT: "~",
     Kind.ADOPT_IN_PLACE: "=",
 }
+WIDTH = 100  # an explanation of a dangerous change is wrapped at this width
 # How a kind reads in a plan, where its value alone would not say enough
 LABEL = {Kind.ADOPT: "adopt by replacement", Kind.ADOPT_IN_PLACE: "adopt in place"}
 
@@ -62,8 +65,14 @@ def format_plan(plan: Plan) -> str:
         if n
     )
     if plan.refused:
-        lines.append(f"REFUSED: {plan.refused}")
+        lines += refusal_lines(plan)
     lines += [f"WARNING: {warning}" for warning in plan.warnings]
+    lines += [f"acknowledged: {danger}" for danger in plan.dangers if danger.acknowledged]
+    lines += [
+        f"note: acknowledge {text!r} matches no change now; take it out once its change is done, or it "
+        "lets the next such change through unasked"
+        for text in plan.unused_acknowledgements
+    ]
     if not plan.actions and not plan.unreachable:
         lines.append(f"cluster {plan.cluster}: nothing to do; every host matches the topology.")
         return "\n".join(lines)
@@ -82,6 +91,24 @@ def format_plan(plan: Plan) -> str:
     for host, error in sorted(plan.unreachable.items()):
         lines.append(f"\nhost {host}\n  ? unreachable, nothing planned: {error}")
     return "\n".join(lines)
+
+
+def refusal_lines(plan: Plan) -> list[str]:
+    """Why a plan is refused. Dangerous changes are listed one by one, each with the acknowledgement
+    that lets it through (``Plan.refused`` says the same on one line, for the audit log)."""
+    refused = plan.refused or ""
+    dangers = [d for d in plan.dangers if not d.acknowledged]
+    text = refusal(dangers)
+    if text is None or not refused.endswith(text):
+        return [f"REFUSED: {refused}"]
+    lines = [f"REFUSED: {other}" for other in [refused[: -len(text)].removesuffix("; ")] if other]
+    lines.append(f"REFUSED: {len(dangers)} dangerous change{'s' if len(dangers) > 1 else ''}, nothing done:")
+    for danger in dangers:
+        lines += textwrap.wrap(danger.explanation, WIDTH, initial_indent="  ! ", subsequent_indent="    ")
+        lines.append(f"      acknowledge: {danger.acknowledgement}")
+    wanted = ", ".join(d.acknowledgement for d in dangers)
+    lines.append(f"  If this is intended, add to the document: acknowledge: [{wanted}]")
+    return lines
 
 
 def format_action(action: Action) -> list[str]:

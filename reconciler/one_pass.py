@@ -63,13 +63,20 @@ class PassResult:
     def summary(self) -> dict[str, object]:
         """The run's summary in the audit log: what was planned and how the actions ended."""
         applied = self.applied or ApplyResult()
-        return {
+        summary: dict[str, object] = {
             "planned": self.plan.counts(),
             "succeeded": applied.count("succeeded"),
             "failed": applied.count("failed"),
             "skipped": applied.count("skipped"),
             "unreachable": sorted(self.plan.unreachable),
         }
+        if self.acknowledged():
+            summary["acknowledged"] = self.acknowledged()
+        return summary
+
+    def acknowledged(self) -> list[str]:
+        """The dangerous changes this pass made because its document acknowledged them."""
+        return [d.acknowledgement for d in self.plan.dangers if d.acknowledged]
 
     def error(self) -> str | None:
         """The run's error in the audit log: every failed action's, then every unreachable host's."""
@@ -210,6 +217,9 @@ def run_pass(
         log.error("pass refused: %s", refused)
         return PassResult(plan, observed, run_id, None, refused)
 
+    for danger in plan.dangers:
+        if danger.acknowledged:
+            log.warning("going ahead with an acknowledged dangerous change: %s", danger)
     reachable = {h.name for h in observed.hosts if h.reachable}
     for wanted in desired.hosts:
         if wanted.name in reachable:

@@ -18,6 +18,10 @@ Order: servers, then clients, then registrators (so on each host the agent comes
 before its registrator); removals last, registrators first. Hosts keep their
 order in the topology; hosts that left it come after, by name.
 
+A pass is refused, nothing done, when it would remove more than ``max_removals`` containers or make
+a dangerous change its document does not acknowledge (``reconciler/dangers.py``: a new datacenter, a
+server renamed or made a client, a new gossip key reference, most servers removed).
+
 How a plan runs is decided here too (``Plan.phases``): one phase per step of that
 order; in each, the actions that disrupt a Consul server run one at a time
 cluster-wide (``Phase.serial``, in rollout order with ``Phase.rollout``), the
@@ -35,6 +39,7 @@ from typing import Any
 from desired_state.handrun import differences
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
 from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
+from reconciler.dangers import AGENT_ROLES, Danger, find_dangers, refusal, unused_acknowledgements
 
 DEFAULT_MAX_REMOVALS = 4
 ROLE_ORDER = {"server": 0, "client": 1, "registrator": 2}
@@ -126,6 +131,8 @@ class Plan:
     refused: str | None = None  # set when the pass must not run at all
     deferred: dict[str, str] = field(default_factory=dict)  # host -> why it is left alone this pass
     warnings: tuple[str, ...] = ()  # what the operator should know before it runs (versions.py)
+    dangers: tuple[Danger, ...] = ()  # dangerous changes found, acknowledged or not (dangers.py)
+    unused_acknowledgements: tuple[str, ...] = ()  # acknowledged, but no such change this pass
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -174,6 +181,8 @@ class Plan:
             "refused": self.refused,
             "warnings": list(self.warnings),
             "deferred": dict(self.deferred),
+            "dangers": [d.to_dict() for d in self.dangers],
+            "unused_acknowledgements": list(self.unused_acknowledgements),
         }
 
 
@@ -272,14 +281,30 @@ def make_plan(
             actions.append(_remove(seen.name, container, "host is no longer in the topology"))
 
     actions.sort(key=lambda a: _sort_key(a, order))
+    changing = {a.host for a in actions if a.kind in (Kind.REPLACE, Kind.ADOPT) and a.role in AGENT_ROLES}
+    dangers = find_dangers(desired, observed, skip=deferred, adopted=adopted, changing=changing)
+    refused = "; ".join(r for r in (_too_many_removals(actions, max_removals), refusal(dangers)) if r)
+    unused = unused_acknowledgements(desired.acknowledged, dangers)
+    return Plan(
+        desired.cluster,
+        tuple(actions),
+        unreachable,
+        tuple(retired),
+        refused or None,
+        deferred,
+        dangers=dangers,
+        unused_acknowledgements=unused,
+    )
+
+
+def _too_many_removals(actions: list[Action], max_removals: int) -> str | None:
     removals = sum(1 for a in actions if a.kind is Kind.REMOVE)
-    refused = None
-    if removals > max_removals:
-        refused = (
-            f"this pass would remove {removals} containers, more than the limit of {max_removals}; "
-            "check the topology, then raise --max-removals if this is intended"
-        )
-    return Plan(desired.cluster, tuple(actions), unreachable, tuple(retired), refused, deferred)
+    if removals <= max_removals:
+        return None
+    return (
+        f"this pass would remove {removals} containers, more than the limit of {max_removals}; "
+        "check the topology, then raise --max-removals if this is intended"
+    )
 
 
 def adoption_asked(adopt: frozenset[str], host: str, name: str) -> bool:

@@ -384,9 +384,11 @@ def test_scale_3_to_5_to_3_and_parallel_clients(clean_fleet5: list[Engine], tmp_
     after = fleet.ids()
     for host in fleet.doc["hosts"][:3]:  # the existing three untouched
         assert after[(host["name"], "consul")] == before[(host["name"], "consul")]
-    # back to three: one removal at a time, each with a leave, each gated
+    # back to three: one removal at a time, each with a leave, each gated. Making a server a client is a
+    # dangerous change (reconciler/dangers.py): the document acknowledges each one
     for host in fleet.doc["hosts"][3:]:
         host["role"] = "client"
+    fleet.doc["acknowledge"] = [f"server-to-client:{h['name']}" for h in fleet.doc["hosts"][3:]]
     fleet.doc["consul"]["client_image"] = img.new
     fleet.write()
     run = fleet.apply()

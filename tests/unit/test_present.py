@@ -61,14 +61,15 @@ def every_kind() -> Plan:
         [host("s1", "10.0.0.1"), host("c1", "10.0.1.1", "client"), host("c2", "10.0.1.2", "client")],
         consul={"image": "hashicorp/consul:1.20"},
     )
-    gone = desired([host("old1", "10.0.9.1")])
+    # a client left the topology (a server leaving too would be most of the servers: refused)
+    gone = desired([host("s1", "10.0.0.1"), host("old1", "10.0.9.1", "client")])
     hand_run = ObservedContainer("f" * 64, "consul", "progrium/consul", "running")
     observed = ObservedFleet(
         (
             seen(new, "s1", [ours(spec_of(old, "s1")), ours(spec_of(new, "s1", "registrator"), "exited")]),
             ObservedHost("c1", new.hosts[1].endpoint, reachable=True, others=(hand_run,)),
             ObservedHost("c2", new.hosts[2].endpoint, reachable=False, error="connection refused"),
-            seen(gone, "old1", [ours(s) for s in gone.hosts[0].specs]),
+            seen(gone, "old1", [ours(s) for s in gone.hosts[1].specs]),
         )
     )
     return make_plan(new, observed)
@@ -93,7 +94,7 @@ def test_format_plan_shows_every_kind_with_its_symbol(every_kind: Plan) -> None:
     assert "--adopt c1/consul" in text
     assert "host old1  (no longer in the topology)" in text
     assert "  - remove   registrator (registrator)\n      host is no longer in the topology" in text
-    assert "  - remove   consul (server)\n      host is no longer in the topology" in text
+    assert "  - remove   consul (client)\n      host is no longer in the topology" in text
     assert "host c2\n  ? unreachable, nothing planned: connection refused" in text
     assert "REFUSED" not in text
 
@@ -141,7 +142,9 @@ def test_format_plan_of_a_converged_fleet() -> None:
 
 
 def test_format_plan_of_a_refused_pass_says_so_first() -> None:
-    before = desired([host("s1", "10.0.0.1"), host("s2", "10.0.0.2"), host("s3", "10.0.0.3")])
+    before = desired(
+        [host("s1", "10.0.0.1"), host("c2", "10.0.0.2", "client"), host("c3", "10.0.0.3", "client")]
+    )
     after = desired([host("s1", "10.0.0.1")])
     observed = ObservedFleet(tuple(seen(before, h.name, [ours(s) for s in h.specs]) for h in before.hosts))
     plan = make_plan(after, observed, max_removals=1)
