@@ -185,7 +185,7 @@ def verify_file(path: Path) -> ArchiveInfo:
     try:
         with path.open("rb") as stream:
             if os.fstat(stream.fileno()).st_size == 0:
-                raise SnapshotError(f"{path} is empty")
+                raise SnapshotError("empty (0 bytes)")
             return verify_archive(stream)
     except OSError as exc:
         raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None

@@ -157,7 +157,7 @@ def test_unknown_field_with_nothing_close_lists_the_allowed_ones() -> None:
     issue = one_issue(as_yaml({**doc(), "zzzzzz": 1}))
     assert issue.path == "zzzzzz"
     assert issue.message == (
-        "unknown field (allowed: cluster, consul, datacenter, hosts, names, registrator, rollout)"
+        "unknown field (allowed: cluster, consul, datacenter, hosts, names, registrator, rollout, snapshots)"
     )
 
 
