@@ -220,7 +220,6 @@ class Executor:
             host=self._snapshots.host_of(leader) or action.host,
             kind="snapshot",
             node=leader,
-            role="server",
             reason=[{"message": f"raft snapshot before {before}, the first server change of this pass"}],
         )
         row = self._audit.start_action(self._run_id, record)
