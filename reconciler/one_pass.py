@@ -232,7 +232,8 @@ def run_pass(
             progress=progress,
         )
         hold = _pause_in_force(store, cluster, loaded.digest)
-        snapshots = snapshot_taker(loaded.topology, agents, server_hosts(desired, observed), token, audit.url)
+        hosts = server_hosts(desired, observed)
+        snapshots = snapshot_taker(loaded.topology, agents, hosts, token, audit.url, progress)
     executor = Executor(
         connections,
         endpoints,
@@ -291,7 +292,12 @@ def server_hosts(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, st
 
 
 def snapshot_taker(
-    topology: Topology, agents: Mapping[str, str], hosts: Mapping[str, str], token: str | None, db_url: str
+    topology: Topology,
+    agents: Mapping[str, str],
+    hosts: Mapping[str, str],
+    token: str | None,
+    db_url: str,
+    progress: Callable[[str], None] = lambda what: None,
 ) -> SnapshotTaker | None:
     """What takes the snapshot before the first server change of a pass (``snapshots`` in the topology;
     None when they are off). Its folder: ``snapshots.dir``, else beside the audit database."""
@@ -307,6 +313,7 @@ def snapshot_taker(
         timeout=settings.timeout,
         token=token,
         hosts=hosts,
+        progress=progress,
     )
 
 

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import tarfile
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -359,6 +360,7 @@ class SnapshotTaker:
         token: str | None = None,
         hosts: Mapping[str, str] | None = None,  # node -> its host in the topology (for the audit row)
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        progress: Callable[[str], None] = lambda what: None,  # told while a snapshot comes in
     ) -> None:
         self.cluster = cluster
         self.servers = dict(servers)
@@ -368,6 +370,7 @@ class SnapshotTaker:
         self.timeout = timeout
         self._token = token
         self._clock = clock
+        self._progress = progress  # a long snapshot is a wait, not a wedge (the controller's /healthz)
 
     def take(self, leader: str | None) -> SavedSnapshot:
         """A verified snapshot on the disk; ConsulError or SnapshotError naming why there is none."""
@@ -375,12 +378,31 @@ class SnapshotTaker:
         for node in self._order(leader):
             agent = ConsulAgent(self.servers[node], token=self._token, timeout=self.timeout)
             try:
-                saved = save_archive(self.directory, self.cluster, agent.save_snapshot, self._clock())
+                saved = save_archive(self.directory, self.cluster, self._reporting(agent), self._clock())
             except ConsulUnreachable as exc:
                 problems.append(str(exc))
                 continue
             return SavedSnapshot(saved.path, saved.size, saved.index, saved.sha256, saved.taken_at, node)
         raise ConsulError("; ".join(problems) or "no server agent is known to ask for a snapshot")
+
+    def _reporting(self, agent: ConsulAgent) -> Callable[[Callable[[bytes], object]], int | None]:
+        """``agent.save_snapshot``, telling ``progress`` when it begins and at most once a second after."""
+
+        def fetch(write: Callable[[bytes], object]) -> int | None:
+            received, told = 0, time.monotonic()
+            self._progress(f"asking the agent at {agent.http} for a raft snapshot")
+
+            def counted(chunk: bytes) -> None:
+                nonlocal received, told
+                write(chunk)
+                received += len(chunk)
+                if time.monotonic() - told >= 1.0:
+                    told = time.monotonic()
+                    self._progress(f"receiving a raft snapshot from {agent.http}: {received} bytes so far")
+
+            return agent.save_snapshot(counted)
+
+        return fetch
 
     def host_of(self, node: str | None) -> str | None:
         return self.hosts.get(node) if node else None

@@ -209,7 +209,11 @@ def taker(consul: ConsulDouble, folder: Path, token: str | None = TOKEN, keep: i
 
 def test_a_snapshot_restores_into_a_fresh_server_with_its_kv(consul: ConsulDouble, tmp_path: Path) -> None:
     consul.kv_put("app/config", b"v1")
-    saved = taker(consul, tmp_path).take("server1")
+    told: list[str] = []
+    snapshots = taker(consul, tmp_path)
+    snapshots._progress = told.append
+    saved = snapshots.take("server1")
+    assert told == [f"asking the agent at {consul.address} for a raft snapshot"]  # a wait, not a wedge
     assert saved.index == consul.index and saved.leader == "server1"
     assert ("GET", "/v1/snapshot") in consul.requests()  # never ?stale: the leader answers
     with ConsulDouble(acl_token=TOKEN) as fresh, saved.path.open("rb") as archive:
