@@ -475,6 +475,45 @@ class RolloutSettings(_Strict):
     )
 
 
+def _check_snapshot_dir(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute():
+        raise ValueError(f"{value!r} is not an absolute path (the snapshot folder must start with '/')")
+    if ".." in path.parts:
+        raise ValueError(f"{value!r} contains '..' (give the snapshot folder itself)")
+    if any(ch in value for ch in ("\0", "\n")):
+        raise ValueError(f"{value!r} contains a newline or NUL")
+    return value
+
+
+class SnapshotSettings(_Strict):
+    """A raft snapshot before the first server change of every pass (``GET /v1/snapshot`` through the
+    leader, with the ACL token), kept on the management host. No snapshot, no server change: the
+    rollout waits and says why. Taken only with ``rollout.gates`` on (it needs Consul's HTTP API)."""
+
+    enabled: Bool = Field(
+        default=True,
+        description="Take a snapshot before the first replace or remove of a server in a pass; while "
+        "none can be taken, server changes wait (clients and registrators go on)",
+    )
+    dir: str | None = Field(
+        default=None,
+        description="Folder on the management host (created 0700; each file 0600: a snapshot holds every "
+        "KV value and ACL token). Default: 'snapshots' beside the audit database",
+    )
+    keep: Annotated[Int, Field(ge=1, le=10000)] = Field(
+        default=10, description="Snapshots kept per cluster; older ones are deleted after each new one"
+    )
+    timeout: Annotated[Number, Field(gt=0, le=3600)] = Field(
+        default=120.0, description="Seconds the leader may take to produce the snapshot and send it"
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, value: str | None) -> str | None:
+        return None if value is None else _check_snapshot_dir(value)
+
+
 class Names(_Strict):
     """Container names on every host (the blog recipe's are 'consul' and 'registrator')."""
 
@@ -536,6 +575,7 @@ class Topology(_Strict):
     registrator: RegistratorSettings = RegistratorSettings()
     names: Names = Names()
     rollout: RolloutSettings = RolloutSettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
     hosts: tuple[Host, ...]
     acknowledge: tuple[Acknowledgement, ...] = Field(
         default=(),
@@ -571,6 +611,11 @@ class Topology(_Strict):
 
     def warnings(self) -> list[str]:
         found: list[str] = []
+        if "snapshots" in self.model_fields_set and self.snapshots.enabled and not self.rollout.gates:
+            found.append(
+                "snapshots: no snapshot is taken while rollout.gates is false (a snapshot needs Consul's "
+                "HTTP API); server changes go on without one"
+            )
         count = len(self.servers)
         if count % 2 == 0:
             found.append(

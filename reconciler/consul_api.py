@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import consul
 import requests.adapters
@@ -25,6 +26,9 @@ from reconciler.consul_settings import ConsulError as ConsulError  # every Consu
 
 class ConsulUnreachable(ConsulError):
     """No answer: refused, reset, closed before the answer, or timed out."""
+
+
+SNAPSHOT_CHUNK = 1 << 16  # bytes read at a time from a snapshot being streamed
 
 
 class ConsulRefused(ConsulError):
@@ -294,3 +298,66 @@ class ConsulAgent:
     def autopilot_health(self) -> dict[str, Any]:
         """Consul answers 200 when healthy and 429 (same body) when not; both are data here."""
         return dict(self._call("operator/autopilot/health", self._client.operator.autopilot_health))
+
+    # --- snapshots (agent/snapshot_endpoint.go; agent/consul/snapshot_endpoint.go) -------------------
+
+    def save_snapshot(self, write: Callable[[bytes], object]) -> int | None:
+        """``GET /v1/snapshot``, streamed to ``write`` chunk by chunk (a snapshot holds the whole state
+        store: it is never held in memory); returns the ``X-Consul-Index`` header (the snapshot's raft
+        index), or None when absent. Never ``?stale``: a server that is not the leader forwards the
+        request to the leader, which makes a consistent read first, and without a leader Consul
+        answers 500 "No cluster leader". With ACLs on, the token needs management rights (Consul
+        checks ``acl:write``: a snapshot holds every token)."""
+        what = "GET /v1/snapshot"
+        http = self._client.http
+        try:
+            with http.session.get(
+                http.uri("/v1/snapshot"),
+                stream=True,
+                timeout=self.timeout,
+                verify=http.verify,
+                cert=http.cert,
+            ) as response:
+                if response.status_code != 200:
+                    raise self._refusal(what, response.status_code, response.text)
+                for chunk in response.iter_content(SNAPSHOT_CHUNK):
+                    write(chunk)
+                index = response.headers.get("X-Consul-Index")
+        except requests.exceptions.RequestException as exc:
+            raise self._no_answer(what, exc) from None
+        return int(index) if index and index.isdigit() else None
+
+    def restore_snapshot(self, archive: IO[bytes]) -> None:
+        """``PUT /v1/snapshot`` with the archive as the body (streamed from the file): the servers' state
+        is replaced by the snapshot's. Consul verifies the archive's SHA256SUMS first. A disaster
+        recovery step for a fresh cluster, never taken by the controller itself."""
+        what = "PUT /v1/snapshot"
+        http = self._client.http
+        try:
+            response = http.session.put(
+                http.uri("/v1/snapshot"),
+                data=archive,
+                timeout=self.timeout,
+                verify=http.verify,
+                cert=http.cert,
+            )
+        except requests.exceptions.RequestException as exc:
+            raise self._no_answer(what, exc) from None
+        if response.status_code != 200:
+            raise self._refusal(what, response.status_code, response.text)
+
+    def _no_answer(self, what: str, exc: requests.exceptions.RequestException) -> ConsulUnreachable:
+        if isinstance(exc, requests.exceptions.Timeout):
+            return ConsulUnreachable(f"agent {self.http} did not answer within {self.timeout:g}s ({what})")
+        return ConsulUnreachable(
+            f"agent {self.http} does not answer or broke off ({what}: {type(exc).__name__})"
+        )
+
+    def _refusal(self, what: str, status: int, text: str) -> ConsulError:
+        body = " ".join(text.split())[:300]
+        if status == 403:
+            return ConsulError(
+                f"agent {self.http} denied {what}: {body or 'permission denied'} (a snapshot needs a token "
+                "with management rights)"
+            )
+        return ConsulError(f"agent {self.http} failed {what}: {status} {body}".rstrip())

@@ -3,7 +3,8 @@
 The plan says what runs how (``Plan.phases``): phases in the plan's order
 (servers, clients, registrators, then removals); inside a phase hosts run in
 parallel, each host's actions in order, then the disruptive server actions
-(replace, remove, adopt) one at a time across the cluster.
+(replace, remove, adopt) one at a time across the cluster, the first of them
+after a raft snapshot (no snapshot, no server change: they wait).
 An action that fails stops the rest of its host's actions in this pass (they
 are recorded as skipped); other hosts go on.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 from desired_state.spec import ContainerSpec, Endpoint
 from reconciler.actual import Adoption
+from reconciler.consul_api import ConsulError
 from reconciler.consul_gates import INTERRUPTED, ConsulGates
 from reconciler.containers import ActionError as ActionError
 from reconciler.containers import ContainerOps, ExecOptions, Fenced, temporary_name
@@ -34,6 +36,7 @@ from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
 from reconciler.leave import ServerLeave
 from reconciler.plan import Action, Kind, Plan, is_down
+from reconciler.snapshots import SavedSnapshot, SnapshotError, SnapshotTaker
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.versions import Version, client_wait, image_version
 
@@ -55,6 +58,8 @@ class ActionResult:
 @dataclass
 class ApplyResult:
     results: list[ActionResult] = field(default_factory=list)
+    snapshot: SavedSnapshot | None = None  # taken before the first server change of the pass
+    snapshot_problem: str | None = None  # why none could be taken (the server changes waited)
 
     @property
     def failed(self) -> list[ActionResult]:
@@ -103,10 +108,15 @@ class Executor:
         confirm_leadership: Callable[[], str | None] = lambda: None,
         leadership_lost: Callable[[], str | None] = lambda: None,
         server_versions: Mapping[str, Version | None] | None = None,
+        snapshots: SnapshotTaker | None = None,
     ) -> None:
         self._gates = gates
         # node -> the Consul version each server runs (from its image's tag), as this pass changes them
         self._server_versions = dict(server_versions or {})
+        # A raft snapshot before the first server disruption of the pass (None: none is taken)
+        self._snapshots = snapshots
+        self._snapshot: SavedSnapshot | None = None
+        self._snapshot_problem: str | None = None
         # Fencing: None, or why this controller may no longer disrupt anything (it lost leadership);
         # the first is local and cheap, the second asks Consul (before a server is disrupted). A
         # controller that is only stopping (SIGTERM) finishes the action in flight.
@@ -152,6 +162,7 @@ class Executor:
                 result.results.append(done)
                 if done.status == "succeeded" and action.node:
                     self._server_ran(action)
+        result.snapshot, result.snapshot_problem = self._snapshot, self._snapshot_problem
         return result
 
     def _server_ran(self, action: Action) -> None:
@@ -178,7 +189,10 @@ class Executor:
         # it is what restores quorum when a second server was lost meanwhile.
         hold = None if down and not self._paused else self._server_hold
         if hold is None and not down:
-            hold = before_disruption(self._gates.view(), action.node or "", self._desired_servers)
+            view = self._gates.view()
+            hold = before_disruption(view, action.node or "", self._desired_servers)
+            if hold is None:
+                hold = self._snapshot_first(action, view.leader_node)
         if hold is not None:
             self._server_hold = hold
             row = self._audit.record_action(
@@ -220,6 +234,55 @@ class Executor:
             )
             return ActionResult(action, "failed", reason, result.container_id, result.audit_id)
         return result
+
+    def _snapshot_first(self, action: Action, leader: str | None) -> str | None:
+        """Before the first server disruption of the pass, a raft snapshot through the leader, verified
+        and kept on the disk (its own audit row, written before it is asked for). None once one is kept,
+        or when none is wanted; else why there is none: this and every later server disruption of the
+        pass wait, and the next pass tries again. A down server's repair takes none (it restores quorum:
+        it must not wait for a snapshot a cluster without quorum cannot give)."""
+        if self._snapshots is None or self._snapshot is not None or self._should_stop():
+            return None  # stopping: _run_one records the action as skipped
+        before = f"{action.kind.value} of server {action.node}"
+        record = ActionRecord(
+            seq=self._next_seq(),
+            host=self._snapshots.host_of(leader) or action.host,
+            kind="snapshot",
+            node=leader,
+            reason=[{"message": f"raft snapshot before {before}, the first server change of this pass"}],
+        )
+        row = self._audit.start_action(self._run_id, record)
+        try:
+            saved = self._snapshots.take(leader)
+        except (ConsulError, SnapshotError) as exc:
+            problem = f"no snapshot, so no server change: {exc}"
+            self._snapshot_problem = problem
+            self._audit.finish_action(row, status="failed", error=problem)
+            log.warning("%s", problem, extra={"host": record.host, "kind": "snapshot"})
+            return problem
+        self._snapshot = saved
+        kept = (
+            f"kept {saved.path} ({saved.size} bytes, raft index {saved.index}, sha256 {saved.sha256}), "
+            f"taken through {saved.leader}"
+        )
+        self._audit.finish_action(row, status="succeeded", reason=[*(record.reason or []), {"message": kept}])
+        self._audit.record_snapshot(
+            cluster_id=self._cluster,
+            run_id=self._run_id,
+            action_id=row,
+            taken_at=saved.taken_at,
+            path=str(saved.path),
+            size=saved.size,
+            raft_index=saved.index,
+            sha256=saved.sha256,
+            leader=saved.leader,
+        )
+        log.info("snapshot before %s: %s", before, kept, extra={"host": record.host, "kind": "snapshot"})
+        pruned = self._snapshots.prune()
+        if pruned:
+            self._audit.snapshots_pruned([str(path) for path in pruned])
+            log.info("pruned %d old snapshot(s), keeping the newest %d", len(pruned), self._snapshots.keep)
+        return None
 
     def _run_parallel(self, actions: Sequence[Action]) -> list[ActionResult]:
         by_host: dict[str, list[Action]] = {}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from desired_state.load import Loaded
+from desired_state.model import Topology
 from desired_state.secrets import check_secrets
 from desired_state.spec import DesiredFleet, Endpoint
 from reconciler.actual import ObservedFleet
@@ -25,6 +26,7 @@ from reconciler.observe import observe_fleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
+from reconciler.snapshots import SnapshotTaker, resolve_directory
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_PASS_NOTES
 from reconciler.versions import Version, check_versions, image_version
@@ -72,6 +74,10 @@ class PassResult:
         }
         if self.acknowledged():
             summary["acknowledged"] = self.acknowledged()
+        if applied.snapshot is not None:
+            summary["snapshot"] = {"path": str(applied.snapshot.path), "raft_index": applied.snapshot.index}
+        if applied.snapshot_problem is not None:
+            summary["snapshot_problem"] = applied.snapshot_problem
         return summary
 
     def acknowledged(self) -> list[str]:
@@ -227,20 +233,24 @@ def run_pass(
     endpoints = {h.name: h.endpoint for h in observed.hosts}
     rollout = loaded.topology.rollout
     exec_options = replace(options.exec, max_parallel=rollout.max_parallel)
-    gates = hold = None
+    gates = hold = snapshots = None
     store = pauses or AuditPauses(audit)
     if rollout.gates:
+        agents = server_agents(desired, observed)
+        token = resolve_token(options.consul_token, environ)
         gates = ConsulGates(
-            server_agents(desired, observed),
+            agents,
             deadline=rollout.deadline,
             stabilization=rollout.stabilization,
             agent_timeout=rollout.agent_timeout,
             leave_timeout=rollout.leave_timeout,
-            token=resolve_token(options.consul_token, environ),
+            token=token,
             tls=tls,
             progress=progress,
         )
         hold = _pause_in_force(store, cluster, loaded.digest)
+        hosts = server_hosts(desired, observed)
+        snapshots = snapshot_taker(loaded.topology, agents, hosts, token, tls, audit.url, progress)
     executor = Executor(
         connections,
         endpoints,
@@ -256,6 +266,7 @@ def run_pass(
         confirm_leadership=confirm_leadership,
         leadership_lost=leadership_lost,
         server_versions=running_server_versions(observed),
+        snapshots=snapshots,
     )
     try:
         applied = executor.apply(plan)
@@ -297,6 +308,43 @@ def server_agents(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, s
             if spec.role == "server" and spec.agent_http:
                 agents[spec.node] = spec.agent_http
     return agents
+
+
+def server_hosts(desired: DesiredFleet, observed: ObservedFleet) -> dict[str, str]:
+    """node -> host of every server agent, desired or still running."""
+    hosts = {
+        c.node: seen.name for seen in observed.hosts for c in seen.managed if c.role == "server" and c.node
+    }
+    hosts |= {spec.node: host.name for host in desired.hosts for spec in host.specs if spec.role == "server"}
+    return hosts
+
+
+def snapshot_taker(
+    topology: Topology,
+    agents: Mapping[str, str],
+    hosts: Mapping[str, str],
+    token: str | None,
+    tls: TLSClient,
+    db_url: str,
+    progress: Callable[[str], None] = lambda what: None,
+) -> SnapshotTaker | None:
+    """What takes the snapshot before the first server change of a pass (``snapshots`` in the topology;
+    None when they are off). Its folder: ``snapshots.dir``, else beside the audit database."""
+    settings = topology.snapshots
+    if not settings.enabled:
+        return None
+    folder = resolve_directory(settings.dir, db_url)
+    return SnapshotTaker(
+        topology.cluster,
+        agents,
+        folder,
+        keep=settings.keep,
+        timeout=settings.timeout,
+        token=token,
+        tls=tls,
+        hosts=hosts,
+        progress=progress,
+    )
 
 
 def _pause_in_force(pauses: RolloutPauses, cluster: str, digest: str) -> str | None:

@@ -54,8 +54,15 @@ HTTP on ``<client>:8500`` (0.0.0.0: every address; peers then use the advertise 
   Healthy, Voter, StableSince}]}, FailureTolerance = max(0, healthy voters - quorum); without a
   leader 500 "No cluster leader".
 * POST /v1/operator/raft/transfer-leader[?id=<node id>]: {"Success": true}; 500 if no such peer.
-* A follower forwards raft/configuration, autopilot/health and transfer-leader to the leader; a
-  client forwards those and status/* to a server it knows. agent/* is local (clients gossip too).
+* GET /v1/snapshot: an archive in Consul's format (snapshot/snapshot.go New, snapshot/archive.go write):
+  gzip of a tar holding meta.json (raft's SnapshotMeta, Index = the raft configuration's index),
+  state.bin (here: the model's raft configuration as JSON, not Consul's state store) and SHA256SUMS;
+  Content-Type application/x-gzip, X-Consul-Index the snapshot's index; answered by the leader
+  (agent/consul/snapshot_endpoint.go: without ``?stale`` a follower forwards it), without a leader 500
+  "No cluster leader"; with ACLs it needs acl:write (acl/authorizer.go SnapshotAllowed). No restore.
+* A follower forwards raft/configuration, autopilot/health, transfer-leader and snapshot to the
+  leader; a client forwards those and status/* to a server it knows. agent/* is local (clients
+  gossip too).
 * POST /v1/internal/standin/state: the model's push-pull gossip exchange (not Consul's).
 
 The model. Every gossip interval each agent exchanges its view with every member it knows and with
@@ -116,11 +123,15 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, _on_signal)
 
 import datetime  # noqa: E402
+import gzip  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import tarfile  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
@@ -158,6 +169,7 @@ ACL_RULES = {  # what Consul requires of each endpoint here (agent/agent_endpoin
     "/v1/operator/raft/configuration": "operator:read",
     "/v1/operator/autopilot/health": "operator:read",
     "/v1/operator/raft/transfer-leader": "operator:write",
+    "/v1/snapshot": "acl:write",
 }
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 _STARTED = time.monotonic()
@@ -401,6 +413,21 @@ def http_call(
             return int(response.status), response.read(), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as error:
         return int(error.code), error.read(), error.headers.get("Content-Type", "")
+
+
+def snapshot_archive(index: int, term: int, state: bytes) -> bytes:
+    """gzip(tar(meta.json, state.bin, SHA256SUMS)), as Consul's snapshot.New writes a snapshot."""
+    meta = {"Version": 1, "ID": f"{term}-{index}-{int(time.time() * 1000)}", "Index": index, "Term": term}
+    meta_bytes = json.dumps({**meta, "Size": len(state)}).encode() + b"\n"
+    members = [("meta.json", meta_bytes), ("state.bin", state)]
+    sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in members).encode()
+    tarred = io.BytesIO()
+    with tarfile.open(fileobj=tarred, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in [*members, ("SHA256SUMS", sums)]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return gzip.compress(tarred.getvalue())
 
 
 class Agent:
@@ -838,10 +865,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_POST = do_DELETE = do_GET
 
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes, ctype: str = "application/json", extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         if body or ctype != "application/json":
             self.send_header("Content-Type", ctype)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -867,6 +898,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/operator/raft/configuration": "GET",
             "/v1/operator/autopilot/health": "GET",
             "/v1/operator/raft/transfer-leader": "POST",
+            "/v1/snapshot": "GET",
             STATE_PATH: "POST",
         }
         if url.path not in routes:
@@ -949,6 +981,10 @@ class _Handler(BaseHTTPRequestHandler):
             if path.endswith("health") and agent.leader is not None and (local or mine):
                 health = agent.health()
                 return self._json(health, 200 if health["Healthy"] else 429)
+            if path == "/v1/snapshot" and agent.leader is not None and (local or mine or "stale" in query):
+                index = int((agent.raft or {}).get("Index") or 1)
+                archive = snapshot_archive(index, agent.term, json.dumps(agent.raft_view()).encode())
+                return self._send(200, archive, "application/x-gzip", {"X-Consul-Index": str(index)})
             if path.endswith("transfer-leader") and mine:
                 error = agent.transfer_leader(query.get("id", [""])[0] or None)
                 return self._text(500, error) if error else self._json({"Success": True})

@@ -74,6 +74,19 @@ What it covers
   replaced and the indexes are the snapshot's; agent/consul/fsm/snapshot.go). Blocking queries held
   past it keep waiting for an index they will not see until their wait elapses, as in Consul; this is
   what Consul's docs mean by "the index goes backwards".
+* ``/v1/snapshot``. GET answers an archive in Consul's format (snapshot/snapshot.go New, snapshot/archive.go
+  write): a gzip stream of a tar holding ``meta.json`` (raft's SnapshotMeta: Version 1, ID, Index, Term,
+  Peers, Configuration, ConfigurationIndex, Size), ``state.bin`` and ``SHA256SUMS`` (``<hex>  <name>``
+  lines), ``Content-Type: application/x-gzip``, ``X-Consul-Index`` the snapshot's raft index
+  (agent/snapshot_endpoint.go sets the headers from the reply, whose Index is the snapshot's;
+  agent/consul/snapshot_endpoint.go). ``state.bin`` is the double's own encoding of its KV entries
+  (JSON; Consul's is msgpack of the whole state store). Without a leader: 500 ``No cluster leader``
+  (the request is forwarded to the leader unless ``?stale``); then the ACL token (``Permission
+  denied`` as above: the double's one token stands for a management token). PUT restores: the body is
+  read as Consul's snapshot.Read does (gzip, members, SHA256SUMS; else 500 ``failed to read snapshot
+  file: ...``; ``?stale`` -> 500 ``stale not allowed for restore``), the KV store is replaced by the
+  archive's entries and the index becomes the snapshot's (see the restore below). Test knob:
+  ``snapshot_filter`` (bytes -> bytes) changes every archive GET sends, e.g. to cut it short.
 * Faults for tests: ``take_down()`` closes the listening socket (ECONNREFUSED) and drops open
   connections, including held blocking queries; ``bring_up()`` listens again on the same port with all
   state kept (session timers keep running meanwhile: the cluster is up, only this agent is
@@ -92,7 +105,7 @@ What it does not cover
 Everything else in Consul: catalog, health, services and checks (session checks are not evaluated,
 so a session is never invalidated by a failing check), agent endpoints other than /v1/agent/self,
 transactions (/v1/txn), events, prepared queries, ACL policies/rules (one all-powerful token),
-namespaces/partitions, several datacenters, raft and real elections, snapshots/restores, tombstone
+namespaces/partitions, several datacenters, raft and real elections, snapshots of anything but KV, tombstone
 reaping (tombstones are kept forever), KV key-character validation of the newest Consul releases,
 TLS, gzip, ``?filter``, ``?cached``, ``?pretty`` beyond indentation, and Consul's performance.
 """
@@ -102,6 +115,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gzip
+import hashlib
+import io
 import ipaddress
 import json
 import random
@@ -109,6 +125,7 @@ import re
 import signal
 import socket
 import sys
+import tarfile
 import threading
 import time
 import traceback
@@ -120,7 +137,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-__all__ = ["ConsulDouble", "format_go_duration", "main", "parse_go_duration"]
+__all__ = ["ConsulDouble", "format_go_duration", "main", "parse_go_duration", "snapshot_archive"]
 
 INITIAL_INDEX = 10
 DEFAULT_WAIT = 300.0  # Consul's default blocking wait: 5 min
@@ -236,6 +253,69 @@ def _go_json(value: Any, pretty: bool = False) -> bytes:
 
 def _default_jitter(wait: float) -> float:
     return random.uniform(0.0, wait / JITTER_FRACTION)
+
+
+# --- snapshot archives (snapshot/archive.go) --------------------------------------------------------
+
+
+def snapshot_archive(index: int, state: bytes, *, term: int = 1, sums: str | None = None) -> bytes:
+    """A snapshot archive as Consul's snapshot.New writes it: gzip(tar(meta.json, state.bin, SHA256SUMS)).
+    ``sums`` replaces the SHA256SUMS text (tests make bad ones)."""
+    meta = {
+        "Version": 1,
+        "ID": f"{term}-{index}-{int(time.time() * 1000)}",
+        "Index": index,
+        "Term": term,
+        "Peers": "",
+        "Configuration": {"Servers": [{"Suffrage": 0, "ID": "double", "Address": f"127.0.0.1:{RAFT_PORT}"}]},
+        "ConfigurationIndex": 1,
+        "Size": len(state),
+    }
+    meta_bytes = json.dumps(meta).encode() + b"\n"  # Go's json.Encoder ends the value with a newline
+    if sums is None:
+        sums = "".join(
+            f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+            for name, data in (("meta.json", meta_bytes), ("state.bin", state))
+        )
+    tarred = io.BytesIO()
+    with tarfile.open(fileobj=tarred, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in (("meta.json", meta_bytes), ("state.bin", state), ("SHA256SUMS", sums.encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return gzip.compress(tarred.getvalue(), mtime=0)
+
+
+def read_snapshot_archive(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """(meta, state) of an archive, checked as Consul's snapshot.Read does; ValueError with its words."""
+    try:
+        tarred = gzip.decompress(data)
+    except (OSError, EOFError) as error:
+        raise ValueError(f"failed to decompress snapshot: {error}") from None
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tarred), mode="r:") as archive:
+            for member in archive:
+                if member.name not in ("meta.json", "state.bin", "SHA256SUMS"):
+                    raise ValueError(f"unexpected file {member.name!r} in snapshot")
+                extracted = archive.extractfile(member)
+                members[member.name] = extracted.read() if extracted is not None else b""
+    except tarfile.TarError as error:
+        raise ValueError(f"failed reading snapshot: {error}") from None
+    listed: dict[str, str] = {}
+    for line in members.get("SHA256SUMS", b"").decode("utf-8", "replace").splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name.strip()] = digest.lower()
+    for name in ("meta.json", "state.bin"):
+        if name not in listed:
+            raise ValueError(f"failed checking integrity of snapshot: list missing hash for {name!r}")
+        if listed[name] != hashlib.sha256(members.get(name, b"")).hexdigest():
+            raise ValueError(f"failed checking integrity of snapshot: hash check failed for {name!r}")
+    try:
+        meta = json.loads(members["meta.json"])
+    except ValueError as error:
+        raise ValueError(f"failed to decode snapshot metadata: {error}") from None
+    return meta, members["state.bin"]
 
 
 # --- state -----------------------------------------------------------------------------------------
@@ -501,6 +581,7 @@ class ConsulDouble:
         self._no_leader = False
         self._delay = 0.0
         self._log: list[tuple[str, str]] = []
+        self.snapshot_filter: Callable[[bytes], bytes] | None = None  # test knob: alters each archive sent
 
         self._generation = 0
         self._server: _Server | None = None
@@ -831,6 +912,7 @@ class ConsulDouble:
         ("/v1/session/node/", ("GET",), "_session_node"),
         ("/v1/session/list", ("GET",), "_session_list"),
         ("/v1/catalog/deregister", ("PUT",), "_catalog_deregister"),
+        ("/v1/snapshot", ("GET", "PUT"), "_snapshot"),
     )
 
     def _route(self, request: _Request) -> _Response:
@@ -989,6 +1071,57 @@ class ConsulDouble:
                 "Meta": {},
             },
         )
+
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    def _snapshot(self, request: _Request) -> _Response:
+        """agent/consul/snapshot_endpoint.go dispatchSnapshotRequest: leader forwarding, then the token."""
+        stale = request.has("stale")
+        if request.method == "PUT" and stale:
+            raise _HTTPError(500, "stale not allowed for restore")
+        self._check_leader(stale_ok=stale)
+        self._check_acl(request)
+        if request.method == "PUT":
+            return self._snapshot_restore(request.body)
+        with self._cond:
+            index = self._index
+            state = json.dumps(
+                {"Index": self._kvs_index, "KV": [e.to_json() for _k, e in sorted(self._kv.items())]}
+            ).encode()
+            damage = self.snapshot_filter
+        archive = snapshot_archive(index, state)
+        if damage is not None:
+            archive = damage(archive)
+        return _Response(
+            200, archive, [("Content-Type", "application/x-gzip"), ("X-Consul-Index", str(index))]
+        )
+
+    def _snapshot_restore(self, body: bytes) -> _Response:
+        try:
+            meta, state = read_snapshot_archive(body)
+            saved = json.loads(state)
+            entries = {
+                e["Key"]: _Entry(
+                    e["Key"],
+                    None if e["Value"] is None else base64.b64decode(e["Value"]),
+                    int(e["Flags"]),
+                    lock_index=0,
+                    session="",
+                    create_index=int(e["CreateIndex"]),
+                    modify_index=int(e["ModifyIndex"]),
+                )
+                for e in saved["KV"]
+            }
+        except (ValueError, KeyError, TypeError) as error:
+            raise _HTTPError(500, f"failed to read snapshot file: {error}") from None
+        with self._cond:
+            self._kv = entries
+            self._tombstones.clear()
+            self._sessions.clear()
+            self._index = int(meta["Index"])
+            self._kvs_index = int(saved.get("Index") or 0)
+            self._cond.notify_all()
+        return _Response(200)
 
     # --- KV ----------------------------------------------------------------------------------------
 

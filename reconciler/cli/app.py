@@ -17,6 +17,7 @@ from reconciler.cli.common import err, fail
 from reconciler.cli.converge import apply, plan, run
 from reconciler.cli.desired import render, validate, version
 from reconciler.cli.kv import kv_app
+from reconciler.cli.snapshots import snapshots_cmd
 from reconciler.cli.status import audit_cmd, resume, status
 from reconciler.cli.takeover import import_cmd
 from reconciler.logs import setup_logging
@@ -53,6 +54,7 @@ app.command("import")(import_cmd)
 for command in (plan, apply, run, status, resume):
     app.command()(command)
 app.command("audit")(audit_cmd)
+app.command("snapshots")(snapshots_cmd)
 app.add_typer(kv_app, name="kv")
 
 

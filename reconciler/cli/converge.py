@@ -182,7 +182,9 @@ def apply(
         if result.applied is not None and result.applied.results:
             out.print("", markup=False)
             for r in result.applied.results:
-                mark = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped"}[r.status]
+                mark = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped", "waiting": "WAITING"}[
+                    r.status
+                ]
                 tail = f": {r.error}" if r.error else ""
                 out.print(
                     f"{mark:>8}  {r.action.kind.value} {r.action.host}/{r.action.name}{tail}", markup=False

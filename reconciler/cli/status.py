@@ -184,7 +184,7 @@ def audit_cmd(
     host: Annotated[str | None, typer.Option(help="Only actions on this host.")] = None,
     node: Annotated[str | None, typer.Option(help="Only actions on this Consul node.")] = None,
     kind: Annotated[
-        str | None, typer.Option(help="create, replace, start, remove, blocked, adopt, observe.")
+        str | None, typer.Option(help="create, replace, start, remove, blocked, adopt, observe, snapshot.")
     ] = None,
     status: Annotated[
         str | None, typer.Option(help="started, succeeded, failed, skipped, interrupted.")

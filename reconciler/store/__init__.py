@@ -6,7 +6,8 @@ hosts, host states, rollout pauses, kept documents).
     rows.py      what callers get and give: frozen rows, the action record, the action filter,
                  statuses, --since parsing
     database.py  Database: one open engine, short read/write sessions, outcomes not yet written
-    audit.py     AuditLog (a Database): runs and actions; ``AuditLog(url).state`` is the state store
+    audit.py     AuditLog (a Database): runs, actions and snapshots; ``AuditLog(url).state`` is the state
+                 store
     state.py     ControllerState: known hosts, host states, kept documents, rollout pauses
 """
 
@@ -29,5 +30,6 @@ from reconciler.store.rows import ActionRow as ActionRow
 from reconciler.store.rows import DocumentRow as DocumentRow
 from reconciler.store.rows import HostState as HostState
 from reconciler.store.rows import RunRow as RunRow
+from reconciler.store.rows import SnapshotRow as SnapshotRow
 from reconciler.store.rows import parse_since as parse_since
 from reconciler.store.state import ControllerState as ControllerState

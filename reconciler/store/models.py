@@ -195,3 +195,23 @@ class AdoptionModel(Base):
     spec_hash: Mapped[str] = mapped_column(String(64))
     record: Mapped[str] = mapped_column(Text)
     adopted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SnapshotModel(Base):
+    """A raft snapshot taken before a server change and kept on the management host (``pruned_at`` once
+    its file was deleted to keep the newest N). No foreign key: pruning old runs leaves it."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_cluster_id_taken_at", "cluster_id", "taken_at"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    cluster_id: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[int | None] = mapped_column(_BigId)
+    action_id: Mapped[int | None] = mapped_column(_BigId)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    raft_index: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    leader: Mapped[str | None] = mapped_column(String(255))
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from reconciler.store.models import ActionModel, DocumentModel, RunModel, _as_utc, _utcnow
+from reconciler.store.models import ActionModel, DocumentModel, RunModel, SnapshotModel, _as_utc, _utcnow
 
 RUN_STATUSES: Final = frozenset({"running", "succeeded", "failed", "interrupted", "refused", "waiting"})
 RUN_FINAL_STATUSES: Final = RUN_STATUSES - {"running"}
@@ -210,6 +210,42 @@ class HostState:
 
     def to_dict(self) -> dict[str, Any]:
         return _row_dict(self)
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """A raft snapshot the controller took (``snapshots`` lists them)."""
+
+    id: int
+    cluster_id: str
+    run_id: int | None
+    action_id: int | None
+    taken_at: datetime
+    path: str
+    size: int
+    raft_index: int
+    sha256: str
+    leader: str | None
+    pruned_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _row_dict(self)
+
+    @classmethod
+    def _from_model(cls, m: SnapshotModel) -> SnapshotRow:
+        return cls(
+            m.id,
+            m.cluster_id,
+            m.run_id,
+            m.action_id,
+            m.taken_at,
+            m.path,
+            m.size,
+            m.raft_index,
+            m.sha256,
+            m.leader,
+            m.pruned_at,
+        )
 
 
 def _document(m: DocumentModel) -> DocumentRow:

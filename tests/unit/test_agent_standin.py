@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from reconciler.consul_api import ConsulError
+from reconciler.snapshots import SnapshotTaker, verify_file
 from testbed.agent_standin import REFUSE_MARKER, parse_flags
 from testbed.agentprobe import (
     DRAIN,
@@ -375,7 +377,7 @@ def test_command_line_usage() -> None:
         assert run("agent", "-node").returncode == 1
 
 
-def test_acl_default_deny_answers_as_consul_does(agents: Callable[..., Standin]) -> None:
+def test_acl_default_deny_answers_as_consul_does(agents: Callable[..., Standin], tmp_path: Path) -> None:
     servers = start_cluster(agents, acl=True)
     server = servers[0]
     eventually(lambda: healthy(server, tolerance=1), what="autopilot healthy with the token")
@@ -405,6 +407,12 @@ def test_acl_default_deny_answers_as_consul_does(agents: Callable[..., Standin])
     assert len(server.get("/v1/agent/members")[1]) == 3
     follower = followers(servers)[0]
     assert call(follower.address, "/v1/operator/autopilot/health", token=TOKEN)[0] in (200, 429)
+    # a snapshot needs acl:write (management); a follower forwards it to the leader
+    nodes = {"follower": f"{follower.address}:8500"}
+    with pytest.raises(ConsulError, match="lacks permission 'acl:write'"):
+        SnapshotTaker("c", nodes, tmp_path / "snaps", keep=1, timeout=5).take("follower")
+    saved = SnapshotTaker("c", nodes, tmp_path / "snaps", keep=1, timeout=5, token=TOKEN).take("follower")
+    assert verify_file(saved.path).index == saved.index > 0
 
 
 def test_raft_multiplier_zero_is_refused(tmp_path: Path) -> None:

@@ -94,6 +94,7 @@ def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Pa
         "desired_documents",
         "rollout_pauses",
         "adoptions",
+        "snapshots",
     }
 
     assert {c["name"] for c in insp.get_columns("runs")} == {
@@ -884,6 +885,7 @@ def test_an_up_to_date_database_opens_without_alembic(db_path: Path) -> None:
         for index in ("host_status_started_at", "node_started_at", "kind_started_at"):  # what 0005 added
             db.execute(f"DROP INDEX ix_actions_{index}")
         db.execute("DROP TABLE adoptions")  # what 0006 added
+        db.execute("DROP TABLE snapshots")  # what 0007 added
     assert opens_with_alembic()
     assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
 

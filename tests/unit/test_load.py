@@ -158,7 +158,7 @@ def test_unknown_field_with_nothing_close_lists_the_allowed_ones() -> None:
     assert issue.path == "zzzzzz"
     assert issue.message == (
         "unknown field (allowed: acknowledge, cluster, consul, datacenter, hosts, names, registrator, "
-        "rollout)"
+        "rollout, snapshots)"
     )
 
 
