@@ -127,8 +127,14 @@ def test_kv_edit_replaces_at_once_and_status_is_written_back(
     assert "interval" not in ",".join(triggers)
     # the status documents, readable in Consul's UI
     reader = kv_client(consul)
-    entry = wait_for(lambda: reader.kv.get("consul-reconciler/status/kv/host2")[1], 10, "the status of host2")
-    doc = json.loads(entry["Value"])
+
+    def host2_status() -> dict[str, Any] | None:
+        # the first pass wrote one too, with what it observed before it created anything: nothing
+        entry = reader.kv.get("consul-reconciler/status/kv/host2")[1]
+        doc: dict[str, Any] | None = json.loads(entry["Value"]) if entry else None
+        return doc if doc and doc["observed"] else None
+
+    doc = wait_for(host2_status, 10, "the status of host2 after a pass that observed its containers")
     assert doc["host"] == "host2" and doc["observed"] == {"consul": "running", "registrator": "running"}
     # the run rows carry the lock holder and its fencing token
     rows = audit_rows(kv_fleet.db, "SELECT lock_holder, lock_index FROM runs WHERE lock_holder IS NOT NULL")
