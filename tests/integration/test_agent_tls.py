@@ -76,7 +76,7 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         https_get(first, "/v1/status/leader", certs, client_cert=False)
     assert https_get(first, "/v1/status/leader", certs).endswith(":8300")
-    assert https_get(first, "/v1/agent/self", certs)["Meta"] == {"rack": "r1"}  # the file was read
+    assert https_get(first, "/v1/agent/self", certs)["Meta"]["rack"] == "r1"  # the file was read
 
     # an edited config file is a new desired state: every agent is to be replaced, the field named
     meta.write_text(json.dumps({"node_meta": {"rack": "r2"}}))
