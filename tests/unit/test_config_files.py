@@ -106,3 +106,29 @@ def test_two_files_may_not_land_on_one_name() -> None:
 def test_rendering_without_reading_the_files_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="was not read before rendering"):
         _ = loaded([{"file": "/etc/consul.d/extra.json"}]).fleet
+
+
+def test_the_production_example_validates_and_renders_every_part(tmp_path: Path) -> None:
+    """examples/production.yaml (README): TLS, ACLs, the gossip key, a config file and snapshots."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "production.yaml"
+    doc = load_topology(example.read_bytes())
+    telemetry = '{"telemetry": {"prometheus_retention_time": "60s"}}'
+    fleet = attach(doc, read=lambda path: telemetry.encode()).fleet
+    server = next(s for h in fleet.hosts if h.name == "consul1" for s in h.specs if s.role == "server")
+    client = next(s for h in fleet.hosts if h.name == "app1" for s in h.specs if s.role == "client")
+    assert [c.path for c in server.config_files] == [
+        "/consul/config/acl.json",
+        "/consul/config/tls.json",
+        "/consul/config/telemetry.json",
+    ]
+    assert [s.key for s in server.secret_files] == [
+        "encrypt",
+        "acl.tokens.agent",
+        "acl.tokens.initial_management",
+    ]
+    assert [s.key for s in client.secret_files] == ["encrypt", "acl.tokens.agent"]
+    assert server.agent_http == "https://192.0.2.11:8501"
+    assert (
+        doc.topology.snapshots.keep == 20 and doc.topology.snapshots.dir == "/var/backups/consul-reconciler"
+    )
+    assert doc.warnings == []
