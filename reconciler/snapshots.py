@@ -345,6 +345,10 @@ def prune(directory: Path, cluster: str, keep: int) -> list[Path]:
 # --- Consul and the disk ----------------------------------------------------------------------------
 
 
+BUSY_WINDOW = 15.0  # seconds a leader that cannot give a snapshot yet is asked again
+BUSY = ("cannot take snapshot now", "No cluster leader")  # Consul's words for a passing state
+
+
 class SnapshotTaker:
     """Takes one cluster's snapshots: from the leader's agent (any other server forwards the request to
     the leader, so the others are asked when the leader's agent does not answer at all), into
@@ -362,6 +366,7 @@ class SnapshotTaker:
         tls: TLSClient | None = None,
         hosts: Mapping[str, str] | None = None,  # node -> its host in the topology (for the audit row)
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[str], None] = lambda what: None,  # told while a snapshot comes in
     ) -> None:
         self.cluster = cluster
@@ -373,10 +378,27 @@ class SnapshotTaker:
         self._token = token
         self._tls = tls
         self._clock = clock
+        self._sleep = sleep
         self._progress = progress  # a long snapshot is a wait, not a wedge (the controller's /healthz)
 
     def take(self, leader: str | None) -> SavedSnapshot:
-        """A verified snapshot on the disk; ConsulError or SnapshotError naming why there is none."""
+        """A verified snapshot on the disk; ConsulError or SnapshotError naming why there is none.
+
+        A leader refuses a snapshot for a moment after a raft configuration change (servers joined or
+        promoted: "cannot take snapshot now, wait until the configuration entry at N has been
+        applied", hashicorp/raft snapshot.go), and there is no leader for the seconds of an election:
+        those are asked again every half second for up to ``BUSY_WINDOW`` seconds."""
+        deadline = time.monotonic() + min(self.timeout, BUSY_WINDOW)
+        while True:
+            try:
+                return self._take_once(leader)
+            except ConsulError as exc:
+                if not any(words in str(exc) for words in BUSY) or time.monotonic() >= deadline:
+                    raise
+                self._progress(f"the leader cannot give a snapshot yet: {exc}")
+                self._sleep(0.5)
+
+    def _take_once(self, leader: str | None) -> SavedSnapshot:
         problems: list[str] = []
         for node in self._order(leader):
             agent = ConsulAgent(self.servers[node], token=self._token, timeout=self.timeout, tls=self._tls)

@@ -85,8 +85,12 @@ What it covers
   denied`` as above: the double's one token stands for a management token). PUT restores: the body is
   read as Consul's snapshot.Read does (gzip, members, SHA256SUMS; else 500 ``failed to read snapshot
   file: ...``; ``?stale`` -> 500 ``stale not allowed for restore``), the KV store is replaced by the
-  archive's entries and the index becomes the snapshot's (see the restore below). Test knob:
-  ``snapshot_filter`` (bytes -> bytes) changes every archive GET sends, e.g. to cut it short.
+  archive's entries and the index becomes the snapshot's (see the restore below). Test knobs:
+  ``snapshot_filter`` (bytes -> bytes) changes every archive GET sends, e.g. to cut it short; and
+  ``snapshot_busy`` (a count): that many GETs answer as a leader does just after a raft configuration
+  change (servers joined or promoted), 500 "Raft error when taking snapshot: cannot take snapshot now,
+  wait until the configuration entry at N has been applied (have applied N-1)" (hashicorp/raft
+  snapshot.go takeSnapshot, wrapped by Consul's snapshot/snapshot.go New), met on real Consul.
 * Faults for tests: ``take_down()`` closes the listening socket (ECONNREFUSED) and drops open
   connections, including held blocking queries; ``bring_up()`` listens again on the same port with all
   state kept (session timers keep running meanwhile: the cluster is up, only this agent is
@@ -582,6 +586,7 @@ class ConsulDouble:
         self._delay = 0.0
         self._log: list[tuple[str, str]] = []
         self.snapshot_filter: Callable[[bytes], bytes] | None = None  # test knob: alters each archive sent
+        self.snapshot_busy = 0  # test knob: this many snapshot GETs meet a configuration not yet applied
 
         self._generation = 0
         self._server: _Server | None = None
@@ -1085,6 +1090,13 @@ class ConsulDouble:
             return self._snapshot_restore(request.body)
         with self._cond:
             index = self._index
+            if self.snapshot_busy > 0:
+                self.snapshot_busy -= 1
+                raise _HTTPError(
+                    500,
+                    "Raft error when taking snapshot: cannot take snapshot now, wait until the "
+                    f"configuration entry at {index + 1} has been applied (have applied {index})",
+                )
             state = json.dumps(
                 {"Index": self._kvs_index, "KV": [e.to_json() for _k, e in sorted(self._kv.items())]}
             ).encode()

@@ -251,6 +251,24 @@ def test_an_agent_that_does_not_answer_is_passed_over_for_another_server(
         SnapshotTaker(CLUSTER, {"server1": "127.0.0.1:9"}, tmp_path, keep=3, timeout=2).take("server1")
 
 
+def test_a_leader_that_cannot_give_a_snapshot_yet_is_asked_again(
+    consul: ConsulDouble, tmp_path: Path
+) -> None:
+    """Met on real Consul right after two servers joined (scale 3 -> 5): raft refuses a snapshot until
+    the new configuration is applied; it is a moment, not a reason to hold the rollout."""
+    slept: list[float] = []
+    servers = {"server1": consul.address}
+    consul.snapshot_busy = 2
+    taker = SnapshotTaker(CLUSTER, servers, tmp_path, keep=3, timeout=2, token=TOKEN, sleep=slept.append)
+    assert taker.take("server1").index > 0
+    assert slept == [0.5, 0.5] and consul.snapshot_busy == 0
+    # for ever busy: the error after the window, naming Consul's words
+    consul.snapshot_busy = 10**6
+    taker = SnapshotTaker(CLUSTER, servers, tmp_path, keep=3, timeout=0.3, token=TOKEN)
+    with pytest.raises(ConsulError, match="cannot take snapshot now, wait until the configuration entry"):
+        taker.take("server1")
+
+
 # --- the gate: no snapshot, no server change ----------------------------------------------------------
 
 
