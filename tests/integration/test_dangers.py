@@ -5,7 +5,11 @@ long rollout, and what it does is the rollout tests' subject)."""
 
 from __future__ import annotations
 
+import base64
+import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from testbed.fleet import Engine
 from tests.integration.harness import Fleet
@@ -66,4 +70,30 @@ def test_a_new_datacenter_is_refused_until_acknowledged(clean_fleet: list[Engine
     ]
     text = fleet.cli("plan", str(fleet.file), "--db", str(fleet.db))
     assert text.code == 2 and text.stdout.startswith("acknowledged: datacenter: "), text.stdout
+    assert fleet.ids() == before
+
+    # the other dangerous changes, each refused by `plan` against the running servers, then let
+    # through by its acknowledgement
+    fleet.env["CR_TEST_GOSSIP"] = base64.b64encode(bytes(32)).decode()
+    changes: dict[str, Callable[[dict[str, Any]], None]] = {
+        "node-name:host2": lambda doc: doc["hosts"][1].update(node="renamed"),
+        "server-to-client:host3": lambda doc: doc["hosts"][2].update(role="client"),
+        "gossip-key": lambda doc: doc["consul"].update(encrypt={"env": "CR_TEST_GOSSIP"}),
+        "remove-servers": lambda doc: doc.update(hosts=doc["hosts"][:1]),
+    }
+    original = copy.deepcopy(fleet.doc)
+    original.pop("acknowledge")
+    original["datacenter"] = "dc1"
+    for acknowledgement, change in changes.items():
+        fleet.doc = copy.deepcopy(original)
+        change(fleet.doc)
+        fleet.write()
+        planned = fleet.plan()
+        assert planned.code == 1 and planned.json()["refused"], (acknowledgement, planned.stdout)
+        found = [(d["acknowledgement"], d["acknowledged"]) for d in planned.json()["dangers"]]
+        assert found == [(acknowledgement, False)], (acknowledgement, found)
+        fleet.doc["acknowledge"] = [acknowledgement]
+        fleet.write()
+        planned = fleet.plan()
+        assert planned.code == 2 and planned.json()["refused"] is None, (acknowledgement, planned.stdout)
     assert fleet.ids() == before
