@@ -18,7 +18,8 @@
 The request queue, timed requests, signals and the guarded pass are the generic
 reconciler.loop; what follows a pass (backoff, crash loops, retries) is decided by
 reconciler.assess and applied here; probes and status write-back are in
-reconciler.reporting, the Docker event streams in reconciler.watchers.
+reconciler.reporting, the Docker event streams in reconciler.watchers, which document is enforced in
+reconciler.desired.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from desired_state.configfiles import attach
-from desired_state.load import Loaded, TopologyError, digest_of, load_topology
+from desired_state.load import Loaded
 from reconciler import reporting
 from reconciler.assess import History, Rules, assess, summarize
 from reconciler.backoff import BackoffPolicy
 from reconciler.consul_api import Consul, ConsulError
+from reconciler.desired import DesiredState
 from reconciler.engines import Connections
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
@@ -46,19 +47,13 @@ from reconciler.metrics import Metrics
 from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.pauses import pauses_for
 from reconciler.reporting import StatusWriter
-from reconciler.sources import ConsulSource, FileSource, SourceError, Watcher
+from reconciler.sources import ConsulSource, FileSource, Watcher
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_CONTROLLER_NOTES
 from reconciler.triggers import PassRequests, Request
 from reconciler.watchers import EventWatchers
 
 log = logging.getLogger("consul_reconciler.controller")
-
-# A desired-state source that could not be read is read again after 1, 2, 4 ... s (at most 30 s): its
-# watcher may not see the recovery (a blocking query held since before a leaderless spell answers
-# only at the end of its wait, and unchanged), and the resync interval may be minutes.
-SOURCE_RETRY_FIRST = 1.0
-SOURCE_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -80,131 +75,6 @@ class ControllerOptions:
     lock_delay: float = 15.0
     status_prefix: str | None = "consul-reconciler/status"  # with a Consul source: per-host status docs
     passes: PassOptions = field(default_factory=PassOptions)
-
-
-class DesiredState:
-    """The document to enforce: the source's while it is readable and valid, else the last valid one
-    (kept in memory, and in the audit database across restarts); a rejection is audited once."""
-
-    def __init__(
-        self,
-        source: FileSource | ConsulSource,
-        audit: AuditLog,
-        metrics: Metrics,
-        identity: str,
-        standby: Callable[[], bool],
-    ) -> None:
-        self.source = source
-        self.audit = audit
-        self.metrics = metrics
-        self.identity = identity
-        self.standby = standby  # a standby under leader election audits no rejection
-        self.source_error: str | None = None
-        self.source_failures = 0
-        self.enforcing_kept: str | None = None  # digest of a kept document enforced since start-up
-        self.kept_digest: str | None = None
-        self.last_valid: Loaded | None = None
-        self.rejected_digest: str | None = None
-
-    def keep(self, loaded: Loaded) -> None:
-        """Remember the applied document: the last known good, even across restarts."""
-        if loaded.digest != self.kept_digest:
-            self.audit.state.keep_document(
-                source=self.source.describe(),
-                digest=loaded.digest,
-                cluster_id=loaded.topology.cluster,
-                document=loaded.text,
-            )
-            self.kept_digest = loaded.digest
-
-    def requeues(self) -> list[Requeue]:
-        """After :meth:`load`: a read again of a source that could not be read, sooner after the
-        first failure than after many (1 s doubling to 30 s)."""
-        if self.source_error is None:
-            return []
-        retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY_FIRST * 2 ** (self.source_failures - 1))
-        return [Requeue("source-retry", retry)]
-
-    def load(self) -> Loaded | None:
-        """The desired state to enforce: the source's if readable and valid, else the last valid one
-        (from memory, or the kept document in the database when the controller just started)."""
-        try:
-            data = self.source.read()
-        except SourceError as exc:
-            self.source_error = str(exc)
-            self.source_failures += 1
-            self.metrics.desired_state_source_up.set(0)
-            self.reject(digest_of(str(exc).encode()), str(exc))
-            return self.last_valid or self.kept()
-        self.source_error = None
-        self.source_failures = 0
-        self.metrics.desired_state_source_up.set(1)
-        digest = digest_of(data)
-        try:
-            if self.last_valid is not None and digest == self.last_valid.digest:
-                # The same bytes as the document in force: parsing and validating them again would
-                # give the same result (a 10,000-host YAML document takes seconds to parse), and the
-                # rendered fleet is kept with it, unless a config file it names was edited.
-                loaded = attach(self.last_valid)
-            else:
-                loaded = attach(load_topology(data, source=self.source.describe(), fmt=self.source.fmt))
-                log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
-        except TopologyError as exc:
-            reason = "; ".join(str(i) for i in exc.issues)
-            self.reject(digest_of(data + reason.encode()), reason)
-            return self.last_valid or self.kept()
-        self.last_valid = loaded
-        self.enforcing_kept = None
-        self.rejected_digest = None
-        self.metrics.desired_state_valid.set(1)
-        return loaded
-
-    def kept(self) -> Loaded | None:
-        row = self.audit.state.last_document(self.source.describe())
-        if row is None:
-            return None
-        try:
-            loaded = attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}"))
-        except TopologyError as exc:
-            log.error(
-                "the kept document %s no longer validates (%s); nothing is enforced",
-                row.digest[:12],
-                "; ".join(str(i) for i in exc.issues),
-            )
-            return None
-        log.warning(
-            "enforcing the kept document %s (applied %s) until the source is readable and valid",
-            row.digest[:12],
-            row.last_applied.isoformat(timespec="seconds"),
-        )
-        self.last_valid = loaded
-        self.enforcing_kept = loaded.digest
-        return loaded
-
-    def reject(self, digest: str, reason: str) -> None:
-        self.metrics.desired_state_valid.set(0)
-        keeping = (
-            f"keeping the last valid state (digest {self.last_valid.digest[:12]})"
-            if self.last_valid
-            else "no valid state yet: nothing is enforced"
-        )
-        if digest == self.rejected_digest:
-            return  # audited once per distinct document
-        if self.standby():
-            self.rejected_digest = digest
-            log.error("desired state rejected: %s (a standby: not audited)", reason)
-            return
-        self.rejected_digest = digest
-        log.error("desired state rejected: %s; %s", reason, keeping)
-        cluster = self.last_valid.topology.cluster if self.last_valid else "(unknown)"
-        run_id = self.audit.start_run(
-            cluster_id=cluster,
-            trigger="desired-state",
-            source=self.source.describe(),
-            digest=digest,
-            controller=self.identity,
-        )
-        self.audit.finish_run(run_id, status="refused", error=f"desired state rejected: {reason}; {keeping}")
 
 
 class Controller:
@@ -378,13 +248,36 @@ class Controller:
         log.debug(
             "pass (%s), %.1f ms after the first request", request.label(), (started - request.first) * 1e3
         )
-        result = run_pass(
+        trigger = request.label() + (" (repairs only: no leader can be known)" if repairs_only else "")
+        result = self._pass(loaded, trigger, repairs_only, deferred)
+        if refused_as_dangerous(result):
+            # A document that makes a dangerous change it does not acknowledge is refused, like an
+            # invalid one: the last applied document stays enforced (a killed agent is still repaired).
+            previous = self.desired.previous()
+            if previous is not None and previous.digest != loaded.digest:
+                log.error(
+                    "desired state %s refused (%s); enforcing the last applied document %s meanwhile",
+                    loaded.digest[:12],
+                    result.refused,
+                    previous.digest[:12],
+                )
+                loaded = previous
+                trigger += f" (the last applied document: {result.plan.cluster}'s new one is refused)"
+                result = self._pass(previous, trigger, repairs_only, deferred)
+        else:
+            self.desired.keep(loaded)
+        requeues += self._after_pass(result, loaded, time.monotonic() - started)
+        self.status.write_status(loaded, result, self.options.status_prefix)
+        return requeues
+
+    def _pass(self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str]) -> PassResult:
+        return run_pass(
             loaded,
             source=self.source.describe(),
             connections=self.connections,
             audit=self.audit,
             options=self.options.passes,
-            trigger=request.label() + (" (repairs only: no leader can be known)" if repairs_only else ""),
+            trigger=trigger,
             environ=self.environ,
             should_stop=(lambda: not self._repairing()) if repairs_only else (lambda: not self._acting()),
             deferred=deferred,
@@ -396,10 +289,6 @@ class Controller:
             progress=self.loop.progress,
             pauses=self.pauses,
         )
-        self.desired.keep(loaded)
-        requeues += self._after_pass(result, loaded, time.monotonic() - started)
-        self.status.write_status(loaded, result, self.options.status_prefix)
-        return requeues
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
         return _run_alive(owner, holder, self.identity, self.lock)
@@ -460,6 +349,11 @@ class Controller:
 
     def status_document(self) -> dict[str, object]:
         return reporting.status_document(self)
+
+
+def refused_as_dangerous(result: PassResult) -> bool:
+    """Was the pass refused for a dangerous change its document does not acknowledge?"""
+    return bool(result.refused) and any(not d.acknowledged for d in result.plan.dangers)
 
 
 def _run_alive(owner: str | None, holder: str | None, identity: str, lock: LeaderLock | None) -> bool:

@@ -140,6 +140,38 @@ def test_invalid_file_keeps_the_last_valid_state_enforced(fleet3: Fleet, control
     assert metric_value(ctl.get("/metrics")[1], "consul_reconciler_desired_state_valid") == 0
 
 
+def test_a_dangerous_document_keeps_the_last_applied_one_enforced(fleet3: Fleet, controllers: Any) -> None:
+    """A new datacenter, not acknowledged: every pass of the new document is refused (audited), and the
+    document applied before stays enforced: a registrator removed meanwhile is made again, as it was."""
+    ctl = controllers(fleet3, "--interval", LONG_INTERVAL)
+    ctl.wait_ready()
+    wait_for(lambda: all_running(fleet3), 20, "the fleet to converge")
+    before = fleet3.ids()
+    fleet3.doc["datacenter"] = "dc2"
+    fleet3.write()
+    refused = wait_for(
+        lambda: audit_rows(fleet3.db, "SELECT error FROM runs WHERE status = 'refused'"),
+        10,
+        "the dangerous document to be refused",
+    )
+    assert "datacenter" in refused[0][0] and "acknowledge: [datacenter]" in refused[0][0]
+    client = fleet3.engines[1].client()
+    try:
+        client.containers.get("registrator").remove(force=True)  # drift while the document is refused
+    finally:
+        client.close()
+    wait_for(
+        lambda: running(fleet3, fleet3.engines[1], "registrator"), 10, "repair from the last applied one"
+    )
+    after = fleet3.ids()
+    assert {k: v for k, v in after.items() if k != ("host2", "registrator")} == {
+        k: v for k, v in before.items() if k != ("host2", "registrator")
+    }  # no agent moved to dc2
+    triggers = [t for (t,) in audit_rows(fleet3.db, "SELECT trigger FROM runs WHERE status = 'succeeded'")]
+    assert any("the last applied document" in t for t in triggers), triggers
+    assert "enforcing the last applied document" in ctl.log()
+
+
 def test_engine_down_backs_off_then_converges_when_back(fleet3: Fleet, controllers: Any) -> None:
     ctl = controllers(fleet3, "--interval", LONG_INTERVAL, "--backoff-base", "0.2", "--backoff-max", "1")
     ctl.wait_ready()
