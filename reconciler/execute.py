@@ -25,18 +25,16 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from desired_state.spec import ContainerSpec, Endpoint
-from reconciler.actual import Adoption
-from reconciler.consul_api import ConsulError
+from desired_state.spec import Endpoint
 from reconciler.consul_gates import INTERRUPTED, ConsulGates
 from reconciler.containers import ActionError as ActionError
-from reconciler.containers import ContainerOps, ExecOptions, Fenced, temporary_name
-from reconciler.docker_import import Container, docker
+from reconciler.containers import ExecOptions, Fenced
 from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.gates import before_disruption
-from reconciler.leave import ServerLeave
 from reconciler.plan import Action, Kind, Plan, is_down
-from reconciler.snapshots import SavedSnapshot, SnapshotError, SnapshotTaker
+from reconciler.snapshot_step import SnapshotStep
+from reconciler.snapshots import SavedSnapshot, SnapshotTaker
+from reconciler.steps import Steps
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.versions import Version, client_wait, image_version
 
@@ -115,19 +113,11 @@ class Executor:
         self._server_versions = dict(server_versions or {})
         # A raft snapshot before the first server disruption of the pass (None: none is taken)
         self._snapshots = snapshots
-        self._snapshot: SavedSnapshot | None = None
-        self._snapshot_problem: str | None = None
-        # Fencing: None, or why this controller may no longer disrupt anything (it lost leadership);
-        # the first is local and cheap, the second asks Consul (before a server is disrupted). A
-        # controller that is only stopping (SIGTERM) finishes the action in flight.
-        self._leadership_lost = leadership_lost
-        self._confirm_leadership = confirm_leadership
+        self._snapshot_step = SnapshotStep(snapshots, audit, run_id, cluster) if snapshots else None
         self._desired_servers = desired_servers
         self._server_hold = server_hold  # set: no server is disrupted this pass (the reason)
         self._paused = server_hold is not None  # a stored pause: not even a repair of a server goes on
         self._on_pause = on_pause
-        self._connections = connections
-        self._endpoints = endpoints
         self._audit = audit
         self._run_id = run_id
         self._cluster = cluster
@@ -136,9 +126,9 @@ class Executor:
         self._seq = 0
         self._lock = threading.Lock()
         self._failed_hosts: set[str] = set()
-        self._docker = ContainerOps(cluster, self._options, leadership_lost)
-        self._leave = (
-            ServerLeave(gates, self._options.stop_timeout, self._fence) if gates is not None else None
+        # how each action is carried out, with the fencing (confirm_leadership, leadership_lost)
+        self._steps = Steps(
+            connections, endpoints, audit, cluster, self._options, gates, confirm_leadership, leadership_lost
         )
 
     # --- orchestration --------------------------------------------------------------------------
@@ -152,7 +142,7 @@ class Executor:
                 if wait is None:
                     parallel.append(action)
                 else:
-                    result.results.append(self._record_wait(action, wait))
+                    result.results.append(self._record_wait(action, wait, prefix="waiting: "))
             result.results += self._run_parallel(parallel)
             serial = phase.serial
             if serial and self._gates is not None:
@@ -162,7 +152,8 @@ class Executor:
                 result.results.append(done)
                 if done.status == "succeeded" and action.node:
                     self._server_ran(action)
-        result.snapshot, result.snapshot_problem = self._snapshot, self._snapshot_problem
+        if self._snapshot_step is not None:
+            result.snapshot, result.snapshot_problem = self._snapshot_step.saved, self._snapshot_step.problem
         return result
 
     def _server_ran(self, action: Action) -> None:
@@ -173,11 +164,18 @@ class Executor:
         else:
             self._server_versions[action.node] = image_version(action.desired.image)
 
-    def _record_wait(self, action: Action, why: str) -> ActionResult:
+    def _record_wait(self, action: Action, why: str, prefix: str = "") -> ActionResult:
         row = self._audit.record_action(
-            self._run_id, action_record(action, self._next_seq()), status="waiting", error=why
+            self._run_id, action_record(action, self._next_seq()), status="waiting", error=prefix + why
         )
-        log.warning("%s %s/%s %s", action.kind.value, action.host, action.name, why)
+        log.warning(
+            "%s %s/%s waits: %s",
+            action.kind.value,
+            action.host,
+            action.name,
+            why,
+            extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+        )
         return ActionResult(action, "waiting", why, audit_id=row)
 
     def _run_server(self, action: Action) -> ActionResult:
@@ -191,25 +189,12 @@ class Executor:
         if hold is None and not down:
             view = self._gates.view()
             hold = before_disruption(view, action.node or "", self._desired_servers)
-            if hold is None:
-                hold = self._snapshot_first(action, view.leader_node)
+            if hold is None and self._snapshot_step is not None and not self._should_stop():
+                # stopping: _run_one records the action as skipped
+                hold = self._snapshot_step.before(action, view.leader_node, self._next_seq())
         if hold is not None:
             self._server_hold = hold
-            row = self._audit.record_action(
-                self._run_id,
-                action_record(action, self._next_seq()),
-                status="waiting",
-                error=f"waiting: {hold}",
-            )
-            log.warning(
-                "%s %s/%s waits: %s",
-                action.kind.value,
-                action.host,
-                action.name,
-                hold,
-                extra={"host": action.host, "container": action.name, "kind": action.kind.value},
-            )
-            return ActionResult(action, "waiting", hold, audit_id=row)
+            return self._record_wait(action, hold, prefix="waiting: ")
         result = self._run_one(action)
         if result.status != "succeeded":
             self._server_hold = f"{action.kind.value} of {action.node} did not succeed"
@@ -234,55 +219,6 @@ class Executor:
             )
             return ActionResult(action, "failed", reason, result.container_id, result.audit_id)
         return result
-
-    def _snapshot_first(self, action: Action, leader: str | None) -> str | None:
-        """Before the first server disruption of the pass, a raft snapshot through the leader, verified
-        and kept on the disk (its own audit row, written before it is asked for). None once one is kept,
-        or when none is wanted; else why there is none: this and every later server disruption of the
-        pass wait, and the next pass tries again. A down server's repair takes none (it restores quorum:
-        it must not wait for a snapshot a cluster without quorum cannot give)."""
-        if self._snapshots is None or self._snapshot is not None or self._should_stop():
-            return None  # stopping: _run_one records the action as skipped
-        before = f"{action.kind.value} of server {action.node}"
-        record = ActionRecord(
-            seq=self._next_seq(),
-            host=self._snapshots.host_of(leader) or action.host,
-            kind="snapshot",
-            node=leader,
-            reason=[{"message": f"raft snapshot before {before}, the first server change of this pass"}],
-        )
-        row = self._audit.start_action(self._run_id, record)
-        try:
-            saved = self._snapshots.take(leader)
-        except (ConsulError, SnapshotError) as exc:
-            problem = f"no snapshot, so no server change: {exc}"
-            self._snapshot_problem = problem
-            self._audit.finish_action(row, status="failed", error=problem)
-            log.warning("%s", problem, extra={"host": record.host, "kind": "snapshot"})
-            return problem
-        self._snapshot = saved
-        kept = (
-            f"kept {saved.path} ({saved.size} bytes, raft index {saved.index}, sha256 {saved.sha256}), "
-            f"taken through {saved.leader}"
-        )
-        self._audit.finish_action(row, status="succeeded", reason=[*(record.reason or []), {"message": kept}])
-        self._audit.record_snapshot(
-            cluster_id=self._cluster,
-            run_id=self._run_id,
-            action_id=row,
-            taken_at=saved.taken_at,
-            path=str(saved.path),
-            size=saved.size,
-            raft_index=saved.index,
-            sha256=saved.sha256,
-            leader=saved.leader,
-        )
-        log.info("snapshot before %s: %s", before, kept, extra={"host": record.host, "kind": "snapshot"})
-        pruned = self._snapshots.prune()
-        if pruned:
-            self._audit.snapshots_pruned([str(path) for path in pruned])
-            log.info("pruned %d old snapshot(s), keeping the newest %d", len(pruned), self._snapshots.keep)
-        return None
 
     def _run_parallel(self, actions: Sequence[Action]) -> list[ActionResult]:
         by_host: dict[str, list[Action]] = {}
@@ -356,86 +292,10 @@ class Executor:
         )
         return ActionResult(action, "succeeded", container_id=container_id, audit_id=row)
 
-    # --- the Docker work --------------------------------------------------------------------------
-
-    def _client(self, host: str) -> docker.DockerClient:
-        return self._connections.get(host, self._endpoints[host])
+    # --- carrying an action out -------------------------------------------------------------------
 
     def _perform(self, action: Action) -> str | None:
-        client = self._client(action.host)
-        if action.kind is Kind.CREATE:
-            assert action.desired is not None
-            # Made under a temporary name and renamed once its files (the gossip key) are in place: a
-            # crash in between leaves a temporary container the next pass removes, never an agent
-            # under its final name without its key.
-            spec = action.desired
-            temporary = temporary_name(spec)
-            self._docker.remove_if_present(client, temporary)  # a leftover of an interrupted creation
-            container = self._create(client, spec, temporary)
-            self._docker.rename(container, spec.name, action)
-            self._docker.start_and_wait(container, action)
-            return str(container.id)
-        if action.kind is Kind.START:
-            assert action.observed is not None
-            container = client.containers.get(action.observed.id)
-            if container.status == "paused":
-                container.unpause()
-            self._docker.restore_restart_policy(container, action)
-            self._docker.start_and_wait(container, action)
-            return str(container.id)
-        if action.kind is Kind.ADOPT_IN_PLACE:
-            assert action.desired is not None and action.observed is not None
-            adoption = Adoption(action.observed.id, action.desired.spec_hash(), action.desired.record())
-            self._audit.state.adopt(self._cluster, action.host, action.name, adoption)
-            return action.observed.id  # nothing touched: it already runs as its spec says
-        if action.kind in (Kind.REPLACE, Kind.ADOPT):
-            assert action.desired is not None and action.observed is not None
-            return self._replace(client, action, action.desired, action.observed.id)
-        if action.kind is Kind.REMOVE:
-            assert action.observed is not None
-            self._leave_if_server(client, action, action.observed.id)
-            self._fence(action, "stopping")
-            self._docker.stop_and_remove(client, action.observed.id, action)
-            return action.observed.id
-        raise ActionError(f"host {action.host}: {action.kind.value} is not an action the executor performs")
-
-    def _replace(self, client: docker.DockerClient, action: Action, spec: ContainerSpec, old_id: str) -> str:
-        temporary = temporary_name(spec)
-        self._docker.remove_if_present(client, temporary)  # a leftover of an interrupted replacement
-        new = self._create(client, spec, temporary)
-        try:
-            self._leave_if_server(client, action, old_id)
-            self._fence(action, "stopping the old container")
-        except Exception:
-            new.remove(force=True)  # nothing was stopped: leave no temporary container behind either
-            raise
-        self._docker.stop_and_remove(client, old_id, action)
-        self._docker.rename(new, spec.name, action)
-        self._docker.start_and_wait(new, action)
-        return str(new.id)
-
-    def _create(self, client: docker.DockerClient, spec: ContainerSpec, name: str) -> Container:
-        if spec.role == "registrator" and self._gates is not None and spec.agent_http:
-            problem = self._gates.wait_agent(spec.agent_http)
-            if problem is not None:
-                raise ActionError(f"host {spec.host}: registrator not (re)created: {problem}")
-        return self._docker.create(client, spec, name)
-
-    def _leave_if_server(self, client: docker.DockerClient, action: Action, container_id: str) -> None:
-        """Never stop a server that may still be a voter without a graceful leave (reconciler/leave.py);
-        without the gates there is no Consul API to leave through."""
-        if self._leave is not None:
-            self._leave.before_stop(client, action, container_id)
-
-    def _fence(self, action: Action, step: str, *, server: bool = False) -> None:
-        """Right before a disruptive step: may this controller still act? For a server, Consul itself
-        must confirm that the lock key still names this controller's session."""
-        why = self._leadership_lost()
-        if why is None and server:
-            why = self._confirm_leadership()
-        if why is not None:
-            what = f"{action.kind.value} of {action.name}"
-            raise Fenced(f"host {action.host}: {what} stopped before {step}: {why}")
+        return self._steps.perform(action)
 
 
 __all__ = ["ActionError", "ApplyResult", "EngineError", "ExecOptions", "Executor"]

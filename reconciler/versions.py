@@ -103,6 +103,6 @@ def client_wait(action: Action, servers: Mapping[str, Version | None]) -> str | 
     if not behind:
         return None
     return (
-        f"waiting: the client would run Consul {target} while server(s) {', '.join(behind)} run an "
+        f"the client would run Consul {target} while server(s) {', '.join(behind)} run an "
         "older version; clients go once every server runs it or newer"
     )

@@ -43,7 +43,7 @@ def snapshots_cmd(
     /v1/snapshot with a management token."""
     log_db = open_log(db)
     try:
-        rows = log_db.snapshots(cluster_id=cluster, limit=limit)
+        rows = log_db.snapshots.newest(cluster_id=cluster, limit=limit)
     finally:
         log_db.close()
     listed = [(row, _file_state(row)) for row in rows]

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from reconciler.store.database import Database
-from reconciler.store.models import ActionModel, RunModel, SnapshotModel, _as_utc
+from reconciler.store.models import ActionModel, RunModel, _as_utc
 from reconciler.store.rows import (
     ACTION_FINAL_STATUSES,
     ACTION_STATUSES,
@@ -30,9 +30,9 @@ from reconciler.store.rows import (
     ActionRecord,
     ActionRow,
     RunRow,
-    SnapshotRow,
     _dumps,
 )
+from reconciler.store.snapshots import SnapshotLog
 from reconciler.store.state import ControllerState
 
 
@@ -61,6 +61,8 @@ class AuditLog(Database):
         super().__init__(url, clock=clock)
         # known hosts, host states, kept documents, rollout pauses: this engine, this pending queue
         self.state = ControllerState(self)
+        # raft snapshots taken before server changes: the same engine
+        self.snapshots = SnapshotLog(self)
 
     # -- runs
 
@@ -293,62 +295,6 @@ class AuditLog(Database):
                 .execution_options(synchronize_session=False)
             )
         return count
-
-    # -- snapshots
-
-    def record_snapshot(
-        self,
-        *,
-        cluster_id: str,
-        run_id: int | None,
-        action_id: int | None,
-        taken_at: datetime,
-        path: str,
-        size: int,
-        raft_index: int,
-        sha256: str,
-        leader: str | None,
-    ) -> int:
-        """Record a snapshot kept on the disk; returns its id."""
-        row = SnapshotModel(
-            cluster_id=cluster_id,
-            run_id=run_id,
-            action_id=action_id,
-            taken_at=_as_utc(taken_at),
-            path=path,
-            size=size,
-            raft_index=raft_index,
-            sha256=sha256,
-            leader=leader,
-            pruned_at=None,
-        )
-        with self._write() as session:
-            session.add(row)
-            session.flush()
-            return row.id
-
-    def snapshots_pruned(self, paths: list[str]) -> int:
-        """Mark the snapshots kept at ``paths`` as pruned (their files deleted); how many were marked."""
-        if not paths:
-            return 0
-        with self._write() as session:
-            result = session.execute(
-                update(SnapshotModel)
-                .where(SnapshotModel.path.in_(paths), SnapshotModel.pruned_at.is_(None))
-                .values(pruned_at=self._now())
-                .execution_options(synchronize_session=False)
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
-
-    def snapshots(self, *, cluster_id: str | None = None, limit: int | None = 20) -> list[SnapshotRow]:
-        """Snapshots taken, newest first."""
-        stmt = select(SnapshotModel).order_by(SnapshotModel.taken_at.desc(), SnapshotModel.id.desc())
-        if cluster_id is not None:
-            stmt = stmt.where(SnapshotModel.cluster_id == cluster_id)
-        if limit is not None and limit > 0:
-            stmt = stmt.limit(limit)
-        with self._read() as session:
-            return [SnapshotRow._from_model(m) for m in session.scalars(stmt)]
 
     # -- retention
 

@@ -380,7 +380,7 @@ def test_one_snapshot_before_the_first_server_change_of_a_pass(
     assert (
         f"raft index {applied.snapshot.index}, sha256 {applied.snapshot.sha256}" in row.reason[1]["message"]
     )
-    [recorded] = audit.snapshots()
+    [recorded] = audit.snapshots.newest()
     assert (recorded.path, recorded.size, recorded.raft_index, recorded.sha256) == (
         str(applied.snapshot.path),
         applied.snapshot.size,
@@ -394,7 +394,7 @@ def test_no_snapshot_without_a_server_change(consul: ConsulDouble, audit: AuditL
     applied, executor = run(audit, upgrade(clients_only=True), taker(consul, tmp_path / "snaps"))
     assert executor.performed and all(what.startswith("client") for _k, what, _n in executor.performed)
     assert ("GET", "/v1/snapshot") not in consul.requests()
-    assert applied.snapshot is None and audit.snapshots() == []
+    assert applied.snapshot is None and audit.snapshots.newest() == []
 
 
 def test_a_failed_snapshot_holds_every_server_change_and_says_why(
@@ -441,7 +441,7 @@ def test_each_pass_takes_its_own_and_only_the_newest_are_kept(
         consul.kv_put("counter", str(consul.index).encode())  # a new raft index each time
         run(audit, upgrade(), snapshots)
     assert len(snapshot_files(folder, CLUSTER)) == 2
-    rows = audit.snapshots()
+    rows = audit.snapshots.newest()
     assert [r.taken_at for r in rows] == [T0 + timedelta(minutes=2), T0 + timedelta(minutes=1), T0]
     assert [r.pruned_at is not None for r in rows] == [False, False, True]
 

@@ -80,7 +80,7 @@ def test_a_client_waits_while_a_server_runs_an_older_version() -> None:
     client = next(a for a in plan.actions if a.role == "client")
     old, new = Version(1, 19, 0), Version(1, 20, 0)
     assert client_wait(client, {"server1": new, "server2": old, "server3": None}) == (
-        "waiting: the client would run Consul 1.20.0 while server(s) server2 (1.19.0) run an older "
+        "the client would run Consul 1.20.0 while server(s) server2 (1.19.0) run an older "
         "version; clients go once every server runs it or newer"
     )
     assert client_wait(client, {"server1": new, "server2": Version(1, 21, 0), "server3": None}) is None
@@ -99,7 +99,7 @@ class Servers(Executor):
     def _run_server(self, action: Action) -> ActionResult:
         return ActionResult(action, self.server_status)
 
-    def _record_wait(self, action: Action, why: str) -> ActionResult:
+    def _record_wait(self, action: Action, why: str, prefix: str = "") -> ActionResult:
         return ActionResult(action, "waiting", why)
 
 
