@@ -3,318 +3,55 @@
 Strict pydantic v2 models: unknown fields are rejected, every value is checked
 where it is declared, and cross-field rules (unique names, at least one server)
 live on :class:`Topology`. Nothing here touches Docker, the network or the
-environment: resolving secret references is :mod:`desired_state.secrets`.
+environment: resolving secret references is :mod:`desired_state.secrets`. The
+building blocks are in :mod:`desired_state.fields`, the ``consul`` section in
+:mod:`desired_state.agent`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
-    Strict,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
-DEFAULT_CONSUL_IMAGE = "hashicorp/consul:1.20"
-DEFAULT_REGISTRATOR_IMAGE = "gliderlabs/registrator:latest"
-DOCKER_URL_SCHEMES = ("unix", "tcp", "ssh")
-
-# Docker's own rule for container names, and a stricter one for Consul node names
-# (Consul accepts DNS-compatible names; anything else breaks DNS lookups).
-_CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
-_NODE_NAME = r"^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
-_CLUSTER_ID = r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$"
-_DATACENTER = r"^[a-zA-Z0-9_-]{1,64}$"
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-# An image reference: [registry[:port]/]path[:tag][@digest], lower-case path.
-_IMAGE_REF = re.compile(
-    r"^(?:(?P<registry>[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>[a-z0-9]+:[a-fA-F0-9]{32,}))?$"
+from desired_state.agent import GOVERNED_FLAGS as GOVERNED_FLAGS
+from desired_state.agent import RESERVED_CONFIG_NAMES as RESERVED_CONFIG_NAMES
+from desired_state.agent import AgentACL as AgentACL
+from desired_state.agent import AgentConfigFile as AgentConfigFile
+from desired_state.agent import AgentTLS as AgentTLS
+from desired_state.agent import ConsulSettings
+from desired_state.fields import (
+    _CLUSTER_ID,
+    _DATACENTER,
+    _NODE_NAME,
+    DEFAULT_REGISTRATOR_IMAGE,
+    DOCKER_URL_SCHEMES,
+    Bool,
+    ContainerName,
+    Int,
+    NodeName,
+    Number,
+    _check_absolute_path,
+    _check_data_dir,
+    _ip_or_raise,
+    _Strict,
+    _unicast,
+    check_image_reference,
 )
-_DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}  # hex digits, as the OCI image spec defines them
-
-ContainerName = Annotated[str, StringConstraints(pattern=_CONTAINER_NAME)]
-NodeName = Annotated[str, StringConstraints(pattern=_NODE_NAME)]
-# No lax coercion: a string where a boolean or a number is declared is an error (``gates: "off"`` is
-# not quietly false), and so is a boolean where a number is declared. An integer is a number.
-Bool = Annotated[bool, Strict()]
-Int = Annotated[int, Strict()]
-Number = Annotated[float, Strict()]
-
-
-class Role(StrEnum):
-    SERVER = "server"
-    CLIENT = "client"
-
-
-class NetworkMode(StrEnum):
-    HOST = "host"
-    BRIDGE = "bridge"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False, allow_inf_nan=False)
-
-
-def check_image_reference(value: str) -> str:
-    match = _IMAGE_REF.match(value)
-    if not match:
-        raise ValueError(
-            f"{value!r} is not a valid image reference "
-            "(expected [registry/]name[:tag][@sha256:digest], lower-case name)"
-        )
-    if match.group("digest"):
-        algorithm, _, hexdigits = match.group("digest").partition(":")
-        wanted = _DIGEST_LENGTHS.get(algorithm)
-        if wanted is None:
-            raise ValueError(f"{value!r}: digest algorithm {algorithm!r} is not sha256 or sha512")
-        if len(hexdigits) != wanted:
-            raise ValueError(f"{value!r}: a {algorithm} digest has {wanted} hex digits, not {len(hexdigits)}")
-    return value
-
-
-# Host folders that must never be mounted read-write into an agent (its entrypoint changes the owner
-# of its data folder): the system's own, and Docker's.
-_SYSTEM_DIRS = frozenset(
-    (
-        *("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media"),
-        *("/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var"),
-        *("/var/lib", "/var/log", "/var/run", "/var/lib/docker"),
-    )
-)
-_SYSTEM_TREES: tuple[str, ...] = ("/bin/", "/boot/", "/dev/", "/etc/", "/lib/", "/lib64/", "/proc/")
-_SYSTEM_TREES += ("/sbin/", "/sys/", "/usr/", "/var/lib/docker/")
-
-
-def _check_data_dir(value: str) -> str:
-    normal = str(PurePosixPath(re.sub("/+", "/", value)))  # POSIX keeps a leading "//": not here
-    if normal in _SYSTEM_DIRS or normal.startswith(_SYSTEM_TREES) or (normal + "/").startswith(_SYSTEM_TREES):
-        raise ValueError(
-            f"{value!r} is a system folder; the agent's data folder is mounted read-write and owned by "
-            "the agent: give a folder of its own (e.g. /var/lib/consul)"
-        )
-    return value
-
-
-def _check_absolute_path(value: str, what: str) -> str:
-    path = PurePosixPath(value)
-    if not path.is_absolute():
-        raise ValueError(f"{value!r} is not an absolute path ({what} must start with '/')")
-    if ".." in path.parts:
-        raise ValueError(f"{value!r} contains '..' ({what} must not climb out of its folder)")
-    if any(ch in value for ch in ("\0", "\n", ":")):
-        raise ValueError(f"{value!r} contains a character Docker cannot mount (':', newline or NUL)")
-    return value
-
-
-class SecretRef(_Strict):
-    """A secret given by reference: an environment variable or a file on the
-    management host. The value itself never enters the topology, the plan,
-    the audit log or a container's command line."""
-
-    env: Annotated[str, StringConstraints(pattern=_ENV_NAME)] | None = None
-    file: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of 'env' (a variable name) or 'file' (a path)")
-        return self
-
-    @field_validator("file")
-    @classmethod
-    def _file_path(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("the file path is empty")
-        return value
-
-    def describe(self) -> str:
-        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
-
-
-# The agent flags a topology field already governs (or that defeat the controller's safety), and
-# what to write instead.
-GOVERNED_FLAGS = {
-    "server": "use hosts[].role",
-    "bootstrap-expect": "it follows the number of servers",
-    "bootstrap": "a single-server bootstrap is never safe to repeat; the controller never bootstraps",
-    "dev": "a dev agent keeps no data; use a real agent",
-    "node": "use hosts[].name or hosts[].node",
-    "node-id": "the agent keeps its own in its data folder",
-    "datacenter": "use datacenter",
-    "data-dir": "use hosts[].data_dir",
-    "config-dir": "the controller writes the agent's config folder (the gossip key, ACL settings and tokens)",
-    "client": "use consul.client_address or hosts[].client_address",
-    "bind": "use hosts[].bind",
-    "advertise": "use hosts[].advertise",
-    "retry-join": "the servers are joined from the topology",
-    "join": "the servers are joined from the topology",
-    "rejoin": "the servers are joined from the topology",
-    "encrypt": "use consul.encrypt (a reference, never the key)",
-    "ui": "use consul.ui",
-}
-
-
-def _check_extra_args(values: tuple[str, ...]) -> tuple[str, ...]:
-    for index, arg in enumerate(values):
-        if not arg.startswith("-"):
-            raise ValueError(f"item {index}: {arg!r} must be a flag starting with '-' (write '-flag=value')")
-        if any(ch in arg for ch in ("\0", "\n")):
-            raise ValueError(f"item {index}: {arg!r} contains a newline or NUL")
-        flag = re.split(r"[=\s]", arg, maxsplit=1)[0]  # the value may be a secret: never echo it
-        governed = GOVERNED_FLAGS.get(flag.lstrip("-"))
-        if governed is not None:
-            raise ValueError(f"item {index}: {flag!r} is set by the topology itself: {governed}")
-    return values
-
-
-class AgentACL(_Strict):
-    """Consul's ACL system on every agent (``acl`` in the agent configuration; its presence turns ACLs
-    on). The tokens are references, written into the agent's config folder before it starts: never on
-    a command line, in an environment variable, a label, a log line or the audit log."""
-
-    default_policy: Literal["allow", "deny"] = "deny"
-    down_policy: Literal["allow", "deny", "extend-cache", "async-cache"] = "extend-cache"
-    enable_token_persistence: Bool = False
-    agent_token: SecretRef | None = Field(
-        default=None,
-        description="the token every agent uses for its own requests (its node's registration, "
-        "anti-entropy): acl.tokens.agent",
-    )
-    default_token: SecretRef | None = Field(
-        default=None,
-        description="the token for requests that carry none (acl.tokens.default): Registrator's, which "
-        "registers the host's services through its agent without a token of its own",
-    )
-    initial_management_token: SecretRef | None = Field(
-        default=None,
-        description="servers only: the management token the servers create when they bootstrap ACLs "
-        "(acl.tokens.initial_management); leave it out when ACLs are bootstrapped by hand",
-    )
-
-
-class AgentTLS(_Strict):
-    """TLS on every agent (Consul's ``tls`` stanza and its HTTPS port). The three files are paths on
-    each host (each host keeps its own certificate at the same path), mounted read-only into the agent
-    and into Registrator; their contents are never read by the controller, copied or labelled."""
-
-    ca_file: str
-    cert_file: str
-    key_file: str
-    verify_incoming: Bool = Field(
-        default=True,
-        description="agents ask every caller (RPC and HTTPS: the controller too) for a certificate "
-        "signed by the CA",
-    )
-    verify_outgoing: Bool = True
-    verify_server_hostname: Bool = True
-    https_port: Annotated[Int, Field(ge=1, le=65535)] = 8501
-    http: Bool = Field(
-        default=False, description="keep the plain HTTP port (8500) open beside HTTPS; off by default"
-    )
-
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _file(cls, value: str) -> str:
-        return _check_absolute_path(value, "a file on each host")
-
-
-_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.(json|hcl)$")
-# the files the controller writes into the agent's config folder itself
-RESERVED_CONFIG_NAMES = frozenset(
-    {"encrypt.json", "acl.json", "acl-agent-token.json", "acl-default-token.json"}
-    | {"acl-initial-management.json", "tls.json"}
-)
-
-
-class AgentConfigFile(_Strict):
-    """An agent configuration file of the operator's, by reference: a file on the management host that
-    the controller copies into every agent's config folder before it starts. Its content is hashed
-    (never shown: it may hold secrets), so an edit replaces the agents through the gates."""
-
-    file: str = Field(description="the file on the management host (read on each pass)")
-    name: str | None = Field(
-        default=None, description="its name in /consul/config (default: the file's own name); .json or .hcl"
-    )
-
-    @field_validator("file")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        return _check_absolute_path(value, "a config file")
-
-    @property
-    def target(self) -> str:
-        return self.name or PurePosixPath(self.file).name
-
-    @model_validator(mode="after")
-    def _target(self) -> AgentConfigFile:
-        if not _CONFIG_NAME.match(self.target):
-            raise ValueError(
-                f"{self.target!r}: Consul reads only *.json and *.hcl files from its config folder "
-                "(a name of letters, digits, '.', '_', '-'; give 'name' to rename it)"
-            )
-        if self.target in RESERVED_CONFIG_NAMES:
-            raise ValueError(f"{self.target!r} is a file the controller writes itself; give another 'name'")
-        return self
-
-
-class ConsulSettings(_Strict):
-    image: str = DEFAULT_CONSUL_IMAGE
-    server_image: str | None = Field(default=None, description="Overrides 'image' for servers")
-    client_image: str | None = Field(default=None, description="Overrides 'image' for clients")
-    ui: Bool = True
-    client_address: str = "0.0.0.0"
-    encrypt: SecretRef | None = None
-    acl: AgentACL | None = None
-    tls: AgentTLS | None = None
-    config_files: tuple[AgentConfigFile, ...] = ()
-    extra_args: tuple[str, ...] = ()
-
-    @field_validator("image", "server_image", "client_image")
-    @classmethod
-    def _image(cls, value: str | None) -> str | None:
-        return None if value is None else check_image_reference(value)
-
-    def image_for(self, role: Role) -> str:
-        override = self.server_image if role is Role.SERVER else self.client_image
-        return override or self.image
-
-    @field_validator("client_address")
-    @classmethod
-    def _client(cls, value: str) -> str:
-        ipaddress.ip_address(_ip_or_raise(value))
-        return value
-
-    @field_validator("extra_args")
-    @classmethod
-    def _extra(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        return _check_extra_args(values)
-
-    @field_validator("config_files")
-    @classmethod
-    def _distinct_config_files(cls, values: tuple[AgentConfigFile, ...]) -> tuple[AgentConfigFile, ...]:
-        seen: dict[str, int] = {}
-        for index, ref in enumerate(values):
-            if ref.target in seen:
-                raise ValueError(
-                    f"item {index}: {ref.target!r} is already the name of item {seen[ref.target]}"
-                )
-            seen[ref.target] = index
-        return values
+from desired_state.fields import DEFAULT_CONSUL_IMAGE as DEFAULT_CONSUL_IMAGE
+from desired_state.fields import NetworkMode as NetworkMode
+from desired_state.fields import Role as Role
+from desired_state.fields import SecretRef as SecretRef
 
 
 class RegistratorSettings(_Strict):
@@ -648,19 +385,3 @@ def _acknowledged_hosts(problems: list[str], acknowledged: tuple[str, ...], name
                 f"acknowledge[{index}]: {text!r} names no host of the topology (hosts[].name: "
                 f"{', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
             )
-
-
-def _unicast(value: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    if address.is_multicast or (isinstance(address, ipaddress.IPv4Address) and address == _BROADCAST):
-        raise ValueError(f"{value!r} is a multicast or broadcast address; an agent needs a unicast one")
-
-
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
-
-
-def _ip_or_raise(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
-    return value
