@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector, HostBackoff
+from reconciler.loop import Requeue
 from reconciler.plan import Kind
 
 if TYPE_CHECKING:
@@ -43,6 +44,14 @@ class History:
     def waiting(self, now: float) -> dict[str, HostBackoff]:
         """Hosts still inside their backoff window."""
         return {h: s for h, s in self.hosts.items() if s.failures and s.retry_at > now}
+
+    def deferred(self, now: float) -> dict[str, str]:
+        """Why each host inside its backoff window is left alone by a pass starting ``now``."""
+        return {
+            host: f"backing off after {s.failures} failure(s); next try in {s.retry_at - now:.1f}s"
+            + (" (degraded: crash loop)" if s.degraded else "")
+            for host, s in self.waiting(now).items()
+        }
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,13 @@ class Assessment:
     retry_in: float | None  # ask for a pass this many seconds from now: the first window among the
     #   desired hosts ends then (at once when it ended already: the pass deferred that host)
     recheck_in: float | None  # ask for a pass this many seconds from now: a rollout waits
+
+    def requeues(self) -> list[Requeue]:
+        """The passes to ask for: at the end of the first backoff window among the desired hosts (at
+        once when it ended while this pass ran: the pass deferred that host, and no other trigger may
+        come), and soon when a server change waits for the cluster (not only at the next resync)."""
+        found = [] if self.retry_in is None else [Requeue("backoff-retry", self.retry_in)]
+        return found + ([] if self.recheck_in is None else [Requeue("rollout-wait", self.recheck_in)])
 
 
 def assess(

@@ -239,12 +239,7 @@ class Controller:
             self._recovered.add(cluster)
         if self.options.watch_events:
             self.events.sync(loaded)
-        now = time.monotonic()
-        deferred = {
-            host: f"backing off after {s.failures} failure(s); next try in {s.retry_at - now:.1f}s"
-            + (" (degraded: crash loop)" if s.degraded else "")
-            for host, s in self.history.waiting(now).items()
-        }
+        deferred = self.history.deferred(time.monotonic())
         log.debug(
             "pass (%s), %.1f ms after the first request", request.label(), (started - request.first) * 1e3
         )
@@ -299,21 +294,17 @@ class Controller:
         summary = summarize(result, (h.name for h in loaded.topology.hosts))
         verdict = assess(summary, now, self.history, self.rules, self.rng)
         self.history = verdict.history
-        for seq, note in enumerate(verdict.notes, start=SEQ_CONTROLLER_NOTES + 1):
-            self._audit_host(result, seq, note.host, note.kind, note.message)
+        if result.run_id is not None:
+            for seq, note in enumerate(verdict.notes, start=SEQ_CONTROLLER_NOTES + 1):
+                record = ActionRecord(
+                    seq=seq, host=note.host, kind=note.kind, reason=[{"message": note.message}]
+                )
+                self.audit.record_action(result.run_id, record, status="skipped")
 
         pause = self.pauses.get(loaded.topology.cluster)
         self.metrics.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
         reporting.count_hosts(self.metrics, result, verdict)
-        requeues: list[Requeue] = []
-        if verdict.retry_in is not None:
-            # one pass at the end of the first backoff window among the desired hosts (at once when it
-            # ended while this pass ran: the pass deferred that host, and no other trigger may come)
-            requeues.append(Requeue("backoff-retry", verdict.retry_in))
-        if verdict.recheck_in is not None:
-            # a server change waits for the cluster: look again soon, not only at the next resync
-            requeues.append(Requeue("rollout-wait", verdict.recheck_in))
         self._last_result = result
         self.status.write_host_states(loaded, result, drift, self.history.hosts)
         log.info(
@@ -323,13 +314,7 @@ class Controller:
             duration * 1e3,
             ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v) or "no changes",
         )
-        return requeues
-
-    def _audit_host(self, result: PassResult, seq: int, host: str, kind: str, message: str) -> None:
-        if result.run_id is None:
-            return
-        record = ActionRecord(seq=seq, host=host, kind=kind, reason=[{"message": message}])
-        self.audit.record_action(result.run_id, record, status="skipped")
+        return verdict.requeues()
 
     def _prune(self) -> None:
         if self.options.prune_after is None:

@@ -135,3 +135,26 @@ def test_a_pass_is_summarized_failures_first_then_unreachable_engines() -> None:
     assert got.repaired == {"h2": ["consul", "registrator"]}  # a removal is no repair
     assert got.observed == {"h1", "h2", "h3"} and got.desired == {"h1", "h2", "h3", "h4"}
     assert got.waiting
+
+
+def test_hosts_in_backoff_are_deferred_with_why_and_when() -> None:
+    history = History(
+        hosts={
+            "h1": HostBackoff(failures=2, retry_at=105.0),
+            "h2": HostBackoff(failures=4, retry_at=130.0, degraded=True),
+            "h3": HostBackoff(failures=1, retry_at=99.0),  # its window is over
+        }
+    )
+    assert history.deferred(100.0) == {
+        "h1": "backing off after 2 failure(s); next try in 5.0s",
+        "h2": "backing off after 4 failure(s); next try in 30.0s (degraded: crash loop)",
+    }
+
+
+def test_an_assessment_asks_for_the_passes_that_follow_it() -> None:
+    rules = Rules(backoff=BackoffPolicy(base=1.0, cap=1.0, jitter=0.0))
+    failed = assess(summary(failed={"h1": "boom"}), 100.0, History(), rules, random.Random(1))
+    assert [(r.reason, r.after > 0) for r in failed.requeues()] == [("backoff-retry", True)]
+    waiting = assess(summary(waiting=True), 100.0, History(), rules, random.Random(1))
+    assert [(r.reason, r.after) for r in waiting.requeues()] == [("rollout-wait", WAITING_RECHECK)]
+    assert assess(summary(), 100.0, History(), rules, random.Random(1)).requeues() == []
