@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-import reconciler.controller as controller_module
+import reconciler.desired as desired_module
 from desired_state.load import Loaded
 from reconciler.controller import Controller, ControllerOptions
 from reconciler.sources import FileSource
@@ -35,14 +35,14 @@ def test_an_unchanged_document_is_parsed_and_rendered_once(
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(doc))
     parsed: list[Loaded] = []
-    real_load = controller_module.load_topology
+    real_load = desired_module.load_topology
 
     def counting_load(*args: Any, **kwargs: Any) -> Loaded:
         loaded = real_load(*args, **kwargs)
         parsed.append(loaded)
         return loaded
 
-    monkeypatch.setattr(controller_module, "load_topology", counting_load)
+    monkeypatch.setattr(desired_module, "load_topology", counting_load)
     audit = AuditLog(str(tmp_path / "audit.db"))
     options = ControllerOptions(interval=0.1, jitter=0, http=None, watch_events=False, watch_file=False)
     controller = Controller(FileSource(path), audit, options)
