@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 PG_ROOT = Path(os.environ.get("CR_PG_ROOT", "/tmp/crpg"))
-PORT = int(os.environ.get("CR_PG_PORT", "55432"))
+PORT = int(os.environ.get("CR_PG_PORT", "25432"))  # below Linux's ephemeral ports (32768-60999)
 
 
 class PostgresError(RuntimeError):
@@ -53,6 +53,10 @@ def ensure_postgres() -> str:
     bindir = _bindir()
     data = PG_ROOT / "data"
     if not _answers():
+        if (data / "postmaster.pid").exists():
+            # a server of this folder that does not answer here: left by a killed run, or listening on
+            # another port (an older default): stop it, or pg_ctl start refuses the folder
+            _as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         if not (data / "PG_VERSION").exists():
             shutil.rmtree(PG_ROOT, ignore_errors=True)
             PG_ROOT.mkdir(parents=True)

@@ -33,7 +33,7 @@ from testbed.fleet import DEFAULT_NET, DEFAULT_ROOT, NET_ENV, ROOT_ENV
 # here (conftest imports this module before it sets a worker's variables); their defaults are restated
 _FOLDERS = {ROOT_ENV: DEFAULT_ROOT, "CR_TLS_ROOT": "/tmp/crtls", "CR_PG_ROOT": "/tmp/crpg"}
 _NET = (NET_ENV, DEFAULT_NET)
-_PG_PORT = ("CR_PG_PORT", "55432")
+_PG_PORT = ("CR_PG_PORT", "25432")  # outside the ephemeral range: no client socket holds it
 
 
 class WorkerError(ValueError):

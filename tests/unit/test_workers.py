@@ -18,7 +18,7 @@ def test_each_later_worker_gets_its_own_folders_net_and_port() -> None:
         "CR_TLS_ROOT": "/tmp/crtls-gw1",
         "CR_PG_ROOT": "/tmp/crpg-gw1",
         "CR_FLEET_NET": "127.0.11",
-        "CR_PG_PORT": "55433",
+        "CR_PG_PORT": "25433",
     }
     given = {"CR_FLEET_ROOT": "/tmp/mine", "CR_FLEET_NET": "127.0.20", "CR_PG_PORT": "6000"}
     second = worker_environment("gw2", given)
