@@ -138,6 +138,19 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
     return None
 
 
+def not_healthy_yet(view: ClusterView) -> str:
+    """Autopilot's verdict, naming the servers it holds unhealthy (a voter or not) so that an operator
+    sees which one holds the rollout."""
+    unhealthy = [
+        f"{node}{'' if view.voter(node) else ' (not a voter)'}"
+        for node, ok in sorted(view.server_health.items())
+        if not ok
+    ]
+    detail = f"; unhealthy: {', '.join(unhealthy)}" if unhealthy else ""
+    tolerance = view.failure_tolerance
+    return f"autopilot does not call the cluster healthy yet (failure tolerance {tolerance}{detail})"
+
+
 def after_replacement(view: ClusterView, node: str) -> str | None:
     """Why the replaced server ``node`` is not back yet (None: it is)."""
     if view.error:
@@ -149,7 +162,7 @@ def after_replacement(view: ClusterView, node: str) -> str | None:
     if not view.voter(node):
         return f"server {node} is not a voter yet"
     if view.healthy is not True:
-        return f"autopilot does not call the cluster healthy yet (failure tolerance {view.failure_tolerance})"
+        return not_healthy_yet(view)
     return None
 
 
@@ -162,5 +175,5 @@ def after_removal(view: ClusterView, node: str) -> str | None:
     if view.voter(node):
         return f"server {node} is still in the raft configuration"
     if view.healthy is not True:
-        return f"autopilot does not call the cluster healthy yet (failure tolerance {view.failure_tolerance})"
+        return not_healthy_yet(view)
     return None

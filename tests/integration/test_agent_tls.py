@@ -40,6 +40,26 @@ def healthy_voters(address: str, certs: ConsulCerts) -> int:
     return sum(1 for s in health["Servers"] or [] if s["Healthy"] and s["Voter"]) if health["Healthy"] else 0
 
 
+def cluster_report(fleet: Fleet, addresses: list[str], certs: ConsulCerts) -> str:
+    """What each server says of the cluster, and the tail of its log: for a rollout that paused."""
+    lines = []
+    for address in addresses:
+        for path in ("/v1/operator/autopilot/health", "/v1/operator/raft/configuration", "/v1/agent/members"):
+            try:
+                lines.append(f"{address}{path}: {json.dumps(https_get(address, path, certs))}")
+            except (OSError, ValueError) as exc:
+                lines.append(f"{address}{path}: {exc}")
+    for engine in fleet.engines:
+        client = engine.client()
+        try:
+            for container in client.containers.list(all=True):
+                log = container.logs(tail=60).decode(errors="replace")
+                lines.append(f"--- {engine.name} {container.name} {container.status}\n{log}")
+        finally:
+            client.close()
+    return "\n".join(["", "=== cluster report ===", *lines])
+
+
 def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_server_over_it(
     clean_fleet: list[Engine], tmp_path: Path
 ) -> None:
@@ -79,16 +99,21 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
     assert https_get(first, "/v1/status/leader", certs).endswith(":8300")
     assert https_get(first, "/v1/agent/self", certs)["Meta"]["rack"] == "r1"  # the file was read
 
-    # an edited config file is a new desired state: every agent is to be replaced, the field named,
-    # the content never shown. (Rolling the TLS servers through it paused in 3 of 4 whole-suite runs:
-    # autopilot did not call the cluster healthy after the first replacement, even in 300 s, while it
-    # passed alone every time; not understood yet, so not asserted here: see the closing note.)
+    # an edited config file is a new desired state: every agent is replaced, the field named, the
+    # content never shown; the three servers roll one at a time, leader last, each with its leave
+    # and the gates over HTTPS (the same data folders: the same node IDs)
     meta.write_text(json.dumps({"node_meta": {"rack": "r2"}}))
     planned = fleet.plan()
     assert planned.code == 2, planned.stdout + planned.stderr
     replaces = [a for a in planned.json()["actions"] if a["kind"] == "replace"]
     assert len(replaces) == 3 and all(r["reasons"][0]["field"] == "config_files" for r in replaces)
     assert "r2" not in planned.stdout  # the content is never shown, only its hash
+    run = fleet.apply()
+    assert run.code == 0, run.stdout + run.stderr + cluster_report(fleet, addresses, certs)
+    replaced = audit_rows(fleet.db, "SELECT node, status FROM actions WHERE kind='replace'")
+    assert sorted(replaced) == [(h["name"], "succeeded") for h in fleet.doc["hosts"]]
+    wait_for(lambda: healthy_voters(first, certs) == 3, 60, "3 healthy voters after the rollout")
+    assert https_get(first, "/v1/agent/self", certs)["Meta"]["rack"] == "r2"
 
     # without the controller's client certificate, a clear error names the agent and what to give
     fleet.env.pop("CONSUL_CLIENT_CERT")

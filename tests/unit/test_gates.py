@@ -101,6 +101,22 @@ def test_after_replacement_needs_voter_leader_and_health() -> None:
     )
     assert after_replacement(new, "s2") == "server s2 is not a voter yet"
     assert after_replacement(ClusterView(leader=""), "s2") == "no leader yet"
+    # back as a voter, but autopilot holds another server unhealthy: the message names it
+    lagging = ClusterView.from_api(
+        "s1:8300",
+        raft(("s1", True, True), ("s2", False, True), ("s3", False, True), ("s4", False, False)),
+        autopilot(
+            False,
+            1,
+            ("s1", "alive", True),
+            ("s2", "alive", True),
+            ("s3", "alive", True),
+            ("s4", "alive", False),
+        ),
+    )
+    assert after_replacement(lagging, "s2") == (
+        "autopilot does not call the cluster healthy yet (failure tolerance 1; unhealthy: s4 (not a voter))"
+    )
 
 
 def test_after_removal_needs_the_server_gone_from_raft_and_health() -> None:
