@@ -734,6 +734,11 @@ def remove_all_containers(engine: Engine) -> None:
                 container.remove(force=True, v=True)
 
 
+def remove_containers(fleet: Sequence[Engine]) -> None:
+    """Remove every container on the given (running) engines, in parallel."""
+    _parallel(remove_all_containers, fleet, "removing the containers of the Docker test engines")
+
+
 def reset_engines(fleet: Sequence[Engine]) -> None:
     """Start any engine that is down, then remove every container on every engine (in parallel)."""
 

@@ -17,7 +17,15 @@ import pytest
 
 from testbed.agent_image import ensure_agent_images
 from testbed.agentprobe import Standin
-from testbed.fleet import Engine, FleetError, ensure_engines, ensure_standin_images, reset_engines
+from testbed.fleet import (
+    Engine,
+    FleetError,
+    ensure_engines,
+    ensure_standin_images,
+    existing_engines,
+    remove_containers,
+    reset_engines,
+)
 from testbed.workers import worker_environment
 
 FLEET_SIZE = 3
@@ -58,9 +66,15 @@ def _engines(count: int) -> list[Engine]:
 
 
 def _cleaned(engines: list[Engine]) -> list[Engine]:
-    """The engines all running (a stopped one is started again) and without containers."""
+    """The engines all running (a stopped one is started again) and without containers, and no
+    container left on this session's other engines either (host4 and host5 of a five-server test):
+    a real Consul server left there keeps reconnecting to its old peers' addresses (Serf retries a
+    failed member for 72 h, reconnect_timeout), so it would join the next test's cluster on them, as
+    a non-voter that autopilot holds unhealthy for good."""
+    others = [e for e in existing_engines() if e.index > len(engines) and e.is_running()]
     try:
         reset_engines(engines)
+        remove_containers(others)
     except FleetError as error:
         pytest.fail(f"the Docker test fleet could not be reset: {error}", pytrace=False)
     return engines
