@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from reconciler.consul_api import ConsulAgent, ConsulError
 from reconciler.consul_settings import TLSClient
@@ -150,10 +151,12 @@ class ConsulGates:
         return f"{what} not healthy within {self.deadline:.0f}s: {reason or 'did not stay healthy'}"
 
     def wait_replaced(self, node: str, should_stop: Callable[[], bool]) -> str | None:
-        return self.wait(lambda v: after_replacement(v, node), f"server {node}", node, should_stop)
+        check = partial(after_replacement, node=node, desired_servers=self.servers)
+        return self.wait(check, f"server {node}", node, should_stop)
 
     def wait_removed(self, node: str, should_stop: Callable[[], bool]) -> str | None:
-        return self.wait(lambda v: after_removal(v, node), f"the cluster without {node}", node, should_stop)
+        check = partial(after_removal, node=node, desired_servers=self.servers)
+        return self.wait(check, f"the cluster without {node}", node, should_stop)
 
     def wait_agent(self, http: str) -> str | None:
         """Wait until the agent at ``http`` answers (before its registrator is (re)created)."""

@@ -133,25 +133,50 @@ def before_disruption(view: ClusterView, subject: str, desired_servers: Iterable
         others = [n for n, ok in sorted(view.server_health.items()) if not ok and n != subject]
         if not others and view.server_health:
             return None  # the subject is the only unhealthy server: replacing it is the repair
-        detail = f" (unhealthy: {', '.join(others)})" if others else ""
+        detail = f" ({unhealthy_servers(view, desired_servers, skip=subject)})" if others else ""
         return f"autopilot reports the cluster unhealthy, failure tolerance {view.failure_tolerance}{detail}"
     return None
 
 
-def not_healthy_yet(view: ClusterView) -> str:
-    """Autopilot's verdict, naming the servers it holds unhealthy (a voter or not) so that an operator
-    sees which one holds the rollout."""
-    unhealthy = [
-        f"{node}{'' if view.voter(node) else ' (not a voter)'}"
-        for node, ok in sorted(view.server_health.items())
-        if not ok
-    ]
-    detail = f"; unhealthy: {', '.join(unhealthy)}" if unhealthy else ""
+# A server in the raft configuration that the topology does not name: an old server still running
+# somewhere, or one of another cluster, that found this cluster's gossip (Serf reconnects to a member
+# it lost for 72 h: reconnect_timeout). Consul's leader adds every server member of its datacenter as a
+# non-voter (autopilot AddServer); one it cannot replicate to stays unhealthy, and with it the cluster,
+# for good. The controller never removes a server it does not manage: it says what it is.
+STRANGER_HINT = (
+    "a server not in the topology is in the raft configuration (an old or foreign Consul server that "
+    "joined this cluster's gossip): stop it, then 'consul operator raft remove-peer' it; consul.encrypt "
+    "keeps agents without the gossip key out"
+)
+
+
+def unhealthy_servers(view: ClusterView, desired_servers: Iterable[str], *, skip: str = "") -> str:
+    """'unhealthy: a, b (not a voter; not in the topology)', with the hint when a stranger is among them."""
+    desired = set(desired_servers)
+    named: list[str] = []
+    stranger = False
+    for node, ok in sorted(view.server_health.items()):
+        if ok or node == skip:
+            continue
+        notes = [] if view.voter(node) else ["not a voter"]
+        if desired and node not in desired:
+            notes.append("not in the topology")
+            stranger = True
+        named.append(f"{node} ({'; '.join(notes)})" if notes else node)
+    text = f"unhealthy: {', '.join(named)}"
+    return f"{text}; {STRANGER_HINT}" if stranger else text
+
+
+def not_healthy_yet(view: ClusterView, desired_servers: Iterable[str]) -> str:
+    """Autopilot's verdict, naming the servers it holds unhealthy so that an operator sees which one
+    holds the rollout."""
+    unhealthy = any(not ok for ok in view.server_health.values())
+    detail = f"; {unhealthy_servers(view, desired_servers)}" if unhealthy else ""
     tolerance = view.failure_tolerance
     return f"autopilot does not call the cluster healthy yet (failure tolerance {tolerance}{detail})"
 
 
-def after_replacement(view: ClusterView, node: str) -> str | None:
+def after_replacement(view: ClusterView, node: str, desired_servers: Iterable[str] = ()) -> str | None:
     """Why the replaced server ``node`` is not back yet (None: it is)."""
     if view.error:
         return f"cannot see the cluster: {view.error}"
@@ -162,11 +187,11 @@ def after_replacement(view: ClusterView, node: str) -> str | None:
     if not view.voter(node):
         return f"server {node} is not a voter yet"
     if view.healthy is not True:
-        return not_healthy_yet(view)
+        return not_healthy_yet(view, desired_servers)
     return None
 
 
-def after_removal(view: ClusterView, node: str) -> str | None:
+def after_removal(view: ClusterView, node: str, desired_servers: Iterable[str] = ()) -> str | None:
     """Why the cluster has not settled after ``node`` left (None: it has)."""
     if view.error:
         return f"cannot see the cluster: {view.error}"
@@ -175,5 +200,5 @@ def after_removal(view: ClusterView, node: str) -> str | None:
     if view.voter(node):
         return f"server {node} is still in the raft configuration"
     if view.healthy is not True:
-        return not_healthy_yet(view)
+        return not_healthy_yet(view, desired_servers)
     return None

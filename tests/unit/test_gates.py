@@ -117,6 +117,13 @@ def test_after_replacement_needs_voter_leader_and_health() -> None:
     assert after_replacement(lagging, "s2") == (
         "autopilot does not call the cluster healthy yet (failure tolerance 1; unhealthy: s4 (not a voter))"
     )
+    # s4 is no server of the topology: a stranger (found in a whole-suite run: a server of an earlier
+    # test, left running on another host, rejoined by Serf's reconnect); the message says what to do
+    stranger = after_replacement(lagging, "s2", ["s1", "s2", "s3"]) or ""
+    assert "unhealthy: s4 (not a voter; not in the topology); a server not in the topology" in stranger
+    assert "remove-peer" in stranger and "consul.encrypt" in stranger
+    assert "not in the topology" in (before_disruption(lagging, "s3", ["s1", "s2", "s3"]) or "")
+    assert "not in the topology" in (after_removal(lagging, "s5", ["s1", "s2", "s3"]) or "")
 
 
 def test_after_removal_needs_the_server_gone_from_raft_and_health() -> None:
