@@ -13,7 +13,7 @@ from desired_state.load import Loaded, TopologyError, digest_of, load_topology
 from reconciler.loop import Requeue
 from reconciler.metrics import Metrics
 from reconciler.sources import ConsulSource, FileSource, SourceError
-from reconciler.store import AuditLog
+from reconciler.store import AuditLog, DocumentRow
 
 log = logging.getLogger("consul_reconciler.controller")
 
@@ -22,6 +22,12 @@ log = logging.getLogger("consul_reconciler.controller")
 # only at the end of its wait, and unchanged), and the resync interval may be minutes.
 SOURCE_RETRY_FIRST = 1.0
 SOURCE_RETRY_MAX = 30.0
+
+
+def load_kept(row: DocumentRow) -> Loaded:
+    """A document kept in the audit database (the last applied one), loaded and validated again with
+    its config files attached; TopologyError when it no longer validates."""
+    return attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}"))
 
 
 class DesiredState:
@@ -70,7 +76,7 @@ class DesiredState:
         if row is None:
             return None
         try:
-            return attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}"))
+            return load_kept(row)
         except TopologyError:
             return None
 
@@ -121,7 +127,7 @@ class DesiredState:
         if row is None:
             return None
         try:
-            loaded = attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}"))
+            loaded = load_kept(row)
         except TopologyError as exc:
             log.error(
                 "the kept document %s no longer validates (%s); nothing is enforced",

@@ -24,6 +24,7 @@ from reconciler.cli.common import (
     time_text,
 )
 from reconciler.consul_api import ConsulError
+from reconciler.desired import load_kept
 from reconciler.engines import Connections
 from reconciler.formatting import host_report, text_table
 from reconciler.one_pass import PassOptions, compute_plan
@@ -50,7 +51,7 @@ def status(
         if kept is None:
             audit.close()
             fail(f"{source_problem}; and no document from this source was ever applied")
-        loaded = attach(load_topology(kept.document.encode(), source=f"kept document {kept.digest[:12]}"))
+        loaded = load_kept(kept)
         err.print(
             f"warning: {source_problem}; showing the last applied document {kept.digest[:12]} "
             f"(applied {time_text(kept.last_applied)})",

@@ -118,6 +118,7 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
     # without the controller's client certificate, a clear error names the agent and what to give
     fleet.env.pop("CONSUL_CLIENT_CERT")
     fleet.env.pop("CONSUL_CLIENT_KEY")
+    meta.write_text(json.dumps({"node_meta": {"rack": "r3"}}))
     fleet.doc["rollout"]["deadline"] = 5
     fleet.write()
     before = fleet.ids()
