@@ -124,26 +124,48 @@ RESERVED_CONFIG_NAMES = frozenset(
 
 
 class AgentConfigFile(_Strict):
-    """An agent configuration file of the operator's, by reference: a file on the management host that
-    the controller copies into every agent's config folder before it starts. Its content is hashed
-    (never shown: it may hold secrets), so an edit replaces the agents through the gates."""
+    """An agent configuration file of the operator's, by reference, in one of two ways:
 
-    file: str = Field(description="the file on the management host (read on each pass)")
+    * ``host_path``: a file on each host (kept there by the operator's configuration management),
+      mounted read-only into the agent's config folder. The controller reads it through the host's
+      Docker engine: when the agent is created (its hash recorded in the container) and on every pass,
+      so an edit on a host replaces that host's agent through the gates.
+    * ``file``: a file on the management host that the controller copies into every agent's config
+      folder before it starts; its content is in the spec hash, so an edit replaces every agent.
+
+    Either way its content is hashed, never shown: it may hold secrets."""
+
+    file: str | None = Field(
+        default=None, description="a file on the management host, copied into each agent"
+    )
+    host_path: str | None = Field(
+        default=None, description="a file on each host, mounted read-only into its agent"
+    )
     name: str | None = Field(
         default=None, description="its name in /consul/config (default: the file's own name); .json or .hcl"
     )
 
-    @field_validator("file")
+    @field_validator("file", "host_path")
     @classmethod
-    def _path(cls, value: str) -> str:
-        return _check_absolute_path(value, "a config file")
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _check_absolute_path(value, "a config file")
+
+    @property
+    def source(self) -> str:
+        """The path given (``host_path`` or ``file``)."""
+        return self.host_path or self.file or ""
 
     @property
     def target(self) -> str:
-        return self.name or PurePosixPath(self.file).name
+        return self.name or PurePosixPath(self.source).name
 
     @model_validator(mode="after")
     def _target(self) -> AgentConfigFile:
+        if (self.file is None) == (self.host_path is None):
+            raise ValueError(
+                "give one of 'host_path' (a file on each host, mounted into its agent) or 'file' (a file "
+                "on the management host, copied into every agent)"
+            )
         if not _CONFIG_NAME.match(self.target):
             raise ValueError(
                 f"{self.target!r}: Consul reads only *.json and *.hcl files from its config folder "

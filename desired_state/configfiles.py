@@ -1,4 +1,5 @@
-"""Reading the agent config files a topology names (``consul.config_files``), on the management host.
+"""Reading the agent config files a topology names on the management host (``consul.config_files``
+with ``file``; one with ``host_path`` is on each host, read through its engine: reconciler.mounted).
 
 The shell's part of the desired state: :func:`attach` reads each file (bounded, regular files only,
 UTF-8; a ``.json`` file must hold a JSON object, as Consul requires) and returns the document with
@@ -28,11 +29,13 @@ def attach(loaded: Loaded, read: Callable[[str], bytes] = read_config_file) -> L
     """``loaded`` with the contents of its config files (the same object when it names none, or when
     they have not changed since it was attached)."""
     refs = loaded.topology.consul.config_files
-    if not refs:
+    if not any(ref.file for ref in refs):
         return loaded
     files: dict[str, str] = {}
     issues: list[Issue] = []
     for index, ref in enumerate(refs):
+        if ref.file is None:
+            continue  # on each host, mounted
         where = f"consul.config_files[{index}].file"
         try:
             text = read(ref.file).decode("utf-8")

@@ -194,7 +194,7 @@ def differences(
     own_env = sorted(set(found.env) - set(image_env))
     differs("env", own_env, sorted(f"{k}={v}" for k, v in spec.env))
     mounts = sorted(f"{s}:{t}" + (":ro" if t in found.read_only else "") for s, t in found.mounts)
-    differs("mounts", mounts, sorted(m.record() for m in spec.mounts))
+    differs("mounts", mounts, sorted(m.record() for m in (*spec.mounts, *spec.mounted_config)))
     mode = "bridge" if found.network_mode == "default" else found.network_mode
     differs("network_mode", mode, spec.network_mode)
     ports = sorted(f"{host}:{port}/{proto}" for port, proto, host in found.ports)

@@ -66,12 +66,24 @@ def render(topology: Topology, files: Mapping[str, str] | None = None) -> Desire
 
 
 def operator_config_files(topology: Topology, files: Mapping[str, str]) -> tuple[ConfigFile, ...]:
+    """The files copied from the management host (``file``), with their contents."""
     made = []
     for ref in topology.consul.config_files:
+        if ref.file is None:
+            continue
         if ref.file not in files:
             raise ValueError(f"consul.config_files: {ref.file} was not read before rendering")
         made.append(ConfigFile(f"{CONSUL_CONFIG}/{ref.target}", files[ref.file], shown=False))
     return tuple(made)
+
+
+def mounted_config_files(topology: Topology) -> tuple[Mount, ...]:
+    """The files on each host (``host_path``), mounted read-only into the agent's config folder."""
+    return tuple(
+        Mount(ref.host_path, f"{CONSUL_CONFIG}/{ref.target}", read_only=True)
+        for ref in topology.consul.config_files
+        if ref.host_path is not None
+    )
 
 
 def _render_host(
@@ -152,6 +164,7 @@ def agent_spec(
         ports=ports,
         secret_files=secret_files,
         config_files=config_files,
+        mounted_config=mounted_config_files(topology),
     )
 
 

@@ -94,6 +94,9 @@ class ContainerSpec:
     restart_policy: str = "always"
     secret_files: tuple[SecretFile, ...] = field(default=())
     config_files: tuple[ConfigFile, ...] = field(default=())
+    # the operator's files on the host, mounted read-only into the config folder (read through the
+    # engine: their hash is recorded in the container when it is made, and compared on every pass)
+    mounted_config: tuple[Mount, ...] = field(default=())
     agent_http: str | None = None  # HOST:PORT of the Consul agent's HTTP API on this host (not hashed)
 
     def steady_command(self) -> tuple[str, ...]:
@@ -115,8 +118,10 @@ class ContainerSpec:
             "restart_policy": self.restart_policy,
             "secret_files": [s.record() for s in self.secret_files],
         }
-        if self.config_files:  # only when there are some: the hash of every older container stays
-            record["config_files"] = [c.record() for c in self.config_files]
+        if self.config_files or self.mounted_config:  # only when there are some: older hashes stay
+            record["config_files"] = [c.record() for c in self.config_files] + [
+                f"{m.target}:mounted from the host's {m.source}" for m in self.mounted_config
+            ]
         return record
 
     def spec_hash(self) -> str:

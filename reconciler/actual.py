@@ -9,6 +9,7 @@ from typing import Any
 from desired_state.handrun import FoundContainer
 from desired_state.spec import Endpoint, index_by_name
 from reconciler import labels as L
+from reconciler.mounted import Edit
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class ObservedContainer:
     # its image's own environment (which Docker lists among the container's)
     found: FoundContainer | None = None
     image_env: tuple[str, ...] = ()
+    # the mounted config files edited on the host since this agent read them (reconciler/mounted.py)
+    config_edits: tuple[Edit, ...] = ()
 
     @property
     def managed_by(self) -> str | None:
@@ -62,6 +65,11 @@ class ObservedContainer:
 
     def record(self) -> dict[str, Any] | None:
         return L.record_from(self.labels)
+
+    @property
+    def mounted_config(self) -> dict[str, str]:
+        """Config files mounted from the host (path in the container -> on the host)."""
+        return L.mounted_files(self.labels)
 
     @property
     def short_id(self) -> str:

@@ -20,6 +20,8 @@ from desired_state.spec import ContainerSpec
 from reconciler import labels as L
 from reconciler.docker_import import Container, docker
 from reconciler.engines import describe_error
+from reconciler.mounted import MountedConfigError, loaded_record, record_archive
+from reconciler.mounted_docker import read_folder
 from reconciler.plan import Action
 
 log = logging.getLogger("consul_reconciler.execute")
@@ -85,6 +87,11 @@ class ContainerOps:
         )
         if spec.ports:
             kwargs["ports"] = port_bindings(spec)
+        if spec.mounted_config:  # "mounts", not "volumes": a missing file is an error, never a new folder
+            kwargs["mounts"] = [
+                docker.types.Mount(m.target, m.source, type="bind", read_only=True)
+                for m in spec.mounted_config
+            ]
         try:
             container = client.containers.create(**kwargs)
         except docker.errors.ImageNotFound:
@@ -101,7 +108,23 @@ class ContainerOps:
                 raise ActionError(
                     f"host {spec.host}: cannot write the secret files into {name}: {describe_error(exc)}"
                 ) from None
+        if spec.mounted_config:
+            self.record_mounted(container, spec, name)
         return container
+
+    @staticmethod
+    def record_mounted(container: Container, spec: ContainerSpec, name: str) -> None:
+        """Read the config files mounted from the host through the new (not yet started) container,
+        check them as Consul will, and record their hashes in it (reconciler/mounted.py)."""
+        try:
+            files = read_folder(container.client.api, container.id)
+            container.put_archive(
+                "/", record_archive(loaded_record((m.target for m in spec.mounted_config), files))
+            )
+        except (docker.errors.APIError, MountedConfigError) as exc:
+            container.remove(force=True)
+            why = str(exc) if isinstance(exc, MountedConfigError) else describe_error(exc)
+            raise ActionError(f"host {spec.host}: config file mounted into {name}: {why}") from None
 
     def ensure_image(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
         try:

@@ -36,7 +36,7 @@ def docker_run_line(spec: ContainerSpec) -> str:
         argv.append(f"--net={spec.network_mode}")
         for port in spec.ports:
             argv += ["-p", port.record().removesuffix("/tcp")]
-    for mount in spec.mounts:
+    for mount in (*spec.mounts, *spec.mounted_config):
         argv += ["-v", mount.record()]
     for key, value in spec.env:
         argv += ["-e", f"{key}={value}"]

@@ -5,6 +5,7 @@ is reported and never stops the others."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -14,7 +15,12 @@ from desired_state.handrun import CONSUL_IMAGES, REGISTRATOR_IMAGES, FoundContai
 from desired_state.spec import Endpoint
 from reconciler import labels as L
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
+from reconciler.docker_import import docker
 from reconciler.engines import Connections, EngineError, describe_error
+from reconciler.mounted import RECORD, Edit, HostFileMissing, MountedConfigError, edits, parse_record
+from reconciler.mounted_docker import host_files, read_folder
+
+log = logging.getLogger("consul_reconciler.observe")
 
 
 def observe_fleet(
@@ -47,7 +53,8 @@ def observe_host(
 ) -> ObservedHost:
     try:
         api = connections.get(host, endpoint).api
-        managed = [_container(raw) for raw in api.containers(all=True, filters={"label": [L.MANAGED_BY]})]
+        listed = [_container(raw) for raw in api.containers(all=True, filters={"label": [L.MANAGED_BY]})]
+        managed = [_with_config_edits(api, c) if c.mounted_config else c for c in listed]
         missing = sorted(set(wanted) - {c.name for c in managed})
         others: list[ObservedContainer] = []
         if missing:
@@ -63,6 +70,29 @@ def observe_host(
         connections.drop(host)
         return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc))
     return ObservedHost(host, endpoint, True, None, tuple(managed), tuple(others))
+
+
+def _with_config_edits(api: Any, container: ObservedContainer) -> ObservedContainer:
+    """An agent with config files mounted from the host: which of them were edited since it read them
+    (reconciler/mounted.py). A file gone from the host is an edit too: the replacement says so (Docker
+    refuses the mount, naming the file) before the running agent is touched. When the files cannot be
+    read for another reason (the agent gone meanwhile, its image removed), none is taken as edited:
+    nothing is replaced on a guess, and the next pass looks again."""
+    mounted = container.mounted_config
+    try:
+        files = host_files(api, container.name, container.image, mounted)
+    except HostFileMissing as exc:
+        log.warning("%s: a mounted config file is missing on the host: %s", container.name, exc)
+        return replace(container, config_edits=tuple(Edit(path, None, None) for path in mounted))
+    except (docker.errors.APIError, MountedConfigError) as exc:
+        log.warning("%s: cannot read its mounted config files: %s", container.name, describe_error(exc))
+        return container
+    try:
+        record = parse_record(read_folder(api, container.id, RECORD))
+    except (docker.errors.APIError, MountedConfigError) as exc:
+        log.warning("%s: cannot read what its agent read: %s", container.name, describe_error(exc))
+        return container
+    return replace(container, config_edits=edits(mounted, record, files))
 
 
 def _inspected(api: Any, host: str, container: ObservedContainer) -> ObservedContainer:

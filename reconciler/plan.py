@@ -352,6 +352,11 @@ def _compare(
             return _action(Kind.REPLACE, spec, current, tuple(field_changes(adoption.record, spec.record())))
     elif current.spec_hash != spec.spec_hash() or current.hash_version != HASH_VERSION:
         return _action(Kind.REPLACE, spec, current, tuple(field_changes(current.record(), spec.record())))
+    if current.config_edits:  # a file mounted from the host, edited since the agent read it
+        edited = tuple(
+            Change(field="config_files", old=e.before(), new=e.after()) for e in current.config_edits
+        )
+        return _action(Kind.REPLACE, spec, current, edited)
     if current.state == "dead":
         return _action(Kind.REPLACE, spec, current, (Change(message="container is dead"),))
     if current.state in ("running", "restarting", "removing"):
