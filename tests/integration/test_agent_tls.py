@@ -1,6 +1,7 @@
-"""TLS on real Consul agents (consul.tls): HTTPS only, verify_incoming on, the controller's calls to the
-agents (the gates, the registrator's wait) over HTTPS with its client certificate, and a clear error
-without it; an operator's config file read by the agents, and its edit planned as a replacement."""
+"""TLS on real Consul agents (consul.tls): HTTPS only, verify_incoming on, the controller's every call to
+the agents (the gates, the registrator's wait, the snapshot, each server's leave) over HTTPS with its
+client certificate, and a clear error without it; an operator's config files (one copied, one mounted
+from each host) read by the agents, and an edit on the hosts rolled out."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def healthy_voters(address: str, certs: ConsulCerts) -> int:
     return sum(1 for s in health["Servers"] or [] if s["Healthy"] and s["Voter"]) if health["Healthy"] else 0
 
 
+def node_meta(address: str, certs: ConsulCerts) -> dict[str, str]:
+    """The agent's node meta from the operator's files (Consul adds its own keys)."""
+    meta = https_get(address, "/v1/agent/self", certs)["Meta"]
+    return {key: value for key, value in meta.items() if key in ("rack", "zone")}
+
+
 def cluster_report(fleet: Fleet, addresses: list[str], certs: ConsulCerts) -> str:
     """What each server says of the cluster, and the tail of its log: for a rollout that paused."""
     lines = []
@@ -74,7 +81,10 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
     }
     meta = tmp_path / "meta.json"  # an operator's config file, copied into every agent
     meta.write_text(json.dumps({"node_meta": {"rack": "r1"}}))
-    fleet.doc["consul"]["config_files"] = [{"file": str(meta)}]
+    zone = tmp_path / "consul.d" / "zone.json"  # and one on each host, mounted (the same path here)
+    zone.parent.mkdir()
+    zone.write_text(json.dumps({"node_meta": {"zone": "z1"}}))
+    fleet.doc["consul"]["config_files"] = [{"file": str(meta)}, {"host_path": str(zone)}]
     for host in fleet.doc["hosts"]:
         host["role"] = "server"
     fleet.doc["rollout"] |= {"deadline": 60, "stabilization": 1}
@@ -97,23 +107,27 @@ def test_agents_serve_https_only_and_the_controller_converges_and_replaces_a_ser
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         https_get(first, "/v1/status/leader", certs, client_cert=False)
     assert https_get(first, "/v1/status/leader", certs).endswith(":8300")
-    assert https_get(first, "/v1/agent/self", certs)["Meta"]["rack"] == "r1"  # the file was read
+    assert node_meta(first, certs) == {"rack": "r1", "zone": "z1"}  # both files read
 
-    # an edited config file is a new desired state: every agent is replaced, the field named, the
-    # content never shown; the three servers roll one at a time, leader last, each with its leave
-    # and the gates over HTTPS (the same data folders: the same node IDs)
-    meta.write_text(json.dumps({"node_meta": {"rack": "r2"}}))
+    # the mounted file edited on the hosts (a new file renamed over it, as configuration tools write):
+    # every agent is replaced, the field named, the content never shown; the three servers roll one
+    # at a time, leader last, each with its leave and the gates over HTTPS (the same data folders:
+    # the same node IDs)
+    edited = zone.with_name("zone.json.new")
+    edited.write_text(json.dumps({"node_meta": {"zone": "z2"}}))
+    edited.replace(zone)
     planned = fleet.plan()
     assert planned.code == 2, planned.stdout + planned.stderr
     replaces = [a for a in planned.json()["actions"] if a["kind"] == "replace"]
     assert len(replaces) == 3 and all(r["reasons"][0]["field"] == "config_files" for r in replaces)
-    assert "r2" not in planned.stdout  # the content is never shown, only its hash
+    assert "z2" not in planned.stdout  # the content is never shown, only its hash
     run = fleet.apply()
     assert run.code == 0, run.stdout + run.stderr + cluster_report(fleet, addresses, certs)
     replaced = audit_rows(fleet.db, "SELECT node, status FROM actions WHERE kind='replace'")
     assert sorted(replaced) == [(h["name"], "succeeded") for h in fleet.doc["hosts"]]
     wait_for(lambda: healthy_voters(first, certs) == 3, 60, "3 healthy voters after the rollout")
-    assert https_get(first, "/v1/agent/self", certs)["Meta"]["rack"] == "r2"
+    assert node_meta(first, certs) == {"rack": "r1", "zone": "z2"}
+    assert fleet.plan().code == 0, "the new agents recorded the file as they read it"
 
     # without the controller's client certificate, a clear error names the agent and what to give
     fleet.env.pop("CONSUL_CLIENT_CERT")

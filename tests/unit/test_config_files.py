@@ -1,11 +1,13 @@
-"""The operator's agent config files (consul.config_files): read on the management host, copied into
-the agents, their content hashed so that an edit replaces them (no Docker)."""
+"""The operator's agent config files (consul.config_files): read on the management host and copied into
+the agents, or on each host and mounted; their content hashed so that an edit replaces them (no
+Docker: tests/integration/test_mounted_config.py has the engines)."""
 
 from __future__ import annotations
 
 import io
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,21 @@ import pytest
 
 from desired_state.configfiles import attach
 from desired_state.load import Loaded, TopologyError, load_topology
+from reconciler.actual import ObservedContainer
 from reconciler.containers import ContainerOps, ExecOptions
 from reconciler.formatting import docker_run_line
-from reconciler.plan import field_changes
+from reconciler.labels import MOUNTED_CONFIG, labels_for
+from reconciler.mounted import (
+    RECORD,
+    Edit,
+    MountedConfigError,
+    digest,
+    edits,
+    folder_files,
+    loaded_record,
+    parse_record,
+)
+from reconciler.plan import Kind, _compare, field_changes
 
 SECRETISH = '{"acl": {"tokens": {"replication": "0d5f-secret-in-a-config-file"}}}'
 
@@ -127,8 +141,113 @@ def test_the_production_example_validates_and_renders_every_part(tmp_path: Path)
         "acl.tokens.initial_management",
     ]
     assert [s.key for s in client.secret_files] == ["encrypt", "acl.tokens.agent"]
+    assert [m.record() for m in client.mounted_config] == [
+        "/etc/consul.d/limits.hcl:/consul/config/limits.hcl:ro"
+    ]
     assert server.agent_http == "https://192.0.2.11:8501"
     assert (
         doc.topology.snapshots.keep == 20 and doc.topology.snapshots.dir == "/var/backups/consul-reconciler"
     )
     assert doc.warnings == []
+
+
+# ------------------------------------------------------------------------------------------------
+# host_path: a file on each host, mounted read-only; its hash recorded in the agent when it is made
+
+
+def mounted_spec(ref: dict[str, str] | None = None) -> Any:
+    doc = attach(loaded([ref or {"host_path": "/etc/consul.d/limits.hcl", "name": "20-limits.hcl"}]))
+    return doc.fleet.hosts[0].specs[0]
+
+
+def config_folder(files: dict[str, bytes]) -> bytes:
+    """A tar of /consul/config as Docker's archive API sends it (``config/...``)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo("config")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for path, data in files.items():
+            info = tarfile.TarInfo(path.removeprefix("/consul/"))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_host_file_is_mounted_read_only_named_in_the_spec_and_labelled() -> None:
+    spec = mounted_spec()
+    assert spec.config_files == ()  # nothing copied: the file is on the host
+    assert [m.record() for m in spec.mounted_config] == [
+        "/etc/consul.d/limits.hcl:/consul/config/20-limits.hcl:ro"
+    ]
+    assert spec.record()["config_files"] == [
+        "/consul/config/20-limits.hcl:mounted from the host's /etc/consul.d/limits.hcl"
+    ]
+    assert json.loads(labels_for("prod", spec)[MOUNTED_CONFIG]) == {
+        "/consul/config/20-limits.hcl": "/etc/consul.d/limits.hcl"
+    }
+    assert "-v /etc/consul.d/limits.hcl:/consul/config/20-limits.hcl:ro" in docker_run_line(spec)
+    other = mounted_spec({"host_path": "/srv/consul/limits.hcl", "name": "20-limits.hcl"})
+    assert [c.field for c in field_changes(spec.record(), other.record())] == ["config_files"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({"name": "x.json"}, "give one of 'host_path'"),
+        ({"file": "/a/x.json", "host_path": "/b/x.json"}, "give one of 'host_path'"),
+        ({"host_path": "consul.d/x.json"}, "is not an absolute path"),
+        ({"host_path": "/etc/consul.d/x.yaml"}, "Consul reads only *.json and *.hcl files"),
+    ],
+)
+def test_a_host_file_reference_is_checked_where_declared(ref: dict[str, str], message: str) -> None:
+    with pytest.raises(TopologyError) as caught:
+        loaded([ref])
+    assert caught.value.issues[0].path.startswith("consul.config_files[0]")
+    assert message in caught.value.issues[0].message
+
+
+def test_the_record_made_at_creation_finds_an_edit_on_the_host_and_only_then() -> None:
+    path = "/consul/config/extra.json"
+    first = {path: b'{"log_level": "INFO"}'}
+    record = loaded_record([path], first)
+    mounted = {path: "/etc/consul.d/extra.json"}
+    kept = parse_record(folder_files(config_folder({**first, RECORD: record})))
+    assert edits(mounted, kept, first) == ()  # as the agent read it
+    [edit] = edits(mounted, kept, {path: b'{"log_level": "DEBUG"}'})
+    assert edit.loaded == digest(first[path]) and edit.now == digest(b'{"log_level": "DEBUG"}')
+    assert edit.before().startswith("extra.json sha256:") and "(on the host now)" in edit.after()
+    assert "DEBUG" not in edit.before() + edit.after()  # contents are never shown
+    assert edits(mounted, kept, {})[0].after() == "extra.json missing or unreadable on the host"
+    assert edits(mounted, {}, first)[0].before() == "extra.json (what its agent read is not recorded)"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (None, "extra.json is not a regular file on the host"),
+        (b"\xff", "extra.json is not UTF-8 text"),
+        (b"[1]", "extra.json is not a JSON object"),
+    ],
+)
+def test_a_host_file_consul_would_refuse_is_refused_at_creation(data: bytes | None, message: str) -> None:
+    path = "/consul/config/extra.json"
+    with pytest.raises(MountedConfigError, match=message):
+        loaded_record([path], {} if data is None else {path: data})
+
+
+def test_an_edited_host_file_plans_a_replacement_naming_the_file() -> None:
+    spec = mounted_spec({"host_path": "/etc/consul.d/extra.json"})
+    agent = ObservedContainer(
+        id="c" * 64, name=spec.name, image=spec.image, state="running", labels=labels_for("prod", spec)
+    )
+    assert agent.mounted_config == {"/consul/config/extra.json": "/etc/consul.d/extra.json"}
+    assert _compare(spec, agent) is None
+    edit = Edit("/consul/config/extra.json", "a" * 64, "b" * 64)
+    action = _compare(spec, replace(agent, config_edits=(edit,)))
+    assert action is not None and action.kind is Kind.REPLACE
+    assert [r.to_dict()["field"] for r in action.reasons] == ["config_files"]
+    assert str(action.reasons[0]) == (
+        "config_files: 'extra.json sha256:aaaaaaaaaaaa (as its agent read it)' -> "
+        "'extra.json sha256:bbbbbbbbbbbb (on the host now)'"
+    )
