@@ -261,16 +261,17 @@ def test_one_ssh_engine_that_never_answers_holds_up_no_other_host(
         }
         connections = Connections()
         try:
-            started = time.monotonic()
             fleet = observe_fleet(connections, endpoints, {})
-            took = time.monotonic() - started
         finally:
             connections.close()
     host1, mute = fleet.host("host1"), fleet.host("mute")
     assert host1 is not None and host1.reachable
-    assert mute is not None and not mute.reachable and "SSH" in (mute.error or ""), mute
-    # the SSH library alone waits 15 s for a banner; the host's 2 s timeout bounds it, for every host
-    assert took < 12, took
+    # the SSH library alone waits 15 s for a banner (its own error then names the banner); the host's
+    # 2 s timeout is what ended it: its own message says so (no timing asserted: it says which bound)
+    assert mute is not None and not mute.reachable, mute
+    assert "SSH to ssh://root@127.0.0.1:" in (mute.error or "") and "did not complete within 2s" in (
+        mute.error or ""
+    )
 
 
 def test_a_half_open_event_stream_is_noticed_and_no_event_is_lost(
