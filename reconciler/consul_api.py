@@ -25,7 +25,14 @@ from reconciler.consul_settings import ConsulError as ConsulError  # every Consu
 
 
 class ConsulUnreachable(ConsulError):
-    """No answer: refused, reset, closed before the answer, or timed out."""
+    """No answer: refused, reset, closed before the answer or during it, or timed out."""
+
+
+def _cut(exc: BaseException) -> str:
+    """The failure in one short line: ``ChunkedEncodingError: IncompleteRead(0 bytes read, ...)``."""
+    text = " ".join(str(exc).split())
+    found = re.search(r"IncompleteRead\([^)]*\)", text)
+    return f"{type(exc).__name__}: {found.group(0) if found else text[:160]}"
 
 
 SNAPSHOT_CHUNK = 1 << 16  # bytes read at a time from a snapshot being streamed
@@ -123,6 +130,9 @@ class Consul:
             raise ConsulUnreachable(f"{self.where()} is unreachable ({what})") from None
         except requests.exceptions.Timeout:
             raise ConsulUnreachable(f"{self.where()} did not answer in time ({what})") from None
+        except (requests.exceptions.RequestException, json.JSONDecodeError) as exc:
+            # the answer broke off (a body shorter than its Content-Length) or was not JSON
+            raise ConsulUnreachable(f"{self.where()} broke off its answer ({what}: {_cut(exc)})") from None
         except consul.ACLPermissionDenied:
             raise ConsulError(
                 f"{self.where()} denied {what}: permission denied (check the ACL token)"
@@ -266,6 +276,9 @@ class ConsulAgent:
         except requests.exceptions.ConnectionError:
             # refused, reset, or closed before the answer (an agent that exits as it leaves does that)
             raise ConsulUnreachable(f"agent {self.http} does not answer ({what})") from None
+        except (requests.exceptions.RequestException, json.JSONDecodeError) as exc:
+            # the answer broke off: an agent that exits (crash-looping, leaving) while it writes one
+            raise ConsulUnreachable(f"agent {self.http} broke off its answer ({what}: {_cut(exc)})") from None
         except consul.ACLPermissionDenied:
             raise ConsulError(
                 f"agent {self.http} denied {what}: permission denied (check the ACL token)"

@@ -390,3 +390,67 @@ def test_apply_refuses_while_a_live_controller_holds_the_lock(tmp_path: Path) ->
         assert "leader lock" not in forced.stderr and "host h1" in forced.stdout + forced.stderr
         consul.destroy_session(session)  # the controller is gone: its lock is free
         assert "leader lock" not in apply().stderr
+
+
+class _BreaksOff:
+    """An HTTP server that answers every request with a 200 promising 874 bytes, sends 12 and closes:
+    an agent that exits (crash-looping, or leaving) while it writes an answer. requests raises
+    ChunkedEncodingError (urllib3's IncompleteRead) for it, which is not a ConnectionError."""
+
+    def __enter__(self) -> str:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _cut_short(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "874")
+                self.send_header("X-Consul-Index", "7")
+                self.end_headers()
+                self.wfile.write(b'[{"Name": "n')
+                self.wfile.flush()
+                self.close_connection = True
+
+            do_GET = do_PUT = _cut_short
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    "call", ["leader", "peers", "members", "raft_configuration", "autopilot_health", "self_info", "leave"]
+)
+def test_an_agent_answer_cut_short_is_an_agent_that_does_not_answer(call: str) -> None:
+    with _BreaksOff() as address:
+        agent = ConsulAgent(address, timeout=2.0)
+        with pytest.raises(ConsulUnreachable) as caught:
+            getattr(agent, call)()
+    message = str(caught.value)
+    assert f"agent {address} broke off its answer" in message, message
+    assert "IncompleteRead(12 bytes read, 862 more expected)" in message, message
+
+
+def test_a_kv_answer_cut_short_is_a_consul_that_does_not_answer() -> None:
+    with _BreaksOff() as address:
+        consul = Consul(ConsulAddress.parse(f"consul://{address}/infra/topology"), timeout=2.0)
+        with pytest.raises(ConsulUnreachable, match="broke off its answer"):
+            consul.get("infra/topology")
+
+
+def test_the_gates_see_a_server_whose_answer_broke_off_as_unhealthy_not_as_a_crash() -> None:
+    from reconciler.consul_gates import ConsulGates
+
+    with _BreaksOff() as address:
+        gates = ConsulGates({"n1": address}, deadline=1.0, stabilization=0.1, agent_timeout=2.0)
+        view = gates.view()  # raised ChunkedEncodingError out of apply before (a crash-looping server)
+    assert view.leader == "" and "broke off its answer (status/leader" in view.error, view
+    assert gates.member_status("n2") is None
+    assert gates.others_down("n2") == ["n1"]
