@@ -3,11 +3,14 @@ reading the desired state."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,7 +19,7 @@ from desired_state.configfiles import attach
 from desired_state.load import Loaded, TopologyError, load_topology
 from reconciler.consul_settings import resolve_ca
 from reconciler.sources import ConsulSource, FileSource, SourceError, open_source
-from reconciler.store import AuditLog, default_database_url, normalize_url
+from reconciler.store import AuditLog, default_database_url, normalize_url, sqlite_path
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -128,9 +131,39 @@ def print_warnings(loaded: Loaded) -> None:
         err.print(f"warning: {warning}", markup=False)
 
 
-def open_log(db: str | None) -> AuditLog:
-    """The audit log at ``--db`` (else $CONSUL_RECONCILER_DB, else the default file)."""
-    return _open_audit(db, fail)
+Missing = Literal["create", "fail", "empty"]
+
+
+def open_log(db: str | None, *, missing: Missing = "create", code: int = 1) -> AuditLog:
+    """The audit log at ``--db`` (else $CONSUL_RECONCILER_DB, else the default file).
+
+    When it is a SQLite file that does not exist: ``create`` makes it (the commands that write:
+    apply, run, resume); ``fail`` is an error naming the file (audit, snapshots, kv history: a query
+    of nothing); ``empty`` reads as an empty log without creating anything (plan, status). A failure
+    ends the command with ``code``."""
+
+    def failed(message: str) -> NoReturn:
+        fail(message, code)
+
+    if missing != "create":
+        path = sqlite_path(_url_of(db, failed))
+        if path is not None and not path.exists():
+            if missing == "fail":
+                failed(
+                    f"no audit database at {path}: nothing was ever recorded there (apply and run "
+                    "write it); give the right one with --db or $CONSUL_RECONCILER_DB"
+                )
+            scratch = Path(tempfile.mkdtemp(prefix="consul-reconciler-empty-"))
+            atexit.register(shutil.rmtree, scratch, True)
+            return _open_audit(str(scratch / "audit.db"), failed)
+    return _open_audit(db, failed)
+
+
+def _url_of(db: str | None, fail: Callable[[str], NoReturn]) -> str:
+    try:
+        return normalize_url(db) if db else default_database_url()
+    except ValueError as exc:
+        fail(f"--db: {exc}")
 
 
 def safe_url(url: str) -> str:

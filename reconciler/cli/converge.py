@@ -89,7 +89,7 @@ def plan(
     """
     loaded = load_desired(source, source_opt, token_from_file(consul_token_file))
     print_warnings(loaded)
-    audit = open_log(db)
+    audit = open_log(db, missing="empty")
     connections = Connections()
     try:
         _, _, the_plan = compute_plan(

@@ -9,8 +9,8 @@ silently overwrite each other: the second one gets a conflict and nothing is wri
 - ``kv history`` / ``kv diff A B``: the valid documents the controller applied (the audit database).
 
 Exit codes: 0 success, 1 error (one line on stderr naming the key or address; for an invalid
-document, every issue with its path). The ACL token (``--token-file`` or ``$CONSUL_HTTP_TOKEN``)
-is sent as a header and never printed.
+document, every issue with its path); ``kv diff`` as diff(1): 0 identical, 1 different, 2 error.
+The ACL token (``--token-file`` or ``$CONSUL_HTTP_TOKEN``) is sent as a header and never printed.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def history(
             fail_line(str(exc))
     elif consul_url is not None:
         fail_line(f"--consul {consul_url!r}: expected {FORMS}")
-    log = open_log(db)
+    log = open_log(db, missing="fail")
     try:
         rows = log.state.documents(wanted, limit=limit)
         if not rows and wanted is not None and "://" not in wanted and not wanted.startswith("file:"):
@@ -95,17 +95,17 @@ def diff(
 ) -> None:
     """Unified diff of two kept documents (from A to B); see `kv history` for ids and digests.
 
-    Exit 0 when they are identical (says so) and also when they differ (the diff is printed);
-    exit 1 when A or B cannot be found or is ambiguous.
+    Exit codes as diff(1) and `git diff --exit-code`: 0 when they are identical (says so), 1 when they
+    differ (the diff is printed), 2 when A or B cannot be found or is ambiguous, or on another error.
     """
-    log = open_log(db)
+    log = open_log(db, missing="fail", code=2)
     try:
         docs: list[DocumentRow] = []
         for ref in (a, b):
             try:
                 docs.append(log.state.find_document(ref.strip()))
             except KeyError as exc:
-                fail_line(str(exc.args[0]) if exc.args else f"no kept document {ref!r}")
+                fail_line(str(exc.args[0]) if exc.args else f"no kept document {ref!r}", 2)
     finally:
         log.close()
     first, second = docs
@@ -121,3 +121,4 @@ def diff(
     for line in lines:
         sys.stdout.write(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     sys.stdout.flush()
+    raise typer.Exit(1)

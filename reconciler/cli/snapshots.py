@@ -41,7 +41,7 @@ def snapshots_cmd(
 
     To restore one into a fresh cluster: `consul snapshot restore FILE`, or PUT the file to
     /v1/snapshot with a management token."""
-    log_db = open_log(db)
+    log_db = open_log(db, missing="fail")
     try:
         rows = log_db.snapshots.newest(cluster_id=cluster, limit=limit)
     finally:

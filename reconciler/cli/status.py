@@ -30,7 +30,11 @@ from reconciler.formatting import host_report, text_table
 from reconciler.one_pass import PassOptions, compute_plan
 from reconciler.pauses import pauses_for
 from reconciler.sources import SourceError
-from reconciler.store import ActionFilter, parse_since
+from reconciler.store import ACTION_KINDS, ACTION_STATUSES, RUN_STATUSES, ActionFilter, parse_since
+
+
+def _listed(values: frozenset[str]) -> str:
+    return ", ".join(sorted(values))
 
 
 def status(
@@ -40,7 +44,7 @@ def status(
 
     When the source cannot be read or is invalid, the status is computed against the last document the
     controller applied (kept in the audit database), and says so."""
-    audit = open_log(db)
+    audit = open_log(db, missing="empty")
     src = source_of(source, source_opt)
     source_problem: str | None = None
     try:
@@ -185,27 +189,48 @@ def audit_cmd(
     host: Annotated[str | None, typer.Option(help="Only actions on this host.")] = None,
     node: Annotated[str | None, typer.Option(help="Only actions on this Consul node.")] = None,
     kind: Annotated[
-        str | None, typer.Option(help="create, replace, start, remove, blocked, adopt, observe, snapshot.")
+        str | None, typer.Option(help=f"Only actions of this kind: {_listed(ACTION_KINDS)}.")
     ] = None,
     status: Annotated[
-        str | None, typer.Option(help="started, succeeded, failed, skipped, interrupted.")
+        str | None,
+        typer.Option(
+            help=f"Only actions with this status ({_listed(ACTION_STATUSES)}); "
+            f"with --runs, runs with this status ({_listed(RUN_STATUSES)})."
+        ),
     ] = None,
-    since: Annotated[str | None, typer.Option(help="Relative (90s, 15m, 2h, 3d, 1w) or an ISO time.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only rows started since: relative (90s, 15m, 2h, 3d, 1w) or an ISO time."),
+    ] = None,
     run: Annotated[int | None, typer.Option(help="Only actions of this run (pass).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows (newest first).")] = 50,
     runs: Annotated[bool, typer.Option("--runs", help="List passes (runs) instead of actions.")] = False,
     as_json: JsonOpt = False,
     db: DbOpt = None,
 ) -> None:
-    """Query the audit log: who changed what, when, and why."""
+    """Query the audit log: who changed what, when, and why.
+
+    Actions by default (newest first); with --runs, the passes, filtered by --status, --host (runs
+    with an action on that host) and --since. An unknown --kind or --status is an error that lists
+    the valid ones."""
     try:
         since_at = parse_since(since) if since else None
     except ValueError as exc:
         fail(f"--since: {exc}")
-    log_db = open_log(db)
+    if kind is not None and (runs or kind not in ACTION_KINDS):
+        fail(
+            "--kind filters actions, not runs"
+            if runs
+            else f"--kind {kind!r} is not an action kind; one of: {_listed(ACTION_KINDS)}"
+        )
+    valid = RUN_STATUSES if runs else ACTION_STATUSES
+    if status is not None and status not in valid:
+        what = "a run" if runs else "an action"
+        fail(f"--status {status!r} is not {what} status; one of: {_listed(valid)}")
+    log_db = open_log(db, missing="fail")
     try:
         if runs:
-            run_rows = log_db.runs(limit=limit)
+            run_rows = log_db.runs(limit=limit, status=status, since=since_at, host=host)
             if as_json:
                 emit_json([r.to_dict() for r in run_rows])
                 return

@@ -19,9 +19,11 @@ from reconciler.store.db import MIGRATIONS_DIR as MIGRATIONS_DIR
 from reconciler.store.db import SCHEMA_REVISION as SCHEMA_REVISION
 from reconciler.store.db import default_database_url as default_database_url
 from reconciler.store.db import normalize_url as normalize_url
+from reconciler.store.db import sqlite_path as sqlite_path
 from reconciler.store.models import ActionModel as ActionModel
 from reconciler.store.models import Base as Base
 from reconciler.store.models import RunModel as RunModel
+from reconciler.store.rows import ACTION_KINDS as ACTION_KINDS
 from reconciler.store.rows import ACTION_STATUSES as ACTION_STATUSES
 from reconciler.store.rows import RUN_STATUSES as RUN_STATUSES
 from reconciler.store.rows import ActionFilter as ActionFilter

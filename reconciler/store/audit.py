@@ -122,11 +122,26 @@ class AuditLog(Database):
 
         self._record_outcome(apply)
 
-    def runs(self, *, limit: int = 20, cluster_id: str | None = None) -> list[RunRow]:
-        """Most recent runs first."""
+    def runs(
+        self,
+        *,
+        limit: int = 20,
+        cluster_id: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        host: str | None = None,
+    ) -> list[RunRow]:
+        """Most recent runs first; ``status`` and ``since`` (started at or after) filter the runs, and
+        ``host`` keeps the runs with an action row on that host."""
         stmt = select(RunModel).order_by(RunModel.started_at.desc(), RunModel.id.desc())
         if cluster_id is not None:
             stmt = stmt.where(RunModel.cluster_id == cluster_id)
+        if status is not None:
+            stmt = stmt.where(RunModel.status == status)
+        if since is not None:
+            stmt = stmt.where(RunModel.started_at >= _as_utc(since))
+        if host is not None:
+            stmt = stmt.where(RunModel.id.in_(select(ActionModel.run_id).where(ActionModel.host == host)))
         if limit is not None and limit > 0:
             stmt = stmt.limit(limit)
         with self._read() as session:

@@ -62,6 +62,12 @@ def default_database_url() -> str:
     return normalize_url(str(base / "consul-reconciler" / "audit.db"))
 
 
+def sqlite_path(url_text: str) -> Path | None:
+    """The file behind a SQLite URL; None for another database, or an in-memory or URI one."""
+    url = make_url(url_text)
+    return _sqlite_file(url) if url.get_backend_name() == "sqlite" else None
+
+
 def _sqlite_file(url: URL) -> Path | None:
     """The file behind a SQLite URL, or None for in-memory / URI databases."""
     database = url.database

@@ -609,7 +609,7 @@ def test_history_lists_kept_documents_newest_first(
 
 def test_diff_of_two_kept_documents(env: dict[str, str], kept: list[int]) -> None:
     result = cli(env, "diff", str(kept[0]), digest_of(NEWER)[:8])
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # they differ: diff(1)'s and git's convention
     assert result.stdout.startswith(f"--- #{kept[0]} {digest_of(VALID)[:12]}")
     assert '-consul: {image: "hashicorp/consul:1.20"}' in result.stdout.splitlines()
     assert '+consul: {image: "hashicorp/consul:1.21"}' in result.stdout.splitlines()
@@ -619,11 +619,22 @@ def test_diff_of_two_kept_documents(env: dict[str, str], kept: list[int]) -> Non
     assert same.stdout.startswith("identical: ")
 
     unknown = cli(env, "diff", str(kept[0]), "deadbeef")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2  # trouble, not a difference
     assert "no kept document with id or digest 'deadbeef'" in one_line_error(unknown)
 
 
 def test_history_with_an_empty_database(env: dict[str, str]) -> None:
+    AuditLog(normalize_url(env["CONSUL_RECONCILER_DB"])).close()  # made, nothing kept yet
     result = cli(env, "history")
     assert result.returncode == 0
     assert result.stdout.strip() == "no kept documents"
+
+
+def test_history_and_diff_never_create_a_database(env: dict[str, str]) -> None:
+    missing = Path(env["CONSUL_RECONCILER_DB"])
+    history = cli(env, "history")
+    assert history.returncode == 1
+    assert one_line_error(history).startswith(f"error: no audit database at {missing}: nothing was ever")
+    diff = cli(env, "diff", "1", "2")
+    assert diff.returncode == 2 and "no audit database at" in diff.stderr
+    assert not missing.exists() and not missing.parent.joinpath("audit.db-wal").exists()
