@@ -20,13 +20,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 # Only what the package needs (see .dockerignore): no tests, examples, benchmarks or .git.
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY desired_state/ /src/desired_state/
 COPY reconciler/ /src/reconciler/
 # pip and setuptools are needed only to install; removing them from the venv saves about 20 MB.
 # The last two commands fail the build if the package or one of its dependencies cannot be loaded.
 RUN python3 -m venv /opt/consul-reconciler \
- && /opt/consul-reconciler/bin/pip install --no-cache-dir /src \
+ && /opt/consul-reconciler/bin/pip install --no-cache-dir -c /src/constraints.txt /src \
  && /opt/consul-reconciler/bin/python -m pip uninstall --yes --quiet pip setuptools \
  && /opt/consul-reconciler/bin/consul-reconciler --help >/dev/null \
  && /opt/consul-reconciler/bin/python -c "import reconciler.cli, reconciler.store, apscheduler, prometheus_client"

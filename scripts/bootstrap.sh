@@ -48,6 +48,6 @@ if [ ! -x .venv/bin/python ]; then
   step "creating .venv with $(python3 --version)"
   python3 -m venv .venv
 fi
-step "installing the project with its test extras into .venv (dependency floors from constraints-floor.txt)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints-floor.txt -e '.[test]'
+step "installing the project with its test extras into .venv (the image's versions, constraints.txt)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints-floor.txt -c constraints.txt -e '.[test]'
 

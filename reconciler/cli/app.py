@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.common import err, fail
+from reconciler import __version__
+from reconciler.cli.common import err, fail, out
 from reconciler.cli.converge import apply, plan, run
 from reconciler.cli.desired import render, validate, version
 from reconciler.cli.kv import kv_app
@@ -36,12 +37,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"consul-reconciler {__version__}", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     log_format: Annotated[
         str, typer.Option("--log-format", help="Log lines as 'text' (default) or 'json' (one object a line).")
     ] = "text",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
     if log_format not in ("text", "json"):
         fail(f"--log-format must be 'text' or 'json', not {log_format!r}")

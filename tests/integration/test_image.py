@@ -152,6 +152,33 @@ def test_image_runs_as_reconciler_without_sources(
     assert lines[4].strip(), output  # the version
 
 
+def test_image_installs_exactly_the_pinned_versions(
+    fleet: list[Engine], controller_image: dict[str, Any]
+) -> None:
+    """The build is reproducible: every distribution in the image's venv is the one constraints.txt
+    pins (the versions the suite ran on), whatever PyPI's newest is on the day of the build."""
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = pinned.strip()
+    script = (
+        "import importlib.metadata as m\n"
+        "for d in m.distributions(): print(d.metadata['Name'].lower().replace('_', '-'), d.version)"
+    )
+    with contextlib.closing(fleet[0].client()) as client:
+        output = client.containers.run(
+            IMAGE, entrypoint=["python3", "-c"], command=[script], network_mode="none", remove=True
+        ).decode()
+    installed = dict(line.split() for line in output.splitlines())
+    assert installed.pop("consul-reconciler")
+    assert installed, output
+    unpinned = sorted(set(installed) - set(pins))
+    assert not unpinned, f"in the image but not pinned in constraints.txt: {unpinned}"
+    assert {name: installed[name] for name in installed} == {name: pins[name] for name in installed}
+
+
 # --------------------------------------------------------------------------------------------------
 # The controller in a container, managing the engine it runs on
 
