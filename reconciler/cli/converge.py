@@ -4,7 +4,7 @@ it so."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +28,7 @@ from reconciler.cli.common import (
 )
 from reconciler.consul_api import ConsulError
 from reconciler.consul_settings import resolve_ca
+from reconciler.durations import parse_duration, seconds_text
 from reconciler.engines import Connections
 from reconciler.execute import ExecOptions
 from reconciler.formatting import format_plan
@@ -35,7 +36,6 @@ from reconciler.one_pass import PassOptions, compute_plan, run_pass
 from reconciler.pauses import pauses_for
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
 from reconciler.sources import ConsulSource, open_source
-from reconciler.store import parse_since
 
 PullOpt = Annotated[
     bool, typer.Option("--pull/--no-pull", help="Pull images missing on a host (--no-pull: fail instead).")
@@ -199,11 +199,19 @@ def apply(
     raise typer.Exit(0 if result.ok else 1)
 
 
-def _duration(text: str, option: str) -> timedelta:
+MIN_INTERVAL = 0.05  # seconds between resyncs, at least
+
+
+def _duration(text: str, option: str, least: float = 0.0) -> timedelta:
+    """``text`` in the one duration syntax of every option (reconciler.durations); an error names the
+    option."""
     try:
-        return datetime.now(UTC) - parse_since(text)
+        value = parse_duration(text)
     except ValueError as exc:
         fail(f"{option}: {exc}")
+    if value.total_seconds() < least:
+        fail(f"{option} {text}: at least {seconds_text(least)}")
+    return value
 
 
 def run(
@@ -211,8 +219,9 @@ def run(
     source_opt: SourceOpt = None,
     db: DbOpt = None,
     interval: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between full resyncs (jittered).")
-    ] = 30.0,
+        str,
+        typer.Option(help="Time between full resyncs (jittered): 30 (seconds), 90s, 5m, 1h30m."),
+    ] = "30s",
     jitter: Annotated[
         float, typer.Option(min=0, max=1, help="Resync jitter, a fraction of the interval.")
     ] = 0.1,
@@ -228,7 +237,10 @@ def run(
     ] = None,
     max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
     prune_after: Annotated[
-        str | None, typer.Option(help="Delete audit rows older than this (e.g. 30d); off by default.")
+        str | None,
+        typer.Option(
+            help="Delete audit rows older than this (30d, 2w, 12h: --interval's syntax); off by default."
+        ),
     ] = None,
     backoff_base: Annotated[
         float, typer.Option(min=0.01, help="First backoff delay after a host fails (s).")
@@ -276,7 +288,7 @@ def run(
 ) -> None:
     """Run the controller: converge now, then keep converging for ever.
 
-    A pass runs every --interval seconds, and at once when the topology file changes, when a managed
+    A pass runs every --interval, and at once when the topology file changes, when a managed
     container dies, stops or disappears on any host, or when an engine comes back. SIGTERM/SIGINT
     finish the action in flight, record the run as interrupted and exit 0.
     """
@@ -289,7 +301,7 @@ def run(
         token = read_token_file(http_token_file, "--http-token-file", fail)
     token = token or os.environ.get("CONSUL_RECONCILER_HTTP_TOKEN") or None
     options = ControllerOptions(
-        interval=interval,
+        interval=_duration(interval, "--interval", least=MIN_INTERVAL).total_seconds(),
         jitter=jitter,
         http=None if http == "off" else http,
         http_token=token,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from reconciler.durations import is_duration, parse_duration
 from reconciler.store.models import ActionModel, DocumentModel, RunModel, SnapshotModel, _as_utc, _utcnow
 
 RUN_STATUSES: Final = frozenset({"running", "succeeded", "failed", "interrupted", "refused", "waiting"})
@@ -261,10 +261,8 @@ def _document(m: DocumentModel) -> DocumentRow:
 
 # --------------------------------------------------------------------------- --since parsing
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _SINCE_FORMS: Final = (
-    "a relative age such as 90s, 15m, 2h, 3d or 1w (seconds, minutes, hours, days, weeks), "
+    "a relative age such as 90s, 15m, 2h, 1h30m, 3d or 1w (the duration syntax of every option), "
     "or an ISO 8601 date or date/time such as 2024-05-01, 2024-05-01T12:30:00 or "
     "2024-05-01T12:30:00+02:00 (no offset means UTC)"
 )
@@ -273,20 +271,19 @@ _SINCE_FORMS: Final = (
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """Parse a ``--since`` value into an aware UTC datetime.
 
-    ``"90s"``, ``"15m"``, ``"2h"``, ``"3d"``, ``"1w"`` are ages relative to ``now``
-    (default: the current time); anything else must be an ISO 8601 date or date/time,
-    a naive one being UTC.  Raises :class:`ValueError` naming the accepted forms.
+    A duration with units (``"90s"``, ``"15m"``, ``"1h30m"``, ``"3d"``, ``"1w"``: see
+    :mod:`reconciler.durations`) is an age relative to ``now`` (default: the current time); anything
+    else must be an ISO 8601 date or date/time, a naive one being UTC.  Raises :class:`ValueError`
+    naming the accepted forms.
     """
     value = text.strip()
     if not value:
         raise ValueError(f"empty time: expected {_SINCE_FORMS}")
-    match = _RELATIVE.match(value)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
+    if any(c.isalpha() for c in value) and is_duration(value):
         reference = _as_utc(now) if now is not None else _utcnow()
         try:
-            return reference - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:
+            return reference - parse_duration(value)
+        except (OverflowError, ValueError):
             raise ValueError(f"time {text!r} is too far in the past") from None
     try:
         parsed = datetime.fromisoformat(value)
