@@ -40,6 +40,7 @@ from reconciler.backoff import BackoffPolicy
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.desired import DesiredState
 from reconciler.engines import Connections
+from reconciler.formatting import changes_line
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
 from reconciler.loop import ReconcileLoop, Requeue
@@ -307,12 +308,17 @@ class Controller:
         reporting.count_hosts(self.metrics, result, verdict)
         self._last_result = result
         self.status.write_host_states(loaded, result, drift, self.history.hosts)
-        log.info(
-            "pass %s: %s in %.0f ms (%s)",
+        counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
+        line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))
+        problem = result.error()
+        (log.info if result.ok else log.warning)(
+            "pass %s: %s in %.0f ms (%s)%s",
             result.run_id,
             result.status,
             duration * 1e3,
-            ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v) or "no changes",
+            line,
+            f": {problem}" if problem and result.status != "succeeded" else "",
+            extra={"run": result.run_id},
         )
         return verdict.requeues()
 

@@ -174,7 +174,7 @@ class Executor:
             action.host,
             action.name,
             why,
-            extra={"host": action.host, "container": action.name, "kind": action.kind.value},
+            extra=self._fields(action),
         )
         return ActionResult(action, "waiting", why, audit_id=row)
 
@@ -214,9 +214,7 @@ class Executor:
             self._on_pause(reason)
             assert result.audit_id is not None
             self._audit.finish_action(result.audit_id, status="failed", error=reason)
-            log.error(
-                "%s", reason, extra={"host": action.host, "container": action.name, "kind": action.kind.value}
-            )
+            log.error("%s", reason, extra=self._fields(action))
             return ActionResult(action, "failed", reason, result.container_id, result.audit_id)
         return result
 
@@ -230,6 +228,10 @@ class Executor:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
             chunks = pool.map(lambda items: [self._run_one(a) for a in items], by_host.values())
             return [r for chunk in chunks for r in chunk]
+
+    def _fields(self, action: Action) -> dict[str, object]:
+        """What a JSON log line about ``action`` carries as fields (--log-format json)."""
+        return {"run": self._run_id, "host": action.host, "container": action.name, "kind": action.kind.value}
 
     def _next_seq(self) -> int:
         with self._lock:
@@ -254,7 +256,7 @@ class Executor:
             container_id = self._perform(action)
         except Fenced as exc:
             self._audit.finish_action(row, status="interrupted", error=exc.args[0])
-            log.warning("%s", exc.args[0], extra={"host": action.host, "container": action.name})
+            log.warning("%s", exc.args[0], extra=self._fields(action))
             return ActionResult(action, "skipped", STOPPED_ACTING, audit_id=row)
         except Exception as exc:
             message = exc.args[0] if isinstance(exc, ActionError) else describe_error(exc)
@@ -267,12 +269,7 @@ class Executor:
                 action.host,
                 action.name,
                 message,
-                extra={
-                    "host": action.host,
-                    "container": action.name,
-                    "kind": action.kind.value,
-                    "reason": reason,
-                },
+                extra={**self._fields(action), "reason": reason},
             )
             return ActionResult(action, "failed", message, audit_id=row)
         self._audit.finish_action(row, status="succeeded", container_id=container_id)
@@ -283,12 +280,7 @@ class Executor:
             action.name,
             "; ".join(str(c) for c in action.reasons),
             time.monotonic() - started,
-            extra={
-                "host": action.host,
-                "container": action.name,
-                "kind": action.kind.value,
-                "reason": reason,
-            },
+            extra={**self._fields(action), "reason": reason},
         )
         return ActionResult(action, "succeeded", container_id=container_id, audit_id=row)
 

@@ -73,10 +73,10 @@ def format_plan(plan: Plan) -> str:
         "lets the next such change through unasked"
         for text in plan.unused_acknowledgements
     ]
-    if not plan.actions and not plan.unreachable:
+    if not plan.actions and not plan.unreachable and not plan.deferred:
         lines.append(f"cluster {plan.cluster}: nothing to do; every host matches the topology.")
         return "\n".join(lines)
-    lines.append(f"cluster {plan.cluster}: {summary or 'no changes'}")
+    lines.append(f"cluster {plan.cluster}: {changes_line(plan, summary)}")
     current_host = None
     host_order: dict[str, int] = {}
     for action in plan.actions:
@@ -91,6 +91,32 @@ def format_plan(plan: Plan) -> str:
     for host, error in sorted(plan.unreachable.items()):
         lines.append(f"\nhost {host}\n  ? unreachable, nothing planned: {error}")
     return "\n".join(lines)
+
+
+def changes_line(plan: Plan, counts: str, hosts: int | None = None) -> str:
+    """What a plan or a pass changes, never a bare "no changes" when some host was not looked at:
+    ``counts`` (e.g. "create 2"), then the hosts not observed (unreachable, or left alone while they
+    back off), whose state is unknown. ``hosts``: how many the topology has, when known."""
+    unseen = sorted(plan.unreachable)
+    waiting = sorted(set(plan.deferred) - set(unseen))
+    if counts:
+        head = counts
+    elif not unseen and not waiting:
+        head = "no changes"
+    elif hosts is not None and len(unseen) + len(waiting) >= hosts:
+        head = "nothing observed, so nothing known"
+    else:
+        head = "no changes on the hosts observed"
+    parts = [head]
+    if unseen:
+        parts.append(f"{_hosts(unseen)} unreachable, state unknown ({', '.join(unseen)})")
+    if waiting:
+        parts.append(f"{_hosts(waiting)} not tried while backing off, state unknown ({', '.join(waiting)})")
+    return "; ".join(parts)
+
+
+def _hosts(names: list[str]) -> str:
+    return f"{len(names)} host{'s' if len(names) != 1 else ''}"
 
 
 def refusal_lines(plan: Plan) -> list[str]:

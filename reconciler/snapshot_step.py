@@ -48,7 +48,7 @@ class SnapshotStep:
             problem = f"no snapshot, so no server change: {exc}"
             self.problem = problem
             self._audit.finish_action(row, status="failed", error=problem)
-            log.warning("%s", problem, extra={"host": record.host, "kind": "snapshot"})
+            log.warning("%s", problem, extra={"run": self._run_id, "host": record.host, "kind": "snapshot"})
             return problem
         self.saved = saved
         kept = (
@@ -67,7 +67,12 @@ class SnapshotStep:
             sha256=saved.sha256,
             leader=saved.leader,
         )
-        log.info("snapshot before %s: %s", before, kept, extra={"host": record.host, "kind": "snapshot"})
+        log.info(
+            "snapshot before %s: %s",
+            before,
+            kept,
+            extra={"run": self._run_id, "host": record.host, "kind": "snapshot"},
+        )
         pruned = self._taker.prune()
         if pruned:
             self._audit.snapshots.pruned([str(path) for path in pruned])

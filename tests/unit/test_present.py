@@ -15,7 +15,7 @@ from desired_state.render import render
 from desired_state.secrets import REDACTED
 from desired_state.spec import ContainerSpec, DesiredFleet
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
-from reconciler.formatting import docker_run_line, format_change, format_plan, host_report
+from reconciler.formatting import changes_line, docker_run_line, format_change, format_plan, host_report
 from reconciler.labels import labels_for
 from reconciler.plan import Change, Plan, make_plan
 
@@ -78,7 +78,9 @@ def every_kind() -> Plan:
 def test_format_plan_shows_every_kind_with_its_symbol(every_kind: Plan) -> None:
     text = format_plan(every_kind)
     assert (
-        text.splitlines()[0] == "cluster shop: 1 to create, 1 to replace, 1 to start, 2 to remove, 1 blocked"
+        text.splitlines()[0]
+        == "cluster shop: 1 to create, 1 to replace, 1 to start, 2 to remove, 1 blocked; "
+        "1 host unreachable, state unknown (c2)"
     )
     assert (
         "  ~ replace  consul (server)\n      image: 'hashicorp/consul:1.19' -> 'hashicorp/consul:1.20'"
@@ -162,8 +164,29 @@ def test_format_plan_with_only_an_unreachable_host() -> None:
         (ObservedHost("s1", fleet.hosts[0].endpoint, reachable=False, error="timed out"),)
     )
     assert format_plan(make_plan(fleet, observed)) == (
-        "cluster shop: no changes\n\nhost s1\n  ? unreachable, nothing planned: timed out"
+        "cluster shop: no changes on the hosts observed; 1 host unreachable, state unknown (s1)"
+        "\n\nhost s1\n  ? unreachable, nothing planned: timed out"
     )
+
+
+def test_a_changes_line_never_says_no_changes_alone_when_a_host_was_not_looked_at() -> None:
+    fleet = desired(
+        [host("s1", "10.0.0.1"), host("c2", "10.0.0.2", "client"), host("c3", "10.0.0.3", "client")]
+    )
+    down = ObservedHost("c2", fleet.hosts[1].endpoint, reachable=False, error="timed out")
+    observed = ObservedFleet((seen(fleet, "s1", [ours(s) for s in fleet.hosts[0].specs]), down))
+    plan = make_plan(fleet, observed, deferred={"c3": "backing off"})
+    assert changes_line(plan, "") == (
+        "no changes on the hosts observed; 1 host unreachable, state unknown (c2); "
+        "1 host not tried while backing off, state unknown (c3)"
+    )
+    assert changes_line(plan, "", hosts=2) == (
+        "nothing observed, so nothing known; 1 host unreachable, state unknown (c2); "
+        "1 host not tried while backing off, state unknown (c3)"
+    )
+    assert changes_line(plan, "create 2").startswith("create 2; 1 host unreachable")
+    converged = make_plan(desired([host("s1", "10.0.0.1")]), ObservedFleet((observed.hosts[0],)))
+    assert changes_line(converged, "") == "no changes"
 
 
 # --- docker_run_line -------------------------------------------------------------------------------------
