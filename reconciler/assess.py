@@ -61,6 +61,7 @@ class PassSummary:
     observed: frozenset[str]  # hosts the pass observed
     desired: frozenset[str]  # hosts of the desired state
     waiting: bool = False  # a server change waits for the cluster
+    unreachable: frozenset[str] = frozenset()  # hosts whose engine could not be reached
 
 
 def summarize(result: PassResult, desired: Iterable[str]) -> PassSummary:
@@ -75,7 +76,14 @@ def summarize(result: PassResult, desired: Iterable[str]) -> PassSummary:
     for host, error in result.plan.unreachable.items():
         failed.setdefault(host, error)
     observed = frozenset(h.name for h in result.observed.hosts)
-    return PassSummary(failed, repaired, observed, frozenset(desired), waiting=result.status == "waiting")
+    return PassSummary(
+        failed,
+        repaired,
+        observed,
+        frozenset(desired),
+        waiting=result.status == "waiting",
+        unreachable=frozenset(result.plan.unreachable),
+    )
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,7 @@ def assess(
     for host, error in summary.failed.items():
         if host in looping_hosts:
             continue
-        delay = table.failed(host, now, error)
+        delay = table.failed(host, now, error, unreachable=host in summary.unreachable)
         failures = table.get(host).failures
         notes.append(Note(host, "backoff", f"failure {failures}: next try in {delay:.1f}s"))
     cleared = summary.observed - set(summary.failed) - looping_hosts

@@ -62,6 +62,20 @@ class HostBackoff:
     retry_at: float = 0.0  # monotonic time before which the host is left alone
     last_error: str | None = None
     degraded: bool = False
+    unreachable: bool = False  # its last failure: its engine could not be reached
+
+    @property
+    def state(self) -> str:
+        """One of HOST_STATES: what status, the audit database and the metrics say of the host."""
+        if not self.failures:
+            return "ok"
+        if self.degraded:
+            return "degraded"
+        return "unreachable" if self.unreachable else "backoff"
+
+
+# A host's state after a pass (a per-host gauge, host_states in the audit database)
+HOST_STATES = ("ok", "unreachable", "backoff", "degraded")
 
 
 @dataclass
@@ -73,12 +87,15 @@ class BackoffTable:
     def get(self, host: str) -> HostBackoff:
         return self.hosts.setdefault(host, HostBackoff())
 
-    def failed(self, host: str, now: float, error: str, *, degraded: bool = False) -> float:
+    def failed(
+        self, host: str, now: float, error: str, *, degraded: bool = False, unreachable: bool = False
+    ) -> float:
         """Record a failure; returns the delay until the host may be tried again."""
         state = self.get(host)
         state.failures += 1
         state.last_error = error
         state.degraded = state.degraded or degraded
+        state.unreachable = unreachable
         delay = self.policy.delay(state.failures, self.rng)
         state.retry_at = now + delay
         return delay

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from desired_state.load import Loaded
-from reconciler import reporting
+from reconciler import __version__, reporting
 from reconciler.assess import History, Rules, assess, summarize
 from reconciler.backoff import BackoffPolicy
 from reconciler.consul_api import Consul, ConsulError
@@ -150,6 +150,7 @@ class Controller:
         self.loop.request_every("interval", interval, max(0.0, interval * self.options.jitter), "resync")
         if self.options.prune_after is not None:
             self.loop.call_every(self._prune, 3600.0, "prune")
+        self.loop.call_every(self._heartbeat, HEARTBEAT_S, "heartbeat")  # at once, then every 10 s
         self.loop.start_scheduler()
         if self.options.watch_file:
             kind = "file" if isinstance(self.source, FileSource) else "kv"
@@ -168,6 +169,10 @@ class Controller:
 
     def shutdown(self) -> None:
         self.loop.close()
+        try:
+            self.audit.state.controller_stopped(self.identity)
+        except Exception as exc:  # the database is away: status will see the heartbeat stop instead
+            log.warning("could not record this controller's stop in the audit database: %s", exc)
         if self._file_watcher is not None:
             self._file_watcher.stop()
         if self.lock is not None:
@@ -305,7 +310,7 @@ class Controller:
         pause = self.pauses.get(loaded.topology.cluster)
         self.metrics.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
-        reporting.count_hosts(self.metrics, result, verdict)
+        reporting.count_hosts(self.metrics, result, verdict, (h.name for h in loaded.topology.hosts))
         self._last_result = result
         self.status.write_host_states(loaded, result, drift, self.history.hosts)
         counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
@@ -321,6 +326,16 @@ class Controller:
             extra={"run": result.run_id},
         )
         return verdict.requeues()
+
+    def _heartbeat(self) -> None:
+        """Tell the audit database this controller is alive (``status`` reads it). A failed write is
+        only logged: the passes report a database that is away."""
+        try:
+            self.audit.state.controller_beat(
+                self.identity, source=self.source.describe(), version=__version__, heartbeat_s=HEARTBEAT_S
+            )
+        except Exception as exc:
+            log.debug("heartbeat not written: %s", exc)
 
     def _prune(self) -> None:
         if self.options.prune_after is None:
@@ -340,6 +355,9 @@ class Controller:
 
     def status_document(self) -> dict[str, object]:
         return reporting.status_document(self)
+
+
+HEARTBEAT_S = 10.0  # how often a running controller writes its heartbeat (status: MISSED_HEARTBEATS)
 
 
 def refused_as_dangerous(result: PassResult) -> bool:

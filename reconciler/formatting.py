@@ -187,9 +187,11 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def host_report(cluster: str, host: str, plan: Plan, seen: ObservedHost | None) -> dict[str, Any]:
     """What `status` and the status documents in Consul KV both say of one host: whether it answered,
-    our containers on it and their state, and what the plan would change there."""
+    our containers on it and their state, and what the plan would change there: ``drift`` is None
+    (unknown) for a host that was not observed, never an empty list that would read "none"."""
+    observed = seen is not None and seen.reachable and host not in plan.unreachable
     return {
         "reachable": seen.reachable if seen else None,
         "observed": {c.name: c.state for c in (seen.managed if seen else ()) if c.managed_by == cluster},
-        "drift": [f"{a.kind.value} {a.name}" for a in plan.actions if a.host == host],
+        "drift": [f"{a.kind.value} {a.name}" for a in plan.actions if a.host == host] if observed else None,
     }

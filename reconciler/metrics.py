@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from reconciler import __version__
 
 
 class Metrics:
@@ -25,8 +29,25 @@ class Metrics:
             "consul_reconciler_drift", "Planned changes per host at the last pass", ["host"], registry=r
         )
         self.hosts_unreachable = Gauge(
-            "consul_reconciler_hosts_unreachable", "Hosts whose engine could not be reached", registry=r
+            "consul_reconciler_hosts_unreachable",
+            "Hosts whose engine could not be reached at their last try (backing off or not)",
+            registry=r,
         )
+        self.host_state = Gauge(
+            "consul_reconciler_host_state",
+            "Each host's state after the last pass: 1 on its state (ok, unreachable, backoff, degraded), "
+            "0 on the others",
+            ["host", "state"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "consul_reconciler_build_info",
+            "The running controller's version (always 1)",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.hosts_degraded = Gauge(
             "consul_reconciler_hosts_degraded", "Hosts marked degraded (crash loop)", registry=r
         )

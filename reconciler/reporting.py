@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Gauge
+
 from desired_state.load import Loaded
 from reconciler.assess import Assessment
-from reconciler.backoff import HostBackoff
+from reconciler.backoff import HOST_STATES, HostBackoff
 from reconciler.consul_api import ConsulError
 from reconciler.formatting import host_report
 from reconciler.leader import LeaderLock
@@ -47,13 +49,10 @@ class StatusWriter:
         for host in sorted(hosts):
             b = backoff.get(host)
             if b is not None and b.failures:
-                state = (
-                    "degraded"
-                    if b.degraded
-                    else ("unreachable" if host in result.plan.unreachable else "backoff")
-                )
                 retry_at = now_wall + timedelta(seconds=max(0.0, b.retry_at - now))
-                states.append(HostState(host, state, b.failures, retry_at, drift.get(host, 0), b.last_error))
+                states.append(
+                    HostState(host, b.state, b.failures, retry_at, drift.get(host, 0), b.last_error)
+                )
             else:
                 states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
         self.audit.state.set_host_states(loaded.topology.cluster, states)
@@ -172,6 +171,11 @@ def status_document(ctl: Controller) -> dict[str, object]:
     }
 
 
+def _labelled(gauge: Gauge, label: str) -> set[str]:
+    """The values of ``label`` among the gauge's series (prometheus_client keeps no other index)."""
+    return {sample.labels[label] for metric in gauge.collect() for sample in metric.samples}
+
+
 def count_pass(metrics: Metrics, result: PassResult, duration: float) -> dict[str, int]:
     """A pass's outcome, duration and actions, and each host's drift (planned changes); returns the drift."""
     metrics.passes.labels(result.status).inc()
@@ -181,16 +185,30 @@ def count_pass(metrics: Metrics, result: PassResult, duration: float) -> dict[st
     drift: dict[str, int] = {}
     for action in result.plan.actions:
         drift[action.host] = drift.get(action.host, 0) + 1
-    observed_hosts = {h.name for h in result.observed.hosts}
-    for host in sorted(observed_hosts | set(drift)):
+    # Only the hosts this pass looked at have a drift; the others' is unknown: absent, never 0.
+    seen = {h.name for h in result.observed.hosts if h.reachable} - set(result.plan.unreachable)
+    for host in sorted(seen):
         metrics.drift.labels(host).set(drift.get(host, 0))
+    for host in sorted(_labelled(metrics.drift, "host") - seen):
+        metrics.drift.remove(host)
     return drift
 
 
-def count_hosts(metrics: Metrics, result: PassResult, verdict: Assessment) -> None:
-    """Hosts unreachable, degraded and backing off after a pass; the time of a pass that left none."""
-    metrics.hosts_unreachable.set(len(result.plan.unreachable))
-    metrics.hosts_degraded.set(sum(1 for s in verdict.history.hosts.values() if s.degraded))
+def count_hosts(metrics: Metrics, result: PassResult, verdict: Assessment, desired: Iterable[str]) -> None:
+    """Each host's state (one of HOST_STATES, as 1 on its state's series and 0 on the others) and the
+    counts by state: a host stays unreachable while it backs off, whether or not this pass tried it.
+    The time of a pass that left no host failing."""
+    history = verdict.history.hosts
+    hosts = set(desired) | {h for h, s in history.items() if s.failures}
+    states = {host: history[host].state if host in history else "ok" for host in hosts}
+    for host, state in states.items():
+        for name in HOST_STATES:
+            metrics.host_state.labels(host, name).set(1 if name == state else 0)
+    for host in _labelled(metrics.host_state, "host") - hosts:
+        for name in HOST_STATES:
+            metrics.host_state.remove(host, name)
+    metrics.hosts_unreachable.set(sum(1 for s in states.values() if s == "unreachable"))
+    metrics.hosts_degraded.set(sum(1 for s in states.values() if s == "degraded"))
     metrics.hosts_backoff.set(len(verdict.waiting))
     if result.ok and not verdict.waiting:
         metrics.last_success.set(time.time())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -25,12 +26,20 @@ from reconciler.cli.common import (
 )
 from reconciler.consul_api import ConsulError
 from reconciler.desired import load_kept
+from reconciler.durations import seconds_text
 from reconciler.engines import Connections
 from reconciler.formatting import host_report, text_table
 from reconciler.one_pass import PassOptions, compute_plan
 from reconciler.pauses import pauses_for
 from reconciler.sources import SourceError
-from reconciler.store import ACTION_KINDS, ACTION_STATUSES, RUN_STATUSES, ActionFilter, parse_since
+from reconciler.store import (
+    ACTION_KINDS,
+    ACTION_STATUSES,
+    RUN_STATUSES,
+    ActionFilter,
+    ControllerRow,
+    parse_since,
+)
 
 
 def _listed(values: frozenset[str]) -> str:
@@ -40,10 +49,14 @@ def _listed(values: frozenset[str]) -> str:
 def status(
     source: SourceArg = None, as_json: JsonOpt = False, db: DbOpt = None, source_opt: SourceOpt = None
 ) -> None:
-    """Per host: desired vs observed containers, drift, last action and its outcome, backoff state.
+    """Per host: desired vs observed containers, drift, last action and its outcome, backoff state;
+    and whether a controller is running on this source (its heartbeat in the audit database).
 
     When the source cannot be read or is invalid, the status is computed against the last document the
-    controller applied (kept in the audit database), and says so."""
+    controller applied (kept in the audit database), and says so. A host that cannot be observed has an
+    unknown drift, never "none"; the backoff state of a controller that no longer runs is shown as
+    history. Exit 0 when every host is observed and converged, 2 when some drift, 1 when some host
+    could not be observed (or on error)."""
     audit = open_log(db, missing="empty")
     src = source_of(source, source_opt)
     source_problem: str | None = None
@@ -66,6 +79,7 @@ def status(
         desired, observed, the_plan = compute_plan(loaded, connections, audit, PassOptions())
         states = audit.state.host_states(desired.cluster)
         paused = pauses_for(src, audit).get(desired.cluster)
+        controller = controller_report(audit.state.controllers(), src.describe(), datetime.now(UTC))
         hosts: list[dict[str, Any]] = []
         names = [h.name for h in desired.hosts] + [
             o.name for o in observed.hosts if desired.host(o.name) is None
@@ -85,12 +99,15 @@ def status(
                     "observed": report["observed"],
                     "drift": report["drift"],
                     "last_action": last[0].to_dict() if last else None,
-                    "controller_state": state.to_dict() if state else None,
+                    "controller_state": (
+                        None if state is None else state.to_dict() | {"current": controller["running"]}
+                    ),
                 }
             )
     finally:
         connections.close()
         audit.close()
+    code = status_code(hosts)
     if as_json:
         emit_json(
             {
@@ -98,10 +115,12 @@ def status(
                 "cluster": desired.cluster,
                 "digest": loaded.digest,
                 "source_problem": source_problem,
+                "converged": code == 0,
+                "controller": controller,
                 "hosts": hosts,
             }
         )
-        return
+        raise typer.Exit(code)
     rows = []
     for h in hosts:
         observed_text = " ".join(f"{n}:{st}" for n, st in sorted(h["observed"].items())) or "-"
@@ -114,22 +133,12 @@ def status(
             else "-"
         )
         st = h["controller_state"]
-        state_text = (
-            "-"
-            if st is None
-            else st["state"]
-            + (f" (failures {st['failures']}, retry {_time_iso(st['retry_at'])})" if st["failures"] else "")
-        )
+        state_text = "-" if st is None else _state_text(st)
+        drift_text = "unknown" if h["drift"] is None else (", ".join(h["drift"]) or "none")
         rows.append(
-            [
-                h["host"],
-                " ".join(h["desired"]) or "-",
-                observed_text,
-                ", ".join(h["drift"]) or "none",
-                state_text,
-                last_text,
-            ]
+            [h["host"], " ".join(h["desired"]) or "-", observed_text, drift_text, state_text, last_text]
         )
+    out.print(controller["summary"], markup=False)
     out.print(
         text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows), markup=False
     )
@@ -139,6 +148,59 @@ def status(
             "(no server is touched until `consul-reconciler resume` or a new desired state)",
             markup=False,
         )
+    raise typer.Exit(code)
+
+
+def status_code(hosts: list[dict[str, Any]]) -> int:
+    """``plan``'s convention: 0 converged, 2 drift, 1 when some host's state is unknown."""
+    if any(h["drift"] is None for h in hosts):
+        return 1
+    return 2 if any(h["drift"] for h in hosts) else 0
+
+
+def controller_report(rows: list[ControllerRow], source: str, now: datetime) -> dict[str, Any]:
+    """Whether a controller runs on ``source`` (from the heartbeats), and a line saying so."""
+    mine = [r for r in rows if r.source == source]
+    running = [r for r in mine if r.running(now)]
+    latest = (running or mine or [None])[0]
+    if latest is None:
+        summary = "controller: none has run on this source with this audit database"
+    elif running:
+        summary = (
+            f"controller: running, {latest.identity} (version {latest.version}) since "
+            f"{time_text(latest.started_at)} UTC, last heard {_ago(now, latest.last_seen)}"
+        )
+    else:
+        how = (
+            f"stopped at {time_text(latest.stopped_at)} UTC"
+            if latest.stopped_at
+            else f"not heard from since {time_text(latest.last_seen)} UTC ({_ago(now, latest.last_seen)}: "
+            "killed, or its host down?)"
+        )
+        summary = (
+            f"controller: NOT RUNNING; the last one, {latest.identity}, {how}; "
+            "host states below are as it left them"
+        )
+    return {
+        "running": bool(running),
+        "identity": latest.identity if latest else None,
+        "started_at": latest.started_at.isoformat() if latest else None,
+        "last_seen": latest.last_seen.isoformat() if latest else None,
+        "stopped_at": latest.stopped_at.isoformat() if latest and latest.stopped_at else None,
+        "summary": summary,
+    }
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    return f"{seconds_text(max(0, round((now - then).total_seconds())))} ago"
+
+
+def _state_text(st: dict[str, Any]) -> str:
+    text = st["state"]
+    if st["failures"]:
+        retry = "retry " + _time_iso(st["retry_at"]) if st["current"] else "no retry: no controller runs"
+        text += f" (failures {st['failures']}, {retry})"
+    return text if st["current"] else f"{text} as of {_time_iso(st['updated_at'])}"
 
 
 def _time_iso(value: str | None) -> str:

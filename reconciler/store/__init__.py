@@ -29,6 +29,7 @@ from reconciler.store.rows import RUN_STATUSES as RUN_STATUSES
 from reconciler.store.rows import ActionFilter as ActionFilter
 from reconciler.store.rows import ActionRecord as ActionRecord
 from reconciler.store.rows import ActionRow as ActionRow
+from reconciler.store.rows import ControllerRow as ControllerRow
 from reconciler.store.rows import DocumentRow as DocumentRow
 from reconciler.store.rows import HostState as HostState
 from reconciler.store.rows import RunRow as RunRow

@@ -215,3 +215,18 @@ class SnapshotModel(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     leader: Mapped[str | None] = mapped_column(String(255))
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ControllerModel(Base):
+    """A controller process (``host:pid``) and its heartbeat: ``status`` tells from ``last_seen`` (and
+    ``heartbeat_s``, how often it writes) whether it still runs; ``stopped_at`` once it stopped cleanly."""
+
+    __tablename__ = "controllers"
+
+    identity: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(64))
+    heartbeat_s: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -219,6 +219,32 @@ class HostState:
         return _row_dict(self)
 
 
+# A controller that has not written its heartbeat for this many of its heartbeat periods is taken to
+# be gone (killed, its host down): its host states are history, not the present.
+MISSED_HEARTBEATS: Final = 3
+
+
+@dataclass(frozen=True)
+class ControllerRow:
+    """A controller process and its heartbeat (``status`` reads it)."""
+
+    identity: str
+    source: str
+    version: str
+    heartbeat_s: float
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None
+
+    def running(self, now: datetime) -> bool:
+        """Alive as of ``now``: not stopped, and its last heartbeat recent enough."""
+        late = (_as_utc(now) - _as_utc(self.last_seen)).total_seconds()
+        return self.stopped_at is None and late <= MISSED_HEARTBEATS * self.heartbeat_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return _row_dict(self)
+
+
 @dataclass(frozen=True)
 class SnapshotRow:
     """A raft snapshot the controller took (``snapshots`` lists them)."""

@@ -15,12 +15,13 @@ from reconciler.actual import Adoption
 from reconciler.store.database import Database
 from reconciler.store.models import (
     AdoptionModel,
+    ControllerModel,
     DocumentModel,
     HostStateModel,
     KnownHostModel,
     RolloutPauseModel,
 )
-from reconciler.store.rows import DocumentRow, HostState, _document, _dumps
+from reconciler.store.rows import ControllerRow, DocumentRow, HostState, _document, _dumps
 
 
 class ControllerState:
@@ -115,6 +116,52 @@ class ControllerState:
                 m.host: HostState(m.host, m.state, m.failures, m.retry_at, m.drift, m.detail, m.updated_at)
                 for m in session.scalars(stmt)
             }
+
+    # -- controllers and their heartbeats
+
+    def controller_beat(self, identity: str, *, source: str, version: str, heartbeat_s: float) -> None:
+        """``identity`` is alive now (the first beat of a process records its start)."""
+        now = self._db._now()
+        with self._db._write() as session:
+            found = session.get(ControllerModel, identity)
+            if found is None or found.stopped_at is not None:
+                if found is not None:
+                    session.delete(found)  # the same host:pid again (a pid reused): a new process
+                    session.flush()
+                session.add(
+                    ControllerModel(
+                        identity=identity,
+                        source=source,
+                        version=version,
+                        heartbeat_s=heartbeat_s,
+                        started_at=now,
+                        last_seen=now,
+                        stopped_at=None,
+                    )
+                )
+            else:
+                found.last_seen = now
+
+    def controller_stopped(self, identity: str) -> None:
+        now = self._db._now()
+        with self._db._write() as session:
+            session.execute(
+                update(ControllerModel)
+                .where(ControllerModel.identity == identity)
+                .values(stopped_at=now, last_seen=now)
+                .execution_options(synchronize_session=False)
+            )
+
+    def controllers(self) -> list[ControllerRow]:
+        """Every controller recorded, the most recently seen first."""
+        stmt = select(ControllerModel).order_by(ControllerModel.last_seen.desc())
+        with self._db._read() as session:
+            return [
+                ControllerRow(
+                    m.identity, m.source, m.version, m.heartbeat_s, m.started_at, m.last_seen, m.stopped_at
+                )
+                for m in session.scalars(stmt)
+            ]
 
     # -- desired documents (last known good)
 

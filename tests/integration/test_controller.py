@@ -194,9 +194,28 @@ def test_engine_down_backs_off_then_converges_when_back(fleet3: Fleet, controlle
     )
     assert "next try in" in backoff[0][1]
     status = fleet3.cli("status", str(fleet3.file), "--db", str(fleet3.db), "--json")
-    host3 = next(h for h in status.json()["hosts"] if h["host"] == "host3")
-    assert host3["reachable"] is False
-    assert host3["controller_state"]["state"] in ("unreachable", "backoff")
+    assert status.code == 1  # a host's state is unknown: neither converged (0) nor drift (2)
+    report = status.json()
+    host3 = next(h for h in report["hosts"] if h["host"] == "host3")
+    assert host3["reachable"] is False and host3["drift"] is None  # unknown, never "none"
+    assert host3["controller_state"]["state"] == "unreachable" and host3["controller_state"]["current"]
+    assert report["controller"]["running"] and report["converged"] is False
+    assert "controller: running" in fleet3.cli("status", str(fleet3.file), "--db", str(fleet3.db)).stdout
+    # The gauges say host3 is unreachable at every scrape, whether the last pass tried it or left it
+    # alone inside its backoff window; its drift is absent (unknown), not 0.
+    for _ in range(5):
+        metrics = ctl.get("/metrics")[1]
+        assert metric_value(metrics, "consul_reconciler_hosts_unreachable") == 1
+        assert (
+            metric_value(metrics, "consul_reconciler_host_state", {"host": "host3", "state": "unreachable"})
+            == 1
+        )
+        assert metric_value(metrics, "consul_reconciler_host_state", {"host": "host3", "state": "ok"}) == 0
+        assert metric_value(metrics, "consul_reconciler_host_state", {"host": "host2", "state": "ok"}) == 1
+        assert 'consul_reconciler_drift{host="host3"}' not in metrics
+        time.sleep(0.4)
+    assert 'consul_reconciler_build_info{python="' in metrics
+    assert metric_value(metrics, "process_resident_memory_bytes") > 0
     down.start()
     wait_for(
         lambda: running(fleet3, down, "consul", AGENT_IMAGE_2),
@@ -210,6 +229,13 @@ def test_engine_down_backs_off_then_converges_when_back(fleet3: Fleet, controlle
         10,
         f"host3's state to be ok again (was {states})",
     )
+    metrics = ctl.get("/metrics")[1]
+    assert metric_value(metrics, "consul_reconciler_host_state", {"host": "host3", "state": "ok"}) == 1
+    assert metric_value(metrics, "consul_reconciler_hosts_unreachable") == 0
+    ctl.signal(signal.SIGTERM)  # a clean stop is recorded; a killed one is found by its silent heartbeat
+    ctl.wait(30)
+    after = fleet3.cli("status", str(fleet3.file), "--db", str(fleet3.db))
+    assert "controller: NOT RUNNING; the last one," in after.stdout and "stopped at" in after.stdout
 
 
 def test_sigkill_mid_replacement_then_restart_converges(fleet3: Fleet, controllers: Any) -> None:

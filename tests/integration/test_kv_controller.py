@@ -195,7 +195,7 @@ def test_consul_down_key_deleted_or_empty_keeps_enforcing(
         wait_for(lambda: running(kv_fleet, host3, "consul"), 15, f"repair while the key {what}")
         if what == "unreachable":  # the status command, too, falls back to the kept document
             shown = kv_fleet.cli("status", source(consul), "--db", str(kv_fleet.db), "--json")
-            assert shown.code == 0, shown.stderr
+            assert shown.code in (0, 2), shown.stderr  # converged or drifting, every host known (not 1)
             assert "unreachable" in shown.json()["source_problem"]
             assert {h["host"] for h in shown.json()["hosts"]} == {"host1", "host2", "host3"}
         else:

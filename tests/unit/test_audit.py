@@ -95,6 +95,7 @@ def test_migrations_create_tables_columns_and_indexes(log: AuditLog, db_path: Pa
         "rollout_pauses",
         "adoptions",
         "snapshots",
+        "controllers",
     }
 
     assert {c["name"] for c in insp.get_columns("runs")} == {
@@ -779,7 +780,7 @@ def test_parse_since_naive_now_is_utc() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "   ", "yesterday", "5y", "-5m", "1.5h", "15 minutes", "m15", "2026-13-01", "12:00"]
+    "value", ["", "   ", "yesterday", "5y", "-5m", "1.5", "15 minutes", "m15", "2026-13-01", "12:00"]
 )
 def test_parse_since_errors_name_the_accepted_forms(value: str) -> None:
     with pytest.raises(ValueError) as info:
@@ -886,6 +887,7 @@ def test_an_up_to_date_database_opens_without_alembic(db_path: Path) -> None:
             db.execute(f"DROP INDEX ix_actions_{index}")
         db.execute("DROP TABLE adoptions")  # what 0006 added
         db.execute("DROP TABLE snapshots")  # what 0007 added
+        db.execute("DROP TABLE controllers")  # what 0008 added
     assert opens_with_alembic()
     assert sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
 

@@ -303,9 +303,9 @@ def test_a_hosts_report_names_our_containers_and_what_the_plan_would_change_ther
         "observed": {"consul": "exited"},
         "drift": ["start consul", "create registrator"],
     }
-    assert host_report("shop", "c1", plan, observed.host("c1")) == {
+    assert host_report("shop", "c1", plan, observed.host("c1")) == {  # not observed: drift unknown
         "reachable": False,
         "observed": {},
-        "drift": [],
+        "drift": None,
     }
-    assert host_report("shop", "gone", plan, None) == {"reachable": None, "observed": {}, "drift": []}
+    assert host_report("shop", "gone", plan, None) == {"reachable": None, "observed": {}, "drift": None}

@@ -485,6 +485,7 @@ def test_snapshots_lists_what_was_recorded_newest_first(
 
 
 def test_snapshots_with_none_recorded(tmp_path: Path) -> None:
+    AuditLog(str(tmp_path / "audit.db")).close()
     done = CliRunner().invoke(app, ["snapshots", "--db", str(tmp_path / "audit.db")])
     assert done.exit_code == 0 and "no snapshots recorded" in done.stdout
 
