@@ -118,6 +118,8 @@ class Controller:
         self._http: StatusServer | None = None
         self._recovered: set[str] = set()  # clusters whose interrupted rows were marked
         self._last_result: PassResult | None = None
+        # hosts the last pass could not observe: audited when they start and stop, not every pass
+        self._troubles: frozenset[str] = frozenset()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -289,6 +291,7 @@ class Controller:
             repairs_only=repairs_only,
             progress=self.loop.progress,
             pauses=self.pauses,
+            known_troubles=self._troubles,
         )
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
@@ -312,13 +315,15 @@ class Controller:
         self._rollout_pause = pause[0] if pause else None
         reporting.count_hosts(self.metrics, result, verdict, (h.name for h in loaded.topology.hosts))
         self._last_result = result
+        self._troubles = result.troubles
         self.status.write_host_states(loaded, result, drift, self.history.hosts)
         counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
         line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))
         problem = result.error()
-        (log.info if result.ok else log.warning)(
+        # a pass that found nothing new (no run written) does not repeat a known trouble as a warning
+        (log.info if result.ok or result.run_id is None else log.warning)(
             "pass %s: %s in %.0f ms (%s)%s",
-            result.run_id,
+            result.run_id or "(nothing new, not recorded)",
             result.status,
             duration * 1e3,
             line,

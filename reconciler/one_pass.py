@@ -61,6 +61,8 @@ class PassResult:
         return self.applied is None or not (self.applied.failed or self.applied.waiting)
 
     interrupted: bool = False
+    troubles: frozenset[str] = frozenset()  # hosts not observed (unreachable or deferred): the next
+    #   pass's known_troubles
 
     def summary(self) -> dict[str, object]:
         """The run's summary in the audit log: what was planned and how the actions ended."""
@@ -163,23 +165,31 @@ def run_pass(
     repairs_only: bool = False,
     progress: Callable[[str], None] = lambda what: None,
     pauses: RolloutPauses | None = None,
+    known_troubles: frozenset[str] = frozenset(),
 ) -> PassResult:
     """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
     containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
     right before every disruptive step and ``confirm_leadership`` (Consul) before a server is
-    disrupted: a reason stops the action there."""
+    disrupted: a reason stops the action there.
+
+    ``known_troubles``: the hosts the previous pass could not observe (unreachable, or left alone while
+    backing off). A pass with nothing to do whose only troubles are those writes no run: a condition
+    that persists is audited when it starts and when it ends ("answers again"), not once a pass."""
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     if repairs_only:
         plan = only_repairs(plan)
     cluster = desired.cluster
-    if plan.is_noop and not plan.deferred:
-        # Nothing to do and nothing wrong: no run row (a controller's resync would otherwise write
+    troubles = frozenset(plan.unreachable) | frozenset(plan.deferred)
+    seen = {h.name for h in observed.hosts if h.reachable}
+    answering = sorted((known_troubles - troubles) & seen)
+    if not plan.actions and plan.refused is None and troubles <= known_troubles and not answering:
+        # Nothing to do and nothing new wrong: no run row (a controller's resync would otherwise write
         # one every interval for ever). Remember the hosts on first sight only.
         known = audit.state.known_hosts(cluster)
         for wanted in desired.hosts:
-            if known.get(wanted.name) != wanted.endpoint.to_dict():
+            if wanted.name in seen and known.get(wanted.name) != wanted.endpoint.to_dict():
                 audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
-        return PassResult(plan, observed, None, ApplyResult())
+        return PassResult(plan, observed, None, ApplyResult(), troubles=troubles)
     run_id = audit.start_run(
         cluster_id=cluster,
         trigger=trigger,
@@ -190,6 +200,18 @@ def run_pass(
         lock_index=lock[1] if lock else None,
     )
     seq = SEQ_PASS_NOTES  # rows about the pass itself (unreachable, blocked) sort after the actions
+    for host in answering:
+        seq += 1
+        audit.record_action(
+            run_id,
+            ActionRecord(
+                seq=seq,
+                host=host,
+                kind="observe",
+                reason=[{"message": "host answers again; it had not been observed since an earlier pass"}],
+            ),
+            status="succeeded",
+        )
     for host, error in sorted(plan.unreachable.items()):
         seq += 1
         audit.record_action(
@@ -221,7 +243,7 @@ def run_pass(
     if refused:
         audit.finish_run(run_id, status="refused", error=refused, summary=plan.counts())
         log.error("pass refused: %s", refused)
-        return PassResult(plan, observed, run_id, None, refused)
+        return PassResult(plan, observed, run_id, None, refused, troubles=troubles)
 
     for danger in plan.dangers:
         if danger.acknowledged:
@@ -278,7 +300,7 @@ def run_pass(
         raise
     for host in plan.hosts_to_forget(r.action.host for r in applied.results if r.status != "succeeded"):
         audit.state.forget_host(cluster, host)
-    result = PassResult(plan, observed, run_id, applied)
+    result = PassResult(plan, observed, run_id, applied, troubles=troubles)
     result.interrupted = should_stop() and any(
         r.status == "skipped" and r.error == STOPPED_ACTING for r in applied.results
     )

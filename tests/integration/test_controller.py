@@ -216,6 +216,11 @@ def test_engine_down_backs_off_then_converges_when_back(fleet3: Fleet, controlle
         time.sleep(0.4)
     assert 'consul_reconciler_build_info{python="' in metrics
     assert metric_value(metrics, "process_resident_memory_bytes") > 0
+    # Retried about every second (--backoff-max 1) while down, and audited once: when it began.
+    tries = metric_value(metrics, "consul_reconciler_passes_total")
+    unseen = "SELECT count(*) FROM actions WHERE host='host3' AND kind='observe' AND status='failed'"
+    assert audit_rows(fleet3.db, unseen) == [(1,)]
+    assert tries >= 4, tries
     down.start()
     wait_for(
         lambda: running(fleet3, down, "consul", AGENT_IMAGE_2),
@@ -229,6 +234,9 @@ def test_engine_down_backs_off_then_converges_when_back(fleet3: Fleet, controlle
         10,
         f"host3's state to be ok again (was {states})",
     )
+    answered = "SELECT count(*) FROM actions WHERE host='host3' AND kind='observe' AND status='succeeded'"
+    assert audit_rows(fleet3.db, answered) == [(1,)]  # and once when it ended
+    assert audit_rows(fleet3.db, unseen) == [(1,)]
     metrics = ctl.get("/metrics")[1]
     assert metric_value(metrics, "consul_reconciler_host_state", {"host": "host3", "state": "ok"}) == 1
     assert metric_value(metrics, "consul_reconciler_hosts_unreachable") == 0

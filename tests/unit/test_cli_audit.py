@@ -113,7 +113,7 @@ def test_plan_and_status_read_an_absent_database_as_empty_and_create_nothing(tmp
     (h1,) = json.loads(status.stdout)["hosts"]
     assert h1["reachable"] is False and h1["drift"] is None
     text = cli(missing, "status", str(topology))
-    controller_line, header, row = text.stdout.splitlines()
+    controller_line, _header, row = text.stdout.splitlines()
     assert controller_line == "controller: none has run on this source with this audit database"
     assert text.returncode == 1 and row.split()[-3:] == ["unknown", "-", "-"]  # drift, controller, last
     assert not missing.parent.exists()
