@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -68,6 +69,7 @@ class Loaded:
     text: str = ""  # the document itself (secrets appear in it only as references)
     files: Mapping[str, str] = field(default_factory=dict)  # consul.config_files: path -> content
     files_digest: str = ""  # of those contents (desired_state.configfiles): an edit is a new state
+    lines: Mapping[str, int] = field(default_factory=dict)  # field path -> its line in the document
 
     @cached_property
     def fleet(self) -> DesiredFleet:
@@ -80,17 +82,21 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_topology(data: bytes, *, source: str = "", fmt: str | None = None) -> Loaded:
+def load_topology(
+    data: bytes, *, source: str = "", fmt: str | None = None, base: Path | None = None
+) -> Loaded:
     """Parse and validate one topology document (YAML or JSON).
 
     ``fmt`` is "yaml" or "json"; by default a document whose first non-blank
     character is ``{`` is read as JSON, anything else as YAML (a superset).
+    ``base``: the folder of the topology file; the relative paths of the hosts' Docker TLS files are
+    taken from there, wherever the command runs (without it, from the working directory).
 
     Whatever goes wrong reading it, the answer is a TopologyError (never another exception): a
     document that cannot be read is a refused document, and the last valid state stays in force.
     """
     try:
-        return _load(data, source, fmt)
+        return _load(data, source, fmt, base)
     except TopologyError:
         raise
     except RecursionError:
@@ -106,7 +112,7 @@ def load_topology(data: bytes, *, source: str = "", fmt: str | None = None) -> L
         ) from None
 
 
-def _load(data: bytes, source: str, fmt: str | None) -> Loaded:
+def _load(data: bytes, source: str, fmt: str | None, base: Path | None) -> Loaded:
     if len(data) > MAX_DOCUMENT_BYTES:
         raise TopologyError(
             [Issue("", f"the document is {len(data):,} bytes; the limit is {MAX_DOCUMENT_BYTES:,}")], source
@@ -134,8 +140,28 @@ def _load(data: bytes, source: str, fmt: str | None) -> Loaded:
         topology = Topology.model_validate(raw)
     except ValidationError as exc:
         raise TopologyError(_issues_from(exc, lines), source) from None
+    if base is not None:
+        topology = _tls_under(topology, base)
     warnings = [_issue_from_line(text_line, lines) for text_line in topology.warnings()]
-    return Loaded(topology=topology, warnings=warnings, digest=digest_of(data), text=text)
+    return Loaded(topology=topology, warnings=warnings, digest=digest_of(data), text=text, lines=lines)
+
+
+def _tls_under(topology: Topology, base: Path) -> Topology:
+    """The hosts' relative Docker TLS paths made absolute under ``base`` (the topology file's folder)."""
+    hosts = []
+    for host in topology.hosts:
+        if host.tls:
+            files = {
+                k: str(base / v) if not Path(v).is_absolute() else v for k, v in host.tls.model_dump().items()
+            }
+            host = host.model_copy(update={"tls": host.tls.model_copy(update=files)})
+        hosts.append(host)
+    return topology.model_copy(update={"hosts": hosts})
+
+
+def line_of(loaded: Loaded, path: str) -> int | None:
+    """The line of the field at ``path`` (or of the nearest field holding it)."""
+    return _line_for(path, dict(loaded.lines))
 
 
 # --- parsing -----------------------------------------------------------------------------------------
@@ -409,7 +435,9 @@ def _line_for(path: str, lines: LineMap) -> int | None:
 
 
 def _is_union_tag(part: int | str) -> bool:
-    return isinstance(part, str) and (part.startswith("function-") or part in ("str", "int", "float", "bool"))
+    return isinstance(part, str) and (
+        part.startswith("function-") or part in ("str", "int", "float", "bool", "tls-files", "tls-off")
+    )
 
 
 def _show(value: Any) -> str:

@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -77,6 +79,16 @@ class TLSFiles(_Strict):
     key: str
 
 
+# ``tls:`` is either the files or ``false`` (plain HTTP, asked for knowingly). The discriminator picks the
+# one the value means, so an error names that one only (``hosts[0].tls.kye: unknown field``), not
+# both. The tags never show in a path (desired_state/load.py drops them).
+TLS_FILES_TAG, TLS_OFF_TAG = "tls-files", "tls-off"
+DockerTLS = Annotated[
+    Annotated[TLSFiles, Tag(TLS_FILES_TAG)] | Annotated[Literal[False], Tag(TLS_OFF_TAG)],
+    Discriminator(lambda value: TLS_OFF_TAG if value is False else TLS_FILES_TAG),
+]
+
+
 class Host(_Strict):
     name: NodeName
     docker: str = Field(description="Docker endpoint: unix:///path, tcp://host:port or ssh://user@host")
@@ -89,7 +101,10 @@ class Host(_Strict):
     )
     network: NetworkMode = NetworkMode.HOST
     data_dir: str = "/var/lib/consul-reconciler/data"
-    tls: TLSFiles | None = None
+    tls: DockerTLS | None = Field(
+        default=None,
+        description="TLS for a tcp:// endpoint: {ca, cert, key}; `false` to accept plain HTTP (warned)",
+    )
     timeout: Annotated[Number, Field(gt=0, le=600)] = 10.0
     docker_socket: str | None = Field(
         default=None,
@@ -155,9 +170,21 @@ class Host(_Strict):
 
     @model_validator(mode="after")
     def _tls_only_for_tcp(self) -> Host:
-        if self.tls is not None and not self.docker.startswith("tcp://"):
+        tcp = self.docker.startswith("tcp://")
+        if self.tls is not None and not tcp:
             raise ValueError("'tls' applies only to a tcp:// docker endpoint")
+        if tcp and self.tls is None:
+            raise ValueError(
+                f"{self.docker} without 'tls' would be plain HTTP: anyone who can reach that port "
+                "controls the engine (root on its host). Give tls: {ca, cert, key} (the engine run with "
+                "--tlsverify), or tls: false to accept plain HTTP knowingly"
+            )
         return self
+
+    @property
+    def plain_tcp(self) -> bool:
+        """A tcp:// endpoint without TLS, accepted with ``tls: false`` (always warned about)."""
+        return self.tls is False
 
     @property
     def node_name(self) -> str:
@@ -353,6 +380,13 @@ class Topology(_Strict):
                 "snapshots: no snapshot is taken while rollout.gates is false (a snapshot needs Consul's "
                 "HTTP API); server changes go on without one"
             )
+        for index, host in enumerate(self.hosts):
+            if host.plain_tcp:
+                found.append(
+                    f"hosts[{index}].tls: host {host.name}'s engine at {host.docker} is reached over plain "
+                    "HTTP (tls: false), unauthenticated and unencrypted; use tls: {ca, cert, key} outside a "
+                    "test bench"
+                )
         count = len(self.servers)
         if count % 2 == 0:
             found.append(

@@ -345,6 +345,13 @@ def _host_entry(
 ) -> dict[str, Any]:
     found = agent.found
     entry: dict[str, Any] = {"name": name, "docker": url}
+    if url.startswith("tcp://"):
+        # It was read over plain HTTP; the topology says so, and validate warns until TLS is given.
+        entry["tls"] = False
+        result.notes.append(
+            f"hosts[{name}].tls: {url} was read over plain HTTP; give tls: {{ca, cert, key}} (an engine "
+            "run with --tlsverify) before trusting this network"
+        )
     if agent.advertise is None:
         result.unmapped.append(
             Unmapped(

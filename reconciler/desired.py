@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from desired_state.configfiles import attach
 from desired_state.load import Loaded, TopologyError, digest_of, load_topology
@@ -27,7 +28,8 @@ SOURCE_RETRY_MAX = 30.0
 def load_kept(row: DocumentRow) -> Loaded:
     """A document kept in the audit database (the last applied one), loaded and validated again with
     its config files attached; TopologyError when it no longer validates."""
-    return attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}"))
+    base = Path(row.source.removeprefix("file:")).parent if row.source.startswith("file:") else None
+    return attach(load_topology(row.document.encode(), source=f"kept document {row.digest[:12]}", base=base))
 
 
 class DesiredState:
@@ -110,8 +112,14 @@ class DesiredState:
                 # rendered fleet is kept with it, unless a config file it names was edited.
                 loaded = attach(self.last_valid)
             else:
-                loaded = attach(load_topology(data, source=self.source.describe(), fmt=self.source.fmt))
+                loaded = attach(
+                    load_topology(
+                        data, source=self.source.describe(), fmt=self.source.fmt, base=self.source.base
+                    )
+                )
                 log.info("desired state %s (digest %s) accepted", self.source.describe(), loaded.digest[:12])
+                for warning in loaded.warnings:  # once per document, as validate and plan print them
+                    log.warning("desired state %s: %s", loaded.digest[:12], warning)
         except TopologyError as exc:
             reason = "; ".join(str(i) for i in exc.issues)
             self.reject(digest_of(data + reason.encode()), reason)

@@ -56,11 +56,18 @@ class FileSource:
     def fmt(self) -> str | None:
         return "json" if self.path.suffix.lower() == ".json" else None
 
+    @property
+    def base(self) -> Path:
+        """The file's folder: relative Docker TLS paths in it are taken from there."""
+        return self.path.absolute().parent
+
     def watcher(self, on_change: Callable[[], None]) -> Watcher:
         return FileWatcher(self.path, on_change)
 
 
 class ConsulSource:
+    base: Path | None = None  # a document in KV has no folder: relative paths are the working directory's
+
     def __init__(self, address: ConsulAddress, timeout: float = 5.0) -> None:
         self.address = address
         self.consul = Consul(address, timeout=timeout)

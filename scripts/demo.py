@@ -164,6 +164,8 @@ def main() -> None:
                 "advertise": addr,
                 "role": "server" if i == 0 else "client",
                 "data_dir": str(STATE / f"data-{name}"),
+                # a tcp:// engine given to the demo is reached as the demo reaches it: plain HTTP
+                **({"tls": False} if url.startswith("tcp://") else {}),
             }
             for i, (name, url, addr) in enumerate(fleet)
         ],

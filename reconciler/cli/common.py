@@ -118,7 +118,7 @@ def load_desired(arg: str | None, opt: str | None = None, token: str | None = No
     except SourceError as exc:
         fail(str(exc))
     try:
-        return attach(load_topology(data, source=src.describe(), fmt=src.fmt))
+        return attach(load_topology(data, source=src.describe(), fmt=src.fmt, base=src.base))
     except TopologyError as exc:
         err.print(f"error: {src.describe()} is not a valid topology:", markup=False)
         for issue in exc.issues:

@@ -10,6 +10,7 @@ from desired_state.configfiles import attach
 from desired_state.load import TopologyError, load_topology
 from desired_state.render import render as render_fleet
 from desired_state.secrets import check_secrets
+from desired_state.tlsfiles import tls_file_issues
 from reconciler import __version__
 from reconciler.cli.common import (
     JsonOpt,
@@ -33,11 +34,12 @@ def version() -> None:
 
 
 def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: SourceOpt = None) -> None:
-    """Check a topology file: every error with its place, secret references resolved. Exit 1 on errors."""
+    """Check a topology file: every error with its place, secret references resolved, the hosts' Docker
+    TLS files readable and PEM (relative paths from the file's folder). Exit 1 on errors."""
     data_issues: list[dict[str, Any]] = []
     src = source_of(source, source_opt)
     try:
-        loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt))
+        loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt, base=src.base))
     except SourceError as exc:
         fail(str(exc))
     except TopologyError as exc:
@@ -48,7 +50,7 @@ def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: Sou
             for issue in exc.issues:
                 err.print(f"  error: {issue}", markup=False)
         raise typer.Exit(1) from None
-    secret_issues = check_secrets(loaded.topology)
+    secret_issues = check_secrets(loaded.topology) + tls_file_issues(loaded)
     data_issues = [i.to_dict() for i in secret_issues]
     if as_json:
         emit_json(

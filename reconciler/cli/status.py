@@ -61,7 +61,7 @@ def status(
     src = source_of(source, source_opt)
     source_problem: str | None = None
     try:
-        loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt))
+        loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt, base=src.base))
     except (SourceError, TopologyError) as exc:
         source_problem = str(exc)
         kept = audit.state.last_document(src.describe())

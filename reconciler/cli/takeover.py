@@ -108,7 +108,10 @@ def _host_pairs(hosts: list[str]) -> list[tuple[str, str]]:
         if not eq or not name or not url:
             fail(f"--host {item!r}: expected NAME=DOCKER_URL (e.g. node1=tcp://10.0.0.1:2376)")
         try:
-            Host.model_validate({"name": name, "docker": url, "advertise": "127.0.0.1", "role": "client"})
+            plain = {"tls": False} if url.startswith("tcp://") else {}  # how import reads it
+            Host.model_validate(
+                {"name": name, "docker": url, "advertise": "127.0.0.1", "role": "client", **plain}
+            )
         except ValueError as exc:
             first = str(exc).splitlines()
             fail(f"--host {item!r}: {first[-1].strip() if first else exc}")

@@ -25,11 +25,11 @@ DEFAULT = "0b7c6d5e-4f3a-4b2c-8d1e-0f9a8b7c6d5e"
 
 def topology(acl: dict[str, Any] | None, servers: int = 3, clients: int = 1) -> Topology:
     hosts = [
-        {"name": f"s{i}", "docker": f"tcp://127.0.0.{i}:2376", "advertise": f"127.0.0.{i}", "role": "server"}
+        {"name": f"s{i}", "docker": f"ssh://admin@127.0.0.{i}", "advertise": f"127.0.0.{i}", "role": "server"}
         for i in range(1, servers + 1)
     ]
     hosts += [
-        {"name": f"c{i}", "docker": f"tcp://127.0.1.{i}:2376", "advertise": f"127.0.1.{i}", "role": "client"}
+        {"name": f"c{i}", "docker": f"ssh://admin@127.0.1.{i}", "advertise": f"127.0.1.{i}", "role": "client"}
         for i in range(1, clients + 1)
     ]
     consul: dict[str, Any] = {} if acl is None else {"acl": acl}

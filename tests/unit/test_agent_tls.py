@@ -30,8 +30,8 @@ TLS = {
 
 def topology(tls: dict[str, Any] | None, **consul: Any) -> Topology:
     hosts = [
-        {"name": "s1", "docker": "tcp://127.0.0.1:2376", "advertise": "127.0.0.1", "role": "server"},
-        {"name": "c1", "docker": "tcp://127.0.0.2:2376", "advertise": "127.0.0.2", "role": "client"},
+        {"name": "s1", "docker": "ssh://admin@127.0.0.1", "advertise": "127.0.0.1", "role": "server"},
+        {"name": "c1", "docker": "ssh://admin@127.0.0.2", "advertise": "127.0.0.2", "role": "client"},
     ]
     if tls is not None:
         consul["tls"] = tls

@@ -35,7 +35,7 @@ SECRETISH = '{"acl": {"tokens": {"replication": "0d5f-secret-in-a-config-file"}}
 
 
 def loaded(files: list[dict[str, Any]]) -> Loaded:
-    hosts = [{"name": "s1", "docker": "tcp://127.0.0.1:2376", "advertise": "127.0.0.1", "role": "server"}]
+    hosts = [{"name": "s1", "docker": "ssh://admin@127.0.0.1", "advertise": "127.0.0.1", "role": "server"}]
     doc = {"cluster": "prod", "consul": {"config_files": files}, "hosts": hosts}
     return load_topology(json.dumps(doc).encode())
 

@@ -34,7 +34,7 @@ NO_LIMIT = 1000  # --max-removals out of the way: these tests are about the dang
 
 def host(name: str, index: int, role: str = "server", **extra: Any) -> dict[str, Any]:
     ip = f"10.0.0.{index}"
-    return {"name": name, "docker": f"tcp://{ip}:2376", "advertise": ip, "role": role, **extra}
+    return {"name": name, "docker": f"ssh://admin@{ip}", "advertise": ip, "role": role, **extra}
 
 
 def hosts(servers: int, clients: int = 0) -> list[dict[str, Any]]:

@@ -39,8 +39,8 @@ VALID = textwrap.dedent(
     datacenter: dc1
     consul: {image: "hashicorp/consul:1.20"}
     hosts:
-      - {name: node1, docker: "tcp://10.0.0.1:2376", advertise: 10.0.0.1, role: server}
-      - {name: node2, docker: "tcp://10.0.0.2:2376", advertise: 10.0.0.2, role: client}
+      - {name: node1, docker: "ssh://admin@10.0.0.1", advertise: 10.0.0.1, role: server}
+      - {name: node2, docker: "ssh://admin@10.0.0.2", advertise: 10.0.0.2, role: client}
     """
 ).encode()
 NEWER = VALID.replace(b"consul:1.20", b"consul:1.21")

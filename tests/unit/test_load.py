@@ -17,12 +17,12 @@ from desired_state.secrets import REDACTED, check_secrets
 ROOT = Path(__file__).resolve().parents[2]
 GOSSIP_16 = "k4cyl0oZbdW5sGQGOv1VZQ=="  # 16 random bytes, base64
 GOSSIP_32 = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="  # 32 random bytes, base64
-ONE_HOST_LINE = b"  - {name: a, docker: 'tcp://10.0.0.1:2376', advertise: 10.0.0.1, role: server}\n"
+ONE_HOST_LINE = b"  - {name: a, docker: 'ssh://admin@10.0.0.1', advertise: 10.0.0.1, role: server}\n"
 
 
 def host(name: str, ip: str, role: str = "server", **extra: Any) -> dict[str, Any]:
     """One host entry; ``extra`` adds or overrides fields (``name=`` too, via ``**{"name": ...}``)."""
-    return {"name": name, "docker": f"tcp://{ip}:2376", "advertise": ip, "role": role, **extra}
+    return {"name": name, "docker": f"ssh://admin@{ip}", "advertise": ip, "role": role, **extra}
 
 
 def doc(hosts: list[dict[str, Any]] | None = None, **top: Any) -> dict[str, Any]:
@@ -339,11 +339,11 @@ def test_yaml_issues_carry_the_line_of_their_path() -> None:
         b"cluster: shop\n"
         b"hosts:\n"
         b"  - name: node1\n"
-        b"    docker: tcp://10.0.0.1:2376\n"
+        b"    docker: ssh://admin@10.0.0.1\n"
         b"    advertise: 10.0.0.1\n"
         b"    role: server\n"
         b"  - name: node2\n"
-        b"    docker: tcp://10.0.0.2:2376\n"
+        b"    docker: ssh://admin@10.0.0.2\n"
         b"    advertise: not-an-ip\n"
         b"    role: client\n"
     )
@@ -373,7 +373,7 @@ def test_ipv6_addresses_are_accepted_and_normalised() -> None:
         ("name", "node1"),
         ("node", "node1"),
         ("advertise", "10.0.0.1"),
-        ("docker", "tcp://10.0.0.1:2376"),
+        ("docker", "ssh://admin@10.0.0.1"),
     ],
 )
 def test_duplicates_name_both_indices(field: str, value: str) -> None:
@@ -433,9 +433,28 @@ def test_bad_docker_urls(url: str, message: str) -> None:
     "url", ["unix:///var/run/docker.sock", "tcp://10.0.0.1:2376", "tcp://[fd00::1]:2376", "ssh://admin@node1"]
 )
 def test_good_docker_urls(url: str) -> None:
+    tls = {"tls": False} if url.startswith("tcp://") else {}
     assert (
-        load_topology(as_yaml(doc([host("node1", "10.0.0.1", docker=url)]))).topology.hosts[0].docker == url
+        load_topology(as_yaml(doc([host("node1", "10.0.0.1", docker=url, **tls)]))).topology.hosts[0].docker
+        == url
     )
+
+
+def test_a_tcp_endpoint_without_tls_is_refused_unless_plain_http_is_asked_for() -> None:
+    plain = doc([host("node1", "10.0.0.1", docker="tcp://10.0.0.1:2375")])
+    issue = one_issue(as_yaml(plain))
+    assert issue.path == "hosts[0]"
+    assert issue.message.startswith("tcp://10.0.0.1:2375 without 'tls' would be plain HTTP: anyone who can")
+    assert "or tls: false to accept plain HTTP knowingly" in issue.message
+    plain["hosts"][0]["tls"] = False
+    loaded = load_topology(as_yaml(plain))
+    assert loaded.topology.hosts[0].plain_tcp
+    assert [str(w) for w in loaded.warnings] == [
+        "hosts[0].tls (line 7): host node1's engine at tcp://10.0.0.1:2375 is reached over plain HTTP "
+        "(tls: false), unauthenticated and unencrypted; use tls: {ca, cert, key} outside a test bench"
+    ]
+    plain["hosts"][0]["docker"] = "ssh://admin@10.0.0.1"  # tls: false is for tcp:// only, as the files are
+    assert one_issue(as_yaml(plain)).message == "'tls' applies only to a tcp:// docker endpoint"
 
 
 @pytest.mark.parametrize(
@@ -481,7 +500,8 @@ def test_tls_only_on_tcp(url: str) -> None:
     issue = one_issue(as_yaml(doc([host("node1", "10.0.0.1", docker=url, tls=tls)])))
     assert (issue.path, issue.message) == ("hosts[0]", "'tls' applies only to a tcp:// docker endpoint")
     # the same on tcp:// is fine
-    assert load_topology(as_yaml(doc([host("node1", "10.0.0.1", tls=tls)]))).topology.hosts[0].tls is not None
+    on_tcp = host("node1", "10.0.0.1", docker="tcp://10.0.0.1:2376", tls=tls)
+    assert load_topology(as_yaml(doc([on_tcp]))).topology.hosts[0].tls is not None
 
 
 @pytest.mark.parametrize(

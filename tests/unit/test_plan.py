@@ -42,7 +42,7 @@ THREE_SERVERS = (("server1", "10.0.0.1"), ("server2", "10.0.0.2"), ("server3", "
 
 
 def host(name: str, ip: str, role: str = "server", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "docker": f"tcp://{ip}:2376", "advertise": ip, "role": role, **extra}
+    return {"name": name, "docker": f"ssh://admin@{ip}", "advertise": ip, "role": role, **extra}
 
 
 def desired(hosts: list[dict[str, Any]] | None = None, **top: Any) -> DesiredFleet:

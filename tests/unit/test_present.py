@@ -24,7 +24,7 @@ GOSSIP_KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 
 
 def host(name: str, ip: str, role: str = "server", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "docker": f"tcp://{ip}:2376", "advertise": ip, "role": role, **extra}
+    return {"name": name, "docker": f"ssh://admin@{ip}", "advertise": ip, "role": role, **extra}
 
 
 def desired(hosts: list[dict[str, Any]], **top: Any) -> DesiredFleet:

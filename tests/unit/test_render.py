@@ -26,7 +26,7 @@ def topology(data: dict[str, Any]) -> Topology:
 
 
 def host(name: str, ip: str, role: str = "server", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "docker": f"tcp://{ip}:2376", "advertise": ip, "role": role, **extra}
+    return {"name": name, "docker": f"ssh://admin@{ip}", "advertise": ip, "role": role, **extra}
 
 
 def cluster(servers: int = 3, clients: int = 2, **top: Any) -> dict[str, Any]:
