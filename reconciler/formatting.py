@@ -56,7 +56,8 @@ def docker_run_line(spec: ContainerSpec) -> str:
     return line
 
 
-def format_plan(plan: Plan) -> str:
+def format_plan(plan: Plan, hosts: int | None = None) -> str:
+    """The plan as `plan` and `apply` print it (``hosts``: how many the topology has, when known)."""
     lines: list[str] = []
     counts = plan.counts()
     summary = ", ".join(
@@ -76,7 +77,7 @@ def format_plan(plan: Plan) -> str:
     if not plan.actions and not plan.unreachable and not plan.deferred:
         lines.append(f"cluster {plan.cluster}: nothing to do; every host matches the topology.")
         return "\n".join(lines)
-    lines.append(f"cluster {plan.cluster}: {changes_line(plan, summary)}")
+    lines.append(f"cluster {plan.cluster}: {changes_line(plan, summary, hosts)}")
     current_host = None
     host_order: dict[str, int] = {}
     for action in plan.actions:

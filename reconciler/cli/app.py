@@ -31,10 +31,28 @@ app = typer.Typer(
         "`apply` converges every host and records each action in the audit log."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion: bash, zsh, fish, PowerShell
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False)],
+) -> None:
+    """Print the shell completion script for SHELL; e.g. in ~/.bashrc:
+    eval "$(consul-reconciler completion bash)" (--install-completion installs it for this shell)."""
+    if shell not in SHELLS:
+        fail(f"no completion for {shell!r}; one of: {', '.join(SHELLS)}")
+    from typer._completion_shared import get_completion_script
+
+    script = get_completion_script(
+        prog_name="consul-reconciler", complete_var="_CONSUL_RECONCILER_COMPLETE", shell=shell
+    )
+    sys.stdout.write(script if script.endswith("\n") else script + "\n")
 
 
 def _print_version(value: bool) -> None:
@@ -67,12 +85,43 @@ for command in (plan, apply, run, status, resume):
 app.command("audit")(audit_cmd)
 app.command("snapshots")(snapshots_cmd)
 app.add_typer(kv_app, name="kv")
+app.command()(completion)
+
+
+GLOBAL_FLAGS = ("-v", "--verbose")
+GLOBAL_VALUED = ("--log-format",)
+
+
+def global_options_first(argv: list[str]) -> list[str]:
+    """``argv`` with the global options (-v, --log-format) moved before the command, so that they may
+    be given after it too, as ``docker ps -q --log-level debug`` or ``consul members -http-addr``
+    users type them: ``consul-reconciler plan t.yaml -v`` is ``consul-reconciler -v plan t.yaml``.
+    Nothing after ``--`` moves."""
+    moved: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            rest += argv[index:]
+            break
+        if arg in GLOBAL_FLAGS:
+            moved.append(arg)
+        elif arg in GLOBAL_VALUED and index + 1 < len(argv):
+            moved += [arg, argv[index + 1]]
+            index += 1
+        elif arg.split("=", 1)[0] in GLOBAL_VALUED:
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        index += 1
+    return moved + rest
 
 
 def main() -> None:
     """The command line; no input ends in a traceback (with -v, an unexpected failure shows one)."""
     try:
-        app()
+        app(args=global_options_first(sys.argv[1:]), prog_name="consul-reconciler")
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a failure no command handled: one line, the detail with -v

@@ -126,6 +126,30 @@ def load_desired(arg: str | None, opt: str | None = None, token: str | None = No
         raise typer.Exit(1) from None
 
 
+# Plan lines coloured by their symbol, as terraform and git colour theirs: + create, ~ replace, - remove,
+# ! blocked, ? unreachable, > start. rich colours only a terminal, and never with $NO_COLOR set.
+PLAN_STYLES = {
+    "+": "green",
+    "~": "yellow",
+    "-": "red",
+    "!": "bold red",
+    "?": "magenta",
+    ">": "cyan",
+    "=": "blue",
+}
+LINE_STYLES = {"REFUSED:": "bold red", "WARNING:": "yellow"}
+
+
+def print_plan(text: str) -> None:
+    """A plan as format_plan wrote it, each line coloured by what it says (on a terminal only)."""
+    for line in text.split("\n"):
+        symbol = line[2:3] if line.startswith("  ") and line[3:4] == " " else ""
+        style = PLAN_STYLES.get(symbol) or next(
+            (style for head, style in LINE_STYLES.items() if line.startswith(head)), None
+        )
+        out.print(line, style=style, markup=False)
+
+
 def print_warnings(loaded: Loaded) -> None:
     for warning in loaded.warnings:
         err.print(f"warning: {warning}", markup=False)

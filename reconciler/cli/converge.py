@@ -21,6 +21,7 @@ from reconciler.cli.common import (
     load_desired,
     open_log,
     out,
+    print_plan,
     print_warnings,
     read_token_file,
     source_of,
@@ -101,7 +102,7 @@ def plan(
     if as_json:
         emit_json(the_plan.to_dict())
     else:
-        out.print(format_plan(the_plan), markup=False)
+        print_plan(format_plan(the_plan, len(loaded.topology.hosts)))
     if the_plan.refused or the_plan.unreachable:
         raise typer.Exit(1)
     raise typer.Exit(0 if the_plan.is_noop else 2)
@@ -178,7 +179,7 @@ def apply(
             }
         )
     else:
-        out.print(format_plan(result.plan), markup=False)
+        print_plan(format_plan(result.plan, len(loaded.topology.hosts)))
         if result.applied is not None and result.applied.results:
             out.print("", markup=False)
             for r in result.applied.results:

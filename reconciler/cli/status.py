@@ -138,10 +138,15 @@ def status(
         rows.append(
             [h["host"], " ".join(h["desired"]) or "-", observed_text, drift_text, state_text, last_text]
         )
-    out.print(controller["summary"], markup=False)
-    out.print(
-        text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows), markup=False
+    out.print(controller["summary"], markup=False, style=None if controller["running"] else "yellow")
+    table = text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows).split(
+        "\n"
     )
+    out.print(table[0], markup=False)
+    for line, h in zip(table[1:], hosts, strict=False):  # on a terminal: unknown magenta, drift yellow
+        out.print(
+            line, markup=False, style="magenta" if h["drift"] is None else "yellow" if h["drift"] else None
+        )
     if paused:
         out.print(
             f"\nROLLOUT PAUSED since {time_text(paused[2])}: {paused[0]}\n"
