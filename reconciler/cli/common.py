@@ -81,8 +81,21 @@ def warn(text: str) -> None:
     sys.stderr.flush()
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+# Every --json output is one object: its format_version first (raised when a key changes meaning or
+# goes away; new keys do not raise it), then the same key names for the same things in every command
+# (README, "JSON output"): cluster, host, container, run_id, digest, key, modify_index, errors, warnings.
+JSON_FORMAT_VERSION = 1
+
+
+def row_json(row: Any) -> dict[str, Any]:
+    """A stored row (run, action, snapshot, document) as --json shows it: the cluster ID as ``cluster``,
+    as every other output names it."""
+    return {("cluster" if k == "cluster_id" else k): v for k, v in row.to_dict().items()}
+
+
+def emit_json(data: dict[str, Any]) -> None:
+    document = {"format_version": JSON_FORMAT_VERSION, **data}
+    sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -161,7 +161,7 @@ def apply(
     if as_json:
         emit_json(
             {
-                "run": result.run_id,
+                "run_id": result.run_id,
                 "status": result.status,
                 "refused": result.refused,
                 "plan": result.plan.to_dict(),

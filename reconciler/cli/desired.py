@@ -98,7 +98,7 @@ def render(
                 "datacenter": fleet.datacenter,
                 "hosts": [
                     {
-                        "name": h.name,
+                        "host": h.name,
                         "docker": h.endpoint.url,
                         "containers": [
                             {

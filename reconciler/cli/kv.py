@@ -26,7 +26,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from desired_state.configfiles import attach
-from desired_state.load import Loaded, TopologyError, digest_of, load_topology
+from desired_state.load import Issue, Loaded, TopologyError, digest_of, load_topology
 from reconciler.cli.common import JsonOpt, emit_json, fail_line, read_token_file, say, warn
 from reconciler.cli.kv_history import diff, history
 from reconciler.consul_api import Consul, ConsulError, KVEntry
@@ -121,15 +121,15 @@ def _value(entry: KVEntry) -> bytes:
     return entry.value if entry.value is not None else b""
 
 
-def _validate(data: bytes, source: str, fmt: str | None) -> Loaded | list[str]:
+def _validate(data: bytes, source: str, fmt: str | None) -> Loaded | list[Issue]:
     """The loaded topology, or the issues (each with its path) that make it invalid."""
     try:
         return attach(load_topology(data, source=source, fmt=fmt))
     except TopologyError as exc:
-        return [str(issue) for issue in exc.issues]
+        return list(exc.issues)
 
 
-def _print_issues(head: str, issues: list[str]) -> None:
+def _print_issues(head: str, issues: list[Issue]) -> None:
     warn(f"error: {head}")
     for issue in issues:
         warn(f"  {issue}")
@@ -181,7 +181,10 @@ def push(
         fail_line(f"{file}: cannot read: {exc.strerror or exc}")
     checked = _validate(data, str(file), "json" if file.suffix.lower() == ".json" else None)
     if isinstance(checked, list):
-        _print_issues(f"{file} is not a valid topology; nothing was written to {where}:", checked)
+        if as_json:  # a program asked: the errors as data, on stdout, like every other outcome
+            emit_json({"key": where, "result": "invalid", "errors": [i.to_dict() for i in checked]})
+        else:
+            _print_issues(f"{file} is not a valid topology; nothing was written to {where}:", checked)
         raise typer.Exit(1)
     _print_warnings(checked)
 
@@ -191,8 +194,8 @@ def push(
         result: dict[str, Any] = {
             "key": where,
             "result": "unchanged",
-            "old_index": entry.modify_index,
-            "new_index": entry.modify_index,
+            "previous_modify_index": entry.modify_index,
+            "modify_index": entry.modify_index,
             "digest": checked.digest,
         }
         if as_json:
@@ -224,8 +227,8 @@ def push(
     result = {
         "key": where,
         "result": "created" if entry is None else "updated",
-        "old_index": cas if entry is not None else None,
-        "new_index": new_index,
+        "previous_modify_index": cas if entry is not None else None,
+        "modify_index": new_index,
         "digest": checked.digest,
     }
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.common import DbOpt, JsonOpt, emit_json, fail_line, open_log, say, time_text
+from reconciler.cli.common import DbOpt, JsonOpt, emit_json, fail_line, open_log, row_json, say, time_text
 from reconciler.consul_settings import FORMS, ConsulAddress, is_consul_url
 from reconciler.formatting import text_table
 from reconciler.store import DocumentRow
@@ -61,7 +61,7 @@ def history(
     finally:
         log.close()
     if as_json:
-        emit_json([r.to_dict() for r in rows])
+        emit_json({"documents": [row_json(r) for r in rows]})
         return
     if not rows:
         say("no kept documents" + (f" for {wanted}" if wanted else ""))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.common import DbOpt, JsonOpt, emit_json, open_log, out, time_text
+from reconciler.cli.common import DbOpt, JsonOpt, emit_json, open_log, out, row_json, time_text
 from reconciler.formatting import text_table
 from reconciler.snapshots import SnapshotError, verify_file
 from reconciler.store import SnapshotRow
@@ -50,10 +50,12 @@ def snapshots_cmd(
     checks = [_check(row) if verify and state == "kept" else None for row, state in listed]
     if as_json:
         emit_json(
-            [
-                row.to_dict() | {"file": state} | ({"check": check} if verify else {})
-                for (row, state), check in zip(listed, checks, strict=True)
-            ]
+            {
+                "snapshots": [
+                    row_json(row) | {"file": state} | ({"check": check} if verify else {})
+                    for (row, state), check in zip(listed, checks, strict=True)
+                ]
+            }
         )
         return
     if not listed:

@@ -21,6 +21,7 @@ from reconciler.cli.common import (
     load_desired,
     open_log,
     out,
+    row_json,
     source_of,
     time_text,
 )
@@ -299,7 +300,7 @@ def audit_cmd(
         if runs:
             run_rows = log_db.runs(limit=limit, status=status, since=since_at, host=host)
             if as_json:
-                emit_json([r.to_dict() for r in run_rows])
+                emit_json({"runs": [row_json(r) for r in run_rows]})
                 return
             out.print(
                 text_table(
@@ -327,7 +328,7 @@ def audit_cmd(
     finally:
         log_db.close()
     if as_json:
-        emit_json([r.to_dict() for r in rows])
+        emit_json({"actions": [row_json(r) for r in rows]})
         return
     table_rows: list[list[str]] = []
     for a in rows:

@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from desired_state.handrun import FoundContainer
-from desired_state.load import TopologyError, load_topology
+from desired_state.load import Issue, TopologyError, load_topology
 from desired_state.model import Host
 from desired_state.spec import Endpoint
 from desired_state.takeover import ImportResult, import_topology
@@ -73,7 +73,7 @@ def import_cmd(
     text = _document_text(result)
     problems = _validate(text)
     if as_json:
-        emit_json({**result.to_dict(), "invalid": problems})
+        emit_json({**result.to_dict(), "errors": [p.to_dict() for p in problems]})
     else:
         for note in result.notes:
             err.print(f"note: {note}", markup=False)
@@ -142,9 +142,9 @@ def _wrap(text: str, width: int = 96) -> list[str]:
     return lines + ([current] if current else [])
 
 
-def _validate(text: str) -> list[str]:
+def _validate(text: str) -> list[Issue]:
     try:
         load_topology(text.encode(), source="import", fmt="yaml")
     except TopologyError as exc:
-        return [str(issue) for issue in exc.issues]
+        return list(exc.issues)
     return []

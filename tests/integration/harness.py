@@ -86,7 +86,7 @@ class Fleet:
     def audit(self, *extra: str) -> list[dict[str, Any]]:
         run = self.cli("audit", "--db", str(self.db), "--json", "--limit", "1000", *extra)
         assert run.code == 0, run.stderr
-        rows: list[dict[str, Any]] = run.json()
+        rows: list[dict[str, Any]] = run.json()["actions"]
         return rows
 
     def containers(self, engine: Engine) -> dict[str, dict[str, Any]]:

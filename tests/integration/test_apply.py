@@ -76,7 +76,7 @@ def test_empty_to_converged_with_labels_command_mounts_network(fleet3: Fleet) ->
         reg_binds = {m["Destination"]: m["Source"] for m in registrator["Mounts"]}
         assert reg_binds["/tmp/docker.sock"] == str(engine.socket_path)
 
-    rows = fleet3.audit("--run", str(result["run"]))
+    rows = fleet3.audit("--run", str(result["run_id"]))
     assert sorted((r["kind"], r["host"], r["container"], r["status"]) for r in rows) == sorted(
         (r["kind"], r["host"], r["container"], "succeeded") for r in result["results"]
     )

@@ -148,7 +148,9 @@ def test_apply_on_real_engines_audits_into_postgresql(clean_fleet: list[Engine],
     assert run.code == 0, run.stderr
     rows = fleet.cli("audit", "--db", url, "--json", "--kind", "create")
     assert rows.code == 0, rows.stderr
-    assert len(rows.json()) == 6 and all(r["status"] == "succeeded" for r in rows.json())
+    assert len(rows.json()["actions"]) == 6 and all(
+        r["status"] == "succeeded" for r in rows.json()["actions"]
+    )
 
 
 def _quick_retry_controller(fleet: Fleet, url: str, tmp_path: Path) -> ControllerProcess:
@@ -188,7 +190,9 @@ def test_database_down_the_controller_pauses_and_resumes_by_itself(
             ensure_postgres()
         wait_for(lambda: "registrator" in fleet.containers(host2), 30, "the repair once the database is back")
         wait_for(lambda: '"pass_error": null' in ctl.get("/status")[1], 10, "the error to clear")
-        rows = fleet.cli("audit", "--db", url, "--json", "--host", "host2", "--kind", "create").json()
+        rows = fleet.cli("audit", "--db", url, "--json", "--host", "host2", "--kind", "create").json()[
+            "actions"
+        ]
         assert [r["container"] for r in rows if r["status"] == "succeeded"].count("registrator") == 2
         assert "pass failed" in ctl.log()
     finally:

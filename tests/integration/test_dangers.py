@@ -49,9 +49,9 @@ def test_a_new_datacenter_is_refused_until_acknowledged(clean_fleet: list[Engine
 
     runs = fleet.cli("audit", "--runs", "--db", str(fleet.db), "--json")
     assert runs.code == 0, runs.stderr
-    run = next(r for r in runs.json() if r["id"] == result["run"])
+    run = next(r for r in runs.json()["runs"] if r["id"] == result["run_id"])
     assert run["status"] == "refused" and run["error"] == result["refused"]
-    assert fleet.audit("--run", str(result["run"])) == []  # no action started
+    assert fleet.audit("--run", str(result["run_id"])) == []  # no action started
 
     shown = fleet.cli("plan", str(fleet.file), "--db", str(fleet.db))
     assert shown.code == 1, shown.stdout + shown.stderr

@@ -316,7 +316,11 @@ def test_kv_commands_against_real_consul_write_only_by_check_and_set(
     doc["hosts"][0]["advertise"] = "127.0.20.10"
     topology.write_text(yaml.safe_dump(doc))
     updated = json.loads(kv("push", str(topology), "--consul", url, "--json").stdout)
-    assert (updated["result"], updated["old_index"], updated["new_index"]) == ("updated", first, index())
+    assert (updated["result"], updated["previous_modify_index"], updated["modify_index"]) == (
+        "updated",
+        first,
+        index(),
+    )
     pulled = kv("pull", "--consul", url)
     assert pulled.returncode == 0 and pulled.stdout == topology.read_text()
     # an editor during whose edit another operator writes the key: Consul refuses edit's CAS write

@@ -33,11 +33,11 @@ def test_the_snapshot_before_a_rollout_restores_into_a_fresh_server(
     in_rollout = (
         "SELECT kind, status FROM actions WHERE run_id = ? AND (kind = 'snapshot' OR role = 'server')"
     )
-    rows = audit_rows(fleet.db, in_rollout + " ORDER BY id", run.json()["run"])
+    rows = audit_rows(fleet.db, in_rollout + " ORDER BY id", run.json()["run_id"])
     assert rows[0] == ("snapshot", "succeeded")  # written and done before the first server was touched
     assert [kind for kind, _status in rows].count("snapshot") == 1  # one per pass
     assert [kind for kind, _status in rows[1:]] == ["replace"] * 3
-    [listed] = fleet.cli("snapshots", "--db", str(fleet.db), "--json", "--verify").json()
+    [listed] = fleet.cli("snapshots", "--db", str(fleet.db), "--json", "--verify").json()["snapshots"]
     assert (listed["file"], listed["check"]) == ("kept", "ok") and listed["raft_index"] > 0
     path = Path(listed["path"])
     assert path.parent == tmp_path / "snapshots" and path.stat().st_mode & 0o777 == 0o600

@@ -54,7 +54,7 @@ def test_runs_are_filtered_by_status_host_and_since(db: Path) -> None:
     def run_ids(*args: str) -> list[int]:
         result = cli(db, "audit", "--runs", "--json", *args)
         assert result.returncode == 0, result.stderr
-        return [row["id"] for row in json.loads(result.stdout)]
+        return [row["id"] for row in json.loads(result.stdout)["runs"]]
 
     assert run_ids() == [3, 2, 1]
     assert run_ids("--status", "failed") == [1]

@@ -3,6 +3,7 @@ shell completion, colour on a terminal only (none when piped or with NO_COLOR)."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,44 @@ def test_colour_on_a_terminal_only_and_never_with_no_color(tmp_path: Path) -> No
     )
     assert unreachable.startswith("\x1b[35m  ? unreachable")  # the ? line, magenta
     assert refused.stdout == piped.stdout
+
+
+def test_every_json_output_is_one_object_with_its_format_version_and_the_same_key_names(
+    tmp_path: Path,
+) -> None:
+    from reconciler.store import ActionRecord, AuditLog
+
+    topology = tmp_path / "t.yaml"
+    topology.write_text(TOPOLOGY)
+    db = tmp_path / "audit.db"
+    log = AuditLog(str(db))
+    run = log.start_run(cluster_id="x", trigger="t", source=f"file:{topology}", digest="ab" * 32)
+    log.record_action(run, ActionRecord(seq=1, host="h1", kind="create", container="consul"), status="failed")
+    log.finish_run(run, status="failed")
+    log.state.keep_document(source=f"file:{topology}", digest="ab" * 32, cluster_id="x", document=TOPOLOGY)
+    log.close()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: x\nhosts: []\n")
+    outputs = {
+        "validate": cli("validate", str(topology), "--json"),
+        "render": cli("render", str(topology), "--json"),
+        "plan": cli("plan", str(topology), "--db", str(db), "--json"),
+        "status": cli("status", str(topology), "--db", str(db), "--json"),
+        "audit": cli("audit", "--db", str(db), "--json"),
+        "audit --runs": cli("audit", "--runs", "--db", str(db), "--json"),
+        "snapshots": cli("snapshots", "--db", str(db), "--json"),
+        "kv history": cli("kv", "history", "--db", str(db), "--json"),
+        "kv push (invalid)": cli("kv", "push", str(bad), "--consul", "consul://127.0.0.1:1/k", "--json"),
+    }
+    parsed = {name: json.loads(done.stdout) for name, done in outputs.items()}
+    for name, data in parsed.items():
+        assert isinstance(data, dict) and next(iter(data)) == "format_version", name
+        assert data["format_version"] == 1, name
+    assert parsed["render"]["hosts"][0]["host"] == parsed["status"]["hosts"][0]["host"] == "h1"
+    assert parsed["plan"]["cluster"] == parsed["status"]["cluster"] == parsed["render"]["cluster"] == "x"
+    assert parsed["audit --runs"]["runs"][0]["cluster"] == "x"
+    assert parsed["audit"]["actions"][0]["run_id"] == parsed["audit --runs"]["runs"][0]["id"]
+    assert parsed["kv history"]["documents"][0]["cluster"] == "x"
+    invalid = parsed["kv push (invalid)"]
+    assert outputs["kv push (invalid)"].returncode == 1 and invalid["result"] == "invalid"
+    assert invalid["errors"][0]["path"] == "hosts" and "message" in invalid["errors"][0]

@@ -219,10 +219,11 @@ def test_push_creates_then_unchanged_then_updates(
     second = index_of(double)
     assert second is not None and second > first
     assert report == {
+        "format_version": 1,
         "key": url_of(double),
         "result": "updated",
-        "old_index": first,
-        "new_index": second,
+        "previous_modify_index": first,
+        "modify_index": second,
         "digest": report["digest"],
     }
     assert value_of(double) == NEWER
@@ -595,7 +596,7 @@ def test_history_lists_kept_documents_newest_first(
     assert [line.split()[0] for line in lines[1:]] == [str(i) for i in reversed(kept)]
     assert lines[1].split()[1] == digest_of(NEWER)[:12]
 
-    only_consul = json.loads(cli(env, "history", "--consul", url_of(double), "--json").stdout)
+    only_consul = json.loads(cli(env, "history", "--consul", url_of(double), "--json").stdout)["documents"]
     assert [row["digest"] for row in only_consul] == [digest_of(NEWER), digest_of(VALID)]
     assert {row["source"] for row in only_consul} == {url_of(double)}
     assert "document" not in only_consul[0]
@@ -604,7 +605,7 @@ def test_history_lists_kept_documents_newest_first(
     assert [line.split()[0] for line in by_path.stdout.splitlines()[1:]] == [str(kept[1])]
 
     limited = cli(env, "history", "--limit", "1", "--json")
-    assert len(json.loads(limited.stdout)) == 1
+    assert len(json.loads(limited.stdout)["documents"]) == 1
 
 
 def test_diff_of_two_kept_documents(env: dict[str, str], kept: list[int]) -> None:

@@ -469,18 +469,20 @@ def test_snapshots_lists_what_was_recorded_newest_first(
     runner = CliRunner()
     listed = runner.invoke(app, ["snapshots", "--db", db, "--json", "--verify"])
     assert listed.exit_code == 0, listed.output
-    rows = json.loads(listed.stdout)
+    rows = json.loads(listed.stdout)["snapshots"]
     assert [(r["taken_at"][:19], r["file"], r["check"]) for r in rows] == [
         ("2026-12-01T10:01:00", "kept", "ok"),
         ("2026-12-01T10:00:00", "pruned", None),
     ]
     assert rows[0]["path"] == str(snapshot_files(folder, CLUSTER)[0]) and rows[0]["raft_index"] > 0
-    assert set(rows[0]) >= {"size", "sha256", "run_id", "leader", "cluster_id"}
+    assert set(rows[0]) >= {"size", "sha256", "run_id", "leader", "cluster"}
     text = runner.invoke(app, ["snapshots", "--db", db])
     assert text.exit_code == 0 and "kept" in text.stdout and "pruned" in text.stdout
     assert TOKEN not in text.stdout + listed.stdout
     Path(rows[0]["path"]).write_bytes(b"overwritten")
-    checked = json.loads(runner.invoke(app, ["snapshots", "--db", db, "--json", "--verify"]).stdout)
+    checked = json.loads(runner.invoke(app, ["snapshots", "--db", db, "--json", "--verify"]).stdout)[
+        "snapshots"
+    ]
     assert checked[0]["check"].startswith("UNREADABLE")
 
 
