@@ -1,7 +1,9 @@
 """Where Consul is and how to reach it, read from flags and the environment in one place.
 
 Addresses: ``consul://HOST:PORT/KEY`` (HTTP; also ``consul+http://``) or ``consul+https://HOST:PORT/KEY``
-(HTTPS, verified against the system CAs or a CA file).
+(HTTPS, verified against the system CAs or a CA file). Without a host (``consul:///KEY``) the address
+is Consul's CLI's: ``CONSUL_HTTP_ADDR`` (``HOST:PORT``, ``http://HOST:PORT`` or ``https://HOST:PORT``;
+``CONSUL_HTTP_SSL=true`` makes a bare one HTTPS), else ``127.0.0.1:8500``.
 
 The ACL token. Precedence is Consul's own CLI's: a token given explicitly (``--consul-token-file``,
 ``--token-file``) wins over ``CONSUL_HTTP_TOKEN``, which wins over ``CONSUL_HTTP_TOKEN_FILE``
@@ -28,7 +30,12 @@ CACERT_ENV = "CONSUL_CACERT"
 CLIENT_CERT_ENV = "CONSUL_CLIENT_CERT"
 CLIENT_KEY_ENV = "CONSUL_CLIENT_KEY"
 TLS_SERVER_NAME_ENV = "CONSUL_TLS_SERVER_NAME"
-FORMS = "consul://HOST:PORT/KEY or consul+https://HOST:PORT/KEY"
+HTTP_ADDR_ENV = "CONSUL_HTTP_ADDR"
+HTTP_SSL_ENV = "CONSUL_HTTP_SSL"
+FORMS = (
+    "consul://HOST:PORT/KEY, consul+https://HOST:PORT/KEY or consul:///KEY (the address from "
+    "$CONSUL_HTTP_ADDR)"
+)
 
 
 class ConsulError(Exception):
@@ -109,6 +116,31 @@ class TLSClient:
         return (self.cert, self.key) if self.cert and self.key else None
 
 
+def http_addr(environ: Mapping[str, str] | None = None) -> tuple[str, str, int]:
+    """(scheme, host, port) from ``$CONSUL_HTTP_ADDR`` as Consul's CLI reads it (api.DefaultConfig):
+    ``HOST:PORT``, ``http://HOST:PORT`` or ``https://HOST:PORT``; a bare one is HTTPS when
+    ``$CONSUL_HTTP_SSL`` is true; unset, ``127.0.0.1:8500``."""
+    env = os.environ if environ is None else environ
+    text = env.get(HTTP_ADDR_ENV, "").strip() or "127.0.0.1:8500"
+    ssl = env.get(HTTP_SSL_ENV, "").strip().lower() in ("1", "true", "t", "yes")
+    scheme = "https" if ssl else "http"
+    if "://" in text:
+        given, _, text = text.partition("://")
+        if given not in ("http", "https"):
+            raise ValueError(
+                f"${HTTP_ADDR_ENV} {given}://...: the controller speaks http:// or https:// only"
+            )
+        scheme = given
+    parts = urlsplit(f"//{text}")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"${HTTP_ADDR_ENV} {text!r}: the port is not a number") from None
+    if not parts.hostname:
+        raise ValueError(f"${HTTP_ADDR_ENV} {text!r}: no host")
+    return scheme, parts.hostname, port
+
+
 @dataclass(frozen=True)
 class ConsulAddress:
     scheme: str  # http | https
@@ -119,23 +151,29 @@ class ConsulAddress:
     token: str | None = None
 
     @classmethod
-    def parse(cls, url: str, *, ca: str | None = None, token: str | None = None) -> ConsulAddress:
+    def parse(
+        cls,
+        url: str,
+        *,
+        ca: str | None = None,
+        token: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ConsulAddress:
         parts = urlsplit(url)
         if parts.scheme not in SCHEMES:
             raise ValueError(f"{url!r}: a Consul source is {FORMS}")
-        if not parts.hostname:
-            raise ValueError(f"{url!r}: no Consul host")
         key = parts.path.lstrip("/")
         if not key or key.endswith("/"):
             raise ValueError(f"{url!r}: no KV key after the address (consul://HOST:PORT/path/to/key)")
-        return cls(
-            scheme=SCHEMES[parts.scheme],
-            host=parts.hostname,
-            port=parts.port or DEFAULT_PORT,
-            key=key,
-            ca=ca,
-            token=resolve_token(token),
-        )
+        if parts.netloc:
+            if not parts.hostname:
+                raise ValueError(f"{url!r}: no Consul host")
+            scheme, host, port = SCHEMES[parts.scheme], parts.hostname, parts.port or DEFAULT_PORT
+        else:
+            scheme, host, port = http_addr(environ)
+            if parts.scheme == "consul+https":
+                scheme = "https"
+        return cls(scheme=scheme, host=host, port=port, key=key, ca=ca, token=resolve_token(token, environ))
 
     def url(self) -> str:
         prefix = "consul+https" if self.scheme == "https" else "consul"

@@ -48,6 +48,16 @@ DbOpt = Annotated[
         show_default=False,
     ),
 ]
+ConsulCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--consul-ca",
+        metavar="FILE",
+        help="CA file (PEM) for Consul over HTTPS: a consul+https:// source (or $CONSUL_HTTP_ADDR https://) "
+        "and agents serving HTTPS (consul.tls). Default: $CONSUL_CACERT, else the system CAs.",
+        show_default=False,
+    ),
+]
 ConsulTokenFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -109,7 +119,9 @@ def token_from_file(path: Path | None) -> str | None:
     return None if path is None else read_token_file(path, "--consul-token-file", fail)
 
 
-def source_of(arg: str | None, opt: str | None = None, token: str | None = None) -> FileSource | ConsulSource:
+def source_of(
+    arg: str | None, opt: str | None = None, token: str | None = None, ca: Path | None = None
+) -> FileSource | ConsulSource:
     spec = opt or arg
     if arg and opt and arg != opt:
         fail(f"two sources given ({arg} and --source {opt}); give one")
@@ -119,13 +131,17 @@ def source_of(arg: str | None, opt: str | None = None, token: str | None = None)
             "$CONSUL_RECONCILER_SOURCE)"
         )
     try:
-        return open_source(spec, ca=resolve_ca(None), token=token)
+        if ca is not None and not ca.is_file():
+            fail(f"--consul-ca {ca}: no such file")
+        return open_source(spec, ca=resolve_ca(str(ca) if ca else None), token=token)
     except ValueError as exc:
         fail(str(exc))
 
 
-def load_desired(arg: str | None, opt: str | None = None, token: str | None = None) -> Loaded:
-    src = source_of(arg, opt, token)
+def load_desired(
+    arg: str | None, opt: str | None = None, token: str | None = None, ca: Path | None = None
+) -> Loaded:
+    src = source_of(arg, opt, token, ca)
     try:
         data = src.read()
     except SourceError as exc:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from reconciler.cli.common import (
+    ConsulCaOpt,
     ConsulTokenFileOpt,
     DbOpt,
     JsonOpt,
@@ -83,12 +84,13 @@ def plan(
     max_removals: MaxRemovalsOpt = DEFAULT_MAX_REMOVALS,
     adopt: AdoptOpt = None,
     consul_token_file: ConsulTokenFileOpt = None,
+    consul_ca: ConsulCaOpt = None,
 ) -> None:
     """Compare the topology with the hosts and show what `apply` would do.
 
     Exit 0 when nothing is to do, 2 when changes are pending, 1 on error.
     """
-    loaded = load_desired(source, source_opt, token_from_file(consul_token_file))
+    loaded = load_desired(source, source_opt, token_from_file(consul_token_file), consul_ca)
     print_warnings(loaded)
     audit = open_log(db, missing="empty")
     connections = Connections()
@@ -118,6 +120,7 @@ def apply(
     pull: PullOpt = True,
     stop_timeout: Annotated[int, typer.Option(help="Seconds a container gets to stop.")] = 30,
     consul_token_file: ConsulTokenFileOpt = None,
+    consul_ca: ConsulCaOpt = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -133,10 +136,10 @@ def apply(
     blocked by an unmanaged container, or the pass was refused.
     """
     token = token_from_file(consul_token_file)
-    src = source_of(source, source_opt, token)
+    src = source_of(source, source_opt, token, consul_ca)
     if isinstance(src, ConsulSource) and not force:
         _refuse_under_a_live_leader(src)
-    loaded = load_desired(source, source_opt, token)
+    loaded = load_desired(source, source_opt, token, consul_ca)
     print_warnings(loaded)
     audit = open_log(db)
     connections = Connections()
@@ -257,14 +260,7 @@ def run(
     events: Annotated[
         bool, typer.Option("--events/--no-events", help="Watch Docker events for drift.")
     ] = True,
-    consul_ca: Annotated[
-        Path | None,
-        typer.Option(
-            help="CA file for a consul+https:// source and for agents serving HTTPS (consul.tls) "
-            "(default $CONSUL_CACERT; a client certificate comes from $CONSUL_CLIENT_CERT and "
-            "$CONSUL_CLIENT_KEY, the name to check from $CONSUL_TLS_SERVER_NAME)."
-        ),
-    ] = None,
+    consul_ca: ConsulCaOpt = None,
     consul_token_file: ConsulTokenFileOpt = None,
     lock_ttl: Annotated[
         float, typer.Option(min=1, help="Consul source: TTL of the leader session (s); renewed every TTL/4.")

@@ -13,6 +13,8 @@ from desired_state.secrets import check_secrets
 from desired_state.tlsfiles import tls_file_issues
 from reconciler import __version__
 from reconciler.cli.common import (
+    ConsulCaOpt,
+    ConsulTokenFileOpt,
     JsonOpt,
     SourceArg,
     SourceOpt,
@@ -23,6 +25,7 @@ from reconciler.cli.common import (
     out,
     print_warnings,
     source_of,
+    token_from_file,
 )
 from reconciler.formatting import docker_run_line
 from reconciler.sources import SourceError
@@ -33,11 +36,17 @@ def version() -> None:
     out.print(__version__)
 
 
-def validate(source: SourceArg = None, as_json: JsonOpt = False, source_opt: SourceOpt = None) -> None:
+def validate(
+    source: SourceArg = None,
+    as_json: JsonOpt = False,
+    source_opt: SourceOpt = None,
+    consul_token_file: ConsulTokenFileOpt = None,
+    consul_ca: ConsulCaOpt = None,
+) -> None:
     """Check a topology file: every error with its place, secret references resolved, the hosts' Docker
     TLS files readable and PEM (relative paths from the file's folder). Exit 1 on errors."""
     data_issues: list[dict[str, Any]] = []
-    src = source_of(source, source_opt)
+    src = source_of(source, source_opt, token_from_file(consul_token_file), consul_ca)
     try:
         loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt, base=src.base))
     except SourceError as exc:
@@ -82,9 +91,11 @@ def render(
     host: Annotated[str | None, typer.Option("--host", help="Only this host.")] = None,
     source_opt: SourceOpt = None,
     as_json: JsonOpt = False,
+    consul_token_file: ConsulTokenFileOpt = None,
+    consul_ca: ConsulCaOpt = None,
 ) -> None:
     """Show each host's containers as the equivalent `docker run` lines (no engine is contacted)."""
-    loaded = load_desired(source, source_opt)
+    loaded = load_desired(source, source_opt, token_from_file(consul_token_file), consul_ca)
     print_warnings(loaded)
     fleet = render_fleet(loaded.topology)
     hosts = [h for h in fleet.hosts if host is None or h.name == host]

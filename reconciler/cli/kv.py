@@ -30,7 +30,7 @@ from desired_state.load import Issue, Loaded, TopologyError, digest_of, load_top
 from reconciler.cli.common import JsonOpt, emit_json, fail_line, read_token_file, say, warn
 from reconciler.cli.kv_history import diff, history
 from reconciler.consul_api import Consul, ConsulError, KVEntry
-from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, scheme_of
+from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, resolve_ca
 
 SOURCE_ENV = "CONSUL_RECONCILER_SOURCE"
 DEFAULT_EDITOR = "vi"
@@ -52,6 +52,7 @@ ConsulOpt = Annotated[
     str | None,
     typer.Option(
         "--consul",
+        "--source",
         metavar="URL",
         help=f"The key: {FORMS}. Default: ${SOURCE_ENV} when it is such a URL.",
         show_default=False,
@@ -60,19 +61,22 @@ ConsulOpt = Annotated[
 CaOpt = Annotated[
     Path | None,
     typer.Option(
+        "--consul-ca",
         "--ca",
         metavar="FILE",
-        help="CA bundle (PEM) that signed Consul's certificate (consul+https:// only). "
-        "Default: the system CAs.",
+        help="CA bundle (PEM) that signed Consul's certificate (HTTPS only), as for every command. "
+        "Default: $CONSUL_CACERT, else the system CAs.",
         show_default=False,
     ),
 ]
 TokenFileOpt = Annotated[
     Path | None,
     typer.Option(
+        "--consul-token-file",
         "--token-file",
         metavar="FILE",
-        help=f"File holding the Consul ACL token. Default: ${TOKEN_ENV}. The token is never printed.",
+        help=f"File holding the Consul ACL token, as for every command. Default: ${TOKEN_ENV}, then "
+        "$CONSUL_HTTP_TOKEN_FILE. The token is never printed.",
         show_default=False,
     ),
 ]
@@ -94,15 +98,16 @@ def _address(consul_url: str | None, ca: Path | None, token_file: Path | None) -
                 "use --consul"
             )
         url = env
-    if ca is not None and scheme_of(url) != "https":
-        fail_line(f"--ca is only used with consul+https:// addresses, not {url!r}")
     if ca is not None and not ca.is_file():
-        fail_line(f"--ca {ca}: no such file")
-    token = read_token_file(token_file, "--token-file", fail_line) if token_file is not None else None
+        fail_line(f"--consul-ca {ca}: no such file")
+    token = read_token_file(token_file, "--consul-token-file", fail_line) if token_file is not None else None
     try:
-        return ConsulAddress.parse(url, ca=str(ca) if ca is not None else None, token=token)
+        address = ConsulAddress.parse(url, ca=resolve_ca(ca), token=token)
     except (ValueError, ConsulError) as exc:
         fail_line(str(exc))
+    if ca is not None and address.scheme != "https":
+        fail_line(f"--consul-ca is only used with Consul over HTTPS, not {address.url()!r}")
+    return address
 
 
 def _connect(address: ConsulAddress) -> Consul:

@@ -11,6 +11,8 @@ import typer
 from desired_state.configfiles import attach
 from desired_state.load import TopologyError, load_topology
 from reconciler.cli.common import (
+    ConsulCaOpt,
+    ConsulTokenFileOpt,
     DbOpt,
     JsonOpt,
     SourceArg,
@@ -24,6 +26,7 @@ from reconciler.cli.common import (
     row_json,
     source_of,
     time_text,
+    token_from_file,
 )
 from reconciler.consul_api import ConsulError
 from reconciler.desired import load_kept
@@ -48,7 +51,12 @@ def _listed(values: frozenset[str]) -> str:
 
 
 def status(
-    source: SourceArg = None, as_json: JsonOpt = False, db: DbOpt = None, source_opt: SourceOpt = None
+    source: SourceArg = None,
+    as_json: JsonOpt = False,
+    db: DbOpt = None,
+    source_opt: SourceOpt = None,
+    consul_token_file: ConsulTokenFileOpt = None,
+    consul_ca: ConsulCaOpt = None,
 ) -> None:
     """Per host: desired vs observed containers, drift, last action and its outcome, backoff state;
     and whether a controller is running on this source (its heartbeat in the audit database).
@@ -59,7 +67,7 @@ def status(
     history. Exit 0 when every host is observed and converged, 2 when some drift, 1 when some host
     could not be observed (or on error)."""
     audit = open_log(db, missing="empty")
-    src = source_of(source, source_opt)
+    src = source_of(source, source_opt, token_from_file(consul_token_file), consul_ca)
     source_problem: str | None = None
     try:
         loaded = attach(load_topology(src.read(), source=src.describe(), fmt=src.fmt, base=src.base))
@@ -214,15 +222,21 @@ def _time_iso(value: str | None) -> str:
 
 
 def resume(
-    source: SourceArg = None, db: DbOpt = None, source_opt: SourceOpt = None, as_json: JsonOpt = False
+    source: SourceArg = None,
+    db: DbOpt = None,
+    source_opt: SourceOpt = None,
+    as_json: JsonOpt = False,
+    consul_token_file: ConsulTokenFileOpt = None,
+    consul_ca: ConsulCaOpt = None,
 ) -> None:
     """Resume a server rollout paused by a failed health gate (after fixing its cause).
 
     A paused rollout touches no server until this command, or until the desired state changes. With
     the desired state in Consul KV the pause is kept there too (KEY.pause), for every controller; this
     clears both."""
-    src = source_of(source, source_opt)
-    loaded = load_desired(source, source_opt)
+    token = token_from_file(consul_token_file)
+    src = source_of(source, source_opt, token, consul_ca)
+    loaded = load_desired(source, source_opt, token, consul_ca)
     cluster = loaded.topology.cluster
     audit = open_log(db)
     pauses = pauses_for(src, audit)
@@ -238,7 +252,7 @@ def resume(
             run_id = audit.start_run(
                 cluster_id=cluster,
                 trigger="resume",
-                source=source_of(source, source_opt).describe(),
+                source=src.describe(),
                 digest=loaded.digest,
             )
             audit.finish_run(run_id, status="succeeded", summary={"resumed": pause[0]})

@@ -66,3 +66,25 @@ def test_an_address_keeps_its_scheme_key_and_ca() -> None:
     assert address.url() == "consul+https://c.example:8501/infra/topology"
     with pytest.raises(ValueError, match="consul://HOST:PORT/KEY"):
         ConsulAddress.parse("http://c.example/k")
+
+
+def test_consul_http_addr_is_read_as_consuls_cli_reads_it() -> None:
+    from reconciler.consul_settings import ConsulAddress, http_addr
+
+    assert http_addr({}) == ("http", "127.0.0.1", 8500)
+    assert http_addr({"CONSUL_HTTP_ADDR": "127.0.0.9:8600"}) == ("http", "127.0.0.9", 8600)
+    assert http_addr({"CONSUL_HTTP_ADDR": "https://consul.local:8501"}) == ("https", "consul.local", 8501)
+    assert http_addr({"CONSUL_HTTP_ADDR": "127.0.0.9:8501", "CONSUL_HTTP_SSL": "true"}) == (
+        "https",
+        "127.0.0.9",
+        8501,
+    )
+    given = ConsulAddress.parse("consul://127.0.0.5:8500/k", environ={"CONSUL_HTTP_ADDR": "127.0.0.9:1"})
+    assert (given.host, given.port) == ("127.0.0.5", 8500)  # an address in the URL wins
+    from_env = ConsulAddress.parse("consul+https:///a/b", environ={"CONSUL_HTTP_ADDR": "127.0.0.9:8501"})
+    assert (from_env.scheme, from_env.host, from_env.port, from_env.key) == (
+        "https",
+        "127.0.0.9",
+        8501,
+        "a/b",
+    )

@@ -359,6 +359,58 @@ def test_pull_address_from_the_environment(double: ConsulDouble, env: dict[str, 
     assert "not a consul://HOST:PORT/KEY URL; use --consul" in one_line_error(not_consul)
 
 
+def test_consul_http_addr_is_the_address_of_a_key_given_without_one(
+    double: ConsulDouble, env: dict[str, str], tmp_path: Path
+) -> None:
+    """As Consul's CLI: consul:///KEY takes the agent from $CONSUL_HTTP_ADDR, for kv and for the
+    commands that read a source alike (validate, plan)."""
+    double.kv_put(KEY, VALID)
+    addr = {"CONSUL_HTTP_ADDR": f"127.0.0.1:{double.port}"}
+    pulled = cli(env, "pull", "--consul", f"consul:///{KEY}", extra=addr)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.encode() == VALID
+    as_url = cli(
+        env,
+        "pull",
+        "--consul",
+        f"consul:///{KEY}",
+        "--json",
+        extra={"CONSUL_HTTP_ADDR": f"http://127.0.0.1:{double.port}"},
+    )
+    assert json.loads(as_url.stdout)["key"] == url_of(double)  # recorded with the address it used
+    checked = subprocess.run(
+        [sys.executable, "-m", "reconciler.cli", "validate", f"consul:///{KEY}"],
+        cwd=ROOT, env={**env, **addr}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0 and "valid: cluster shop" in checked.stdout, checked.stderr
+    nowhere = cli(env, "pull", "--consul", f"consul:///{KEY}", extra={"CONSUL_HTTP_ADDR": "127.0.0.1:1"})
+    assert nowhere.returncode == 1 and "Consul at http://127.0.0.1:1 is unreachable" in one_line_error(
+        nowhere
+    )
+    wrong = cli(env, "pull", "--consul", f"consul:///{KEY}", extra={"CONSUL_HTTP_ADDR": "unix:///tmp/c.sock"})
+    assert wrong.returncode == 1 and "$CONSUL_HTTP_ADDR unix://...: the controller speaks" in one_line_error(
+        wrong
+    )
+
+
+def test_the_flag_names_are_every_commands(double: ConsulDouble, env: dict[str, str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("not-the-token\n")
+    for name in ("--consul-token-file", "--token-file"):  # the kv commands' old name still works
+        done = cli(env, "pull", "--consul", url_of(double), name, str(token_file))
+        assert done.returncode == 1 and "no such key" in one_line_error(done), done.stderr
+    ca = cli(env, "pull", "--consul", url_of(double), "--consul-ca", str(token_file))
+    assert "--consul-ca is only used with Consul over HTTPS" in one_line_error(ca)
+    for command in ("validate", "plan", "apply", "status", "render", "resume", "run"):
+        helped = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", command, "--help"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "--consul-token-file" in helped.stdout and "--consul-ca" in helped.stdout, command
+    kv_help = cli(env, "pull", "--help").stdout
+    assert "--consul-token-file" in kv_help and "--consul-ca" in kv_help
+
+
 def test_pull_missing_key_is_an_error(double: ConsulDouble, env: dict[str, str]) -> None:
     result = cli(env, "pull", "--consul", url_of(double, "no/such/key"))
     assert result.returncode == 1
