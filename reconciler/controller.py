@@ -48,6 +48,7 @@ from reconciler.metrics import Metrics
 from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
 from reconciler.pauses import pauses_for
 from reconciler.reporting import StatusWriter
+from reconciler.sdnotify import Notifier
 from reconciler.sources import ConsulSource, FileSource, Watcher
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_CONTROLLER_NOTES
@@ -120,6 +121,7 @@ class Controller:
         self._last_result: PassResult | None = None
         # hosts the last pass could not observe: audited when they start and stop, not every pass
         self._troubles: frozenset[str] = frozenset()
+        self.systemd = Notifier(environ)  # Type=notify: READY=1, WATCHDOG=1, STOPPING=1 (sd_notify)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class Controller:
         if self.options.prune_after is not None:
             self.loop.call_every(self._prune, 3600.0, "prune")
         self.loop.call_every(self._heartbeat, HEARTBEAT_S, "heartbeat")  # at once, then every 10 s
+        if self.systemd.enabled:
+            self.loop.call_every(self._tell_systemd, min(self.systemd.watchdog_every or 1.0, 1.0), "systemd")
         self.loop.start_scheduler()
         if self.options.watch_file:
             kind = "file" if isinstance(self.source, FileSource) else "kv"
@@ -170,6 +174,7 @@ class Controller:
         self.loop.stop()
 
     def shutdown(self) -> None:
+        self.systemd.stopping()
         self.loop.close()
         try:
             self.audit.state.controller_stopped(self.identity)
@@ -321,16 +326,28 @@ class Controller:
         line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))
         problem = result.error()
         # a pass that found nothing new (no run written) does not repeat a known trouble as a warning
-        (log.info if result.ok or result.run_id is None else log.warning)(
-            "pass %s: %s in %.0f ms (%s)%s",
-            result.run_id or "(nothing new, not recorded)",
-            result.status,
-            duration * 1e3,
-            line,
-            f": {problem}" if problem and result.status != "succeeded" else "",
-            extra={"run": result.run_id},
-        )
+        if result.run_id is None:  # nothing done and nothing new: no run, and no verdict to repeat
+            log.info("pass: nothing new, not recorded, in %.0f ms (%s)", duration * 1e3, line)
+        else:
+            (log.info if result.ok else log.warning)(
+                "pass %s: %s in %.0f ms (%s)%s",
+                result.run_id,
+                result.status,
+                duration * 1e3,
+                line,
+                f": {problem}" if problem and result.status != "succeeded" else "",
+                extra={"run": result.run_id},
+            )
         return verdict.requeues()
+
+    def _tell_systemd(self) -> None:
+        """READY=1 once ready; WATCHDOG=1 at least every half watchdog period while healthy."""
+        ready, detail = self.readyz()
+        if ready:
+            self.systemd.ready(f"converging {self.source.describe()} (desired {str(detail['digest'])[:12]})")
+        if self.systemd.watchdog_every is not None:
+            healthy, why = self.healthz()
+            self.systemd.watchdog(healthy, str(why.get("reason", "")))
 
     def _heartbeat(self) -> None:
         """Tell the audit database this controller is alive (``status`` reads it). A failed write is

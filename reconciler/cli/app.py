@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from reconciler import __version__
 from reconciler.cli.common import err, fail, out
+from reconciler.cli.config_file import ConfigFileError, config_path, load_config
 from reconciler.cli.converge import apply, plan, run
 from reconciler.cli.desired import render, validate, version
 from reconciler.cli.kv import kv_app
@@ -118,10 +119,28 @@ def global_options_first(argv: list[str]) -> list[str]:
     return moved + rest
 
 
+def _defaults(argv: list[str]) -> dict[str, Any]:
+    """run's settings from its configuration file (--config or $CONSUL_RECONCILER_CONFIG), as the
+    command line's default_map: flags and environment variables override them."""
+    command = argv[next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv)) :][:1]
+    if command != ["run"]:
+        return {}
+    path = config_path(argv)
+    if path is None:
+        return {}
+    group: Any = typer.main.get_command(app)
+    try:
+        return {"run": load_config(path, group.commands["run"])}
+    except ConfigFileError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(1)
+
+
 def main() -> None:
     """The command line; no input ends in a traceback (with -v, an unexpected failure shows one)."""
     try:
-        app(args=global_options_first(sys.argv[1:]), prog_name="consul-reconciler")
+        argv = global_options_first(sys.argv[1:])
+        app(args=argv, prog_name="consul-reconciler", default_map=_defaults(argv))
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a failure no command handled: one line, the detail with -v

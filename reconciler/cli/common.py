@@ -45,6 +45,7 @@ DbOpt = Annotated[
         "--db",
         help="Audit database: a SQLAlchemy URL or a SQLite file path. "
         "Default: $CONSUL_RECONCILER_DB, else ~/.local/state/consul-reconciler/audit.db.",
+        envvar="CONSUL_RECONCILER_DB",  # read here too, so that it wins over run's --config file
         show_default=False,
     ),
 ]

@@ -221,6 +221,17 @@ def _duration(text: str, option: str, least: float = 0.0) -> timedelta:
 def run(
     source: SourceArg = None,
     source_opt: SourceOpt = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="Every option of run in a TOML (.toml) or YAML file, keys as the options' long names "
+            '(interval = "1m", http = "127.0.0.1:9321", source = "/etc/consul-reconciler/topology.yaml"); '
+            "flags and environment variables override it. Default: $CONSUL_RECONCILER_CONFIG.",
+            show_default=False,
+        ),
+    ] = None,
     db: DbOpt = None,
     interval: Annotated[
         str,
@@ -289,6 +300,7 @@ def run(
     container dies, stops or disappears on any host, or when an engine comes back. SIGTERM/SIGINT
     finish the action in flight, record the run as interrupted and exit 0.
     """
+    del config  # already read by main(): its settings are the other options' defaults (config_file.py)
     from reconciler.backoff import BackoffPolicy
     from reconciler.controller import Controller, ControllerOptions
     from reconciler.leader import lock_timing_problem
