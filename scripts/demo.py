@@ -2,8 +2,9 @@
 
 Run through ``bash scripts/demo.sh`` (which installs what is missing first). Hosts are local Docker
 engines started here (testbed/fleet.py), or the engines named in ``DEMO_DOCKER_HOSTS`` (comma-separated
-``unix://``/``tcp://`` URLs, the first one becomes the server). The real images are pulled when a
-registry can be reached; otherwise offline stand-ins are built and the demo says so.
+``unix://``/``tcp://`` URLs, the first one becomes the server). It never reaches for a registry unless
+asked (``--pull``): it uses the real images when the engines have them, else builds offline stand-ins
+and says so.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,23 +71,31 @@ def hosts() -> tuple[list[tuple[str, str, str]], list[Engine]]:
     return [(f"node{e.index}", e.url, e.address) for e in engines], engines
 
 
-def images(urls: list[str], engines: list[Engine]) -> tuple[str, str]:
-    say(f"getting the images ({REAL_CONSUL}, {REAL_REGISTRATOR})")
+def images(urls: list[str], engines: list[Engine], pull: bool = False) -> tuple[str, str]:
+    """The images the demo runs. Never a registry unless asked (``--pull``): the real images when every
+    engine has them already, else stand-ins built here from busybox, and the demo says which."""
+    real = (REAL_CONSUL, REAL_REGISTRATOR)
     try:
         for url in urls:
             client = docker.DockerClient(base_url=url, timeout=60, version="1.41")
             with contextlib.closing(client):
-                for image in (REAL_CONSUL, REAL_REGISTRATOR):
-                    client.images.pull(image)
-        print("  pulled the real images")
-        return REAL_CONSUL, REAL_REGISTRATOR
-    except docker.errors.DockerException as exc:
+                for image in real:
+                    if pull:
+                        client.images.pull(image)
+                    else:
+                        client.images.get(image)
+        print("  pulled the real images" if pull else "  using the real images already on the engines")
+        return real
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         reason = str(exc).splitlines()[0][:160]
-        print(f"  no registry reachable ({reason})")
+        if pull:
+            print(f"  no registry reachable ({reason})")
+        else:
+            print(f"  the real images are not on the engines ({reason}); not pulling them (--pull does)")
         print("  OFFLINE: building stand-in images from busybox instead. They accept the same command")
         print("  lines and keep running, so everything the controller does is real except Consul itself.")
         if not engines:
-            sys.exit("demo: no registry reachable, and stand-ins are only built on the demo's own engines")
+            sys.exit("demo: no real images here, and stand-ins are only built on the demo's own engines")
         ensure_standin_images(engines)
         return STANDIN_CONSUL_1, STANDIN_REGISTRATOR_1
 
@@ -142,6 +152,15 @@ def _show_containers(fleet: list[tuple[str, str, str]]) -> None:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Converge a local three-host Consul fleet and show it.")
+    parser.add_argument(
+        "--pull",
+        action="store_true",
+        help=f"pull {REAL_CONSUL} and {REAL_REGISTRATOR} from their registry (never done otherwise)",
+    )
+    args = parser.parse_args()
     if STATE.exists():
         import shutil
 
@@ -149,7 +168,8 @@ def main() -> None:
     STATE.mkdir(parents=True)
     os.environ["CONSUL_RECONCILER_DB"] = str(STATE / "audit.db")
     fleet, engines = hosts()
-    consul_image, registrator_image = images([url for _, url, _ in fleet], engines)
+    say(f"the images ({REAL_CONSUL}, {REAL_REGISTRATOR})")
+    consul_image, registrator_image = images([url for _, url, _ in fleet], engines, pull=args.pull)
     topology = {
         "cluster": "demo",
         "datacenter": "dc1",
