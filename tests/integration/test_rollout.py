@@ -248,7 +248,7 @@ def test_never_healthy_replacement_pauses_then_resume_completes(
     good_id = node_id.read_text()
     node_id.write_text("not-a-node-id\n")
     applying.join(120)
-    run = result["run_id"]
+    run = result["run"]
     assert run.code == 1
     failed = audit_rows(fleet.db, "SELECT node, error FROM actions WHERE kind='replace' AND status='failed'")
     assert [n for n, _ in failed] == [victim["name"]]

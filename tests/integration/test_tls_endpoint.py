@@ -94,7 +94,7 @@ def test_apply_over_tls_converges(tls_engine: TLSEngine, tmp_path: Path) -> None
     run = fleet.apply()
     assert run.code == 0, output(run)
     result = run.json()
-    assert result["run"] is None or result["status"] == "succeeded", result
+    assert result["run_id"] is None or result["status"] == "succeeded", result
     assert all(r["status"] == "succeeded" for r in result["results"]), result["results"]
 
     found = managed(fleet, tls_engine)
