@@ -33,6 +33,16 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process that started it dies (prctl
+    PR_SET_PDEATHSIG). A test session that is killed must not leave controllers running that go on
+    converging the test engines under the next session (seen: every test of it then failed)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class ControllerProcess:
     def __init__(
         self, topology: Path | str, db: Path | str, log: Path, *args: str, env: dict[str, str] | None = None
@@ -56,6 +66,7 @@ class ControllerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env or dict(os.environ),
+            preexec_fn=_die_with_parent,
         )
 
     def get(self, path: str) -> tuple[int, str]:
