@@ -14,18 +14,25 @@ import importlib
 import importlib.machinery
 import importlib.util
 import sys
+import threading
 import types
 from typing import Any
+
+_LOADING = threading.RLock()
 
 
 class _DeferredModule(types.ModuleType):
     """Stands in for a module in sys.modules until one of its attributes is first used."""
 
     def __getattr__(self, attr: str) -> Any:
-        real = sys.modules.get(self.__name__)
-        if real is self or real is None:
-            del sys.modules[self.__name__]
-            real = importlib.import_module(self.__name__)
+        # A pass connects its hosts in parallel, so the first use may come from several threads at
+        # once: one loads the module, the others wait for it whole (not the half-initialised module
+        # that sys.modules holds while it loads).
+        with _LOADING:
+            real = sys.modules.get(self.__name__)
+            if real is self or real is None:
+                sys.modules.pop(self.__name__, None)
+                real = importlib.import_module(self.__name__)
         return getattr(real, attr)
 
 
