@@ -59,7 +59,12 @@ RUN groupadd --gid 10001 reconciler \
 
 COPY --from=build /opt/consul-reconciler /opt/consul-reconciler
 
-ENV PATH=/opt/consul-reconciler/bin:$PATH \
+# HOME is the state folder whatever the user (uid 10001, or --user 0): hosts reached over ssh:// are
+# trusted through $HOME/.ssh/known_hosts and logged in to with $HOME/.ssh/id_ed25519 (or id_ecdsa,
+# id_rsa, or an IdentityFile of $HOME/.ssh/config), i.e. /var/lib/consul-reconciler/.ssh: mount a
+# folder there read-only (-v /etc/consul-reconciler/ssh:/var/lib/consul-reconciler/.ssh:ro).
+ENV HOME=/var/lib/consul-reconciler \
+    PATH=/opt/consul-reconciler/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CONSUL_RECONCILER_DB=/var/lib/consul-reconciler/audit.db

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -91,13 +92,17 @@ def connect_bounded(host: str, endpoint: Endpoint) -> docker.DockerClient:
         error = outcome["error"]
         if isinstance(error, EngineError):
             raise error
-        raise EngineError(host, f"cannot connect to {endpoint.url}: {describe_error(error)}") from None
+        why = _ssh_cause(error, endpoint.url) or describe_error(error)
+        raise EngineError(host, f"cannot connect to {endpoint.url}: {why}") from None
     client: docker.DockerClient = outcome["client"]
     return client
 
 
 def describe_error(exc: BaseException) -> str:
     """A one-line, human-readable cause for a failed engine call."""
+    ssh = _ssh_cause(exc)
+    if ssh is not None:
+        return ssh
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS handshake failed: {_root(exc)}"
     if isinstance(exc, requests.exceptions.ConnectionError):
@@ -107,6 +112,64 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def known_hosts_path() -> str:
+    """Where docker-py's SSH client (paramiko) reads the trusted host keys: the user's
+    ~/.ssh/known_hosts (in the controller's image, /var/lib/consul-reconciler/.ssh/known_hosts)."""
+    return os.path.expanduser("~/.ssh/known_hosts")
+
+
+def _known_hosts_name(url: str | None, hostname: str) -> str:
+    """The host's name as known_hosts writes it: ``[address]:port`` for a port other than 22."""
+    parts = urlsplit(url) if url else None
+    if parts is None or parts.hostname is None or parts.port in (None, 22):
+        return hostname
+    return f"[{parts.hostname}]:{parts.port}"
+
+
+def _ssh_cause(exc: BaseException, url: str | None = None) -> str | None:
+    """What an SSH failure (paramiko's exceptions, raised while an ssh:// client is made) means to
+    an operator, or None for any other error. paramiko is looked up, not imported: it is loaded only
+    once an ssh:// engine has been tried (reconciler/docker_import.py)."""
+    if not type(exc).__module__.startswith("paramiko."):
+        return None  # and paramiko, loaded only for ssh://, is not touched (reconciler/docker_import.py)
+    paramiko = sys.modules["paramiko"]
+    known_hosts = known_hosts_path()
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):  # an OSError
+        return f"SSH server unreachable: {exc.strerror or exc}"
+    if isinstance(exc, paramiko.hostkeys.InvalidHostKey):
+        return f"a line of {known_hosts} cannot be read ({exc.line.strip()[:80]}): {exc.exc}"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        got, expected = exc.key, exc.expected_key
+        server = _known_hosts_name(url, exc.hostname)
+        return (
+            f"SSH host key of {server} does not match {known_hosts}: the server offered "
+            f"{got.get_name()} {got.fingerprint}, known_hosts has {expected.get_name()} "
+            f"{expected.fingerprint}; refused (the connection may be intercepted). If the host was "
+            f"reinstalled, check its new key and replace the line (ssh-keygen -R '{server}')"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        return (
+            f"SSH login refused ({exc}): the controller offers the keys in ~/.ssh (id_ed25519, "
+            "id_ecdsa, id_rsa) or an IdentityFile of ~/.ssh/config, and the user of the docker URL"
+        )
+    if isinstance(exc, paramiko.SSHException):
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            server = text.split("'")[1] if text.count("'") >= 2 else "the server"
+            return (
+                f"SSH host key of {server} is not in {known_hosts}: host key checking is on, so an "
+                f"unknown host is refused; add its key once you have checked its fingerprint "
+                f"(ssh-keyscan, then ssh-keygen -lf)"
+            )
+        if "No authentication methods available" in text:
+            return (
+                "SSH login impossible: no private key found (the controller offers ~/.ssh/id_ed25519, "
+                "id_ecdsa, id_rsa or an IdentityFile of ~/.ssh/config)"
+            )
+        return f"SSH failed: {text or type(exc).__name__}"
+    return None
 
 
 def _root(exc: BaseException) -> str:

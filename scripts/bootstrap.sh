@@ -20,6 +20,9 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 # testbed/pgserver.py runs the audit tests on a real PostgreSQL server (Debian's, started by the tests).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# testbed/sshgateway.py puts a real sshd (on loopback, keys made by the tests) in front of the engines
+# for ssh:// endpoints; the service script is kept from starting a system-wide one (policy-rc.d below).
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi

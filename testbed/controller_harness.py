@@ -33,7 +33,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the test process that started it dies (prctl
     PR_SET_PDEATHSIG). A test session that is killed must not leave controllers running that go on
     converging the test engines under the next session (seen: every test of it then failed)."""
@@ -66,7 +66,7 @@ class ControllerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env or dict(os.environ),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def get(self, path: str) -> tuple[int, str]:

@@ -14,7 +14,9 @@ engine's own state, not on the controller's word.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +31,7 @@ import yaml
 
 from testbed.baseimage import BASE_IMAGE, ensure_base_image
 from testbed.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError, fleet_net
+from testbed.sshgateway import start_ssh_gateway, stop_ssh_gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "consul-reconciler-test/controller:dev"
@@ -130,6 +133,7 @@ def test_image_config_healthcheck_user_entrypoint(controller_image: dict[str, An
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["CONSUL_RECONCILER_DB"] == f"{STATE_DIR}/audit.db"
     assert env["PATH"].startswith("/opt/consul-reconciler/bin:")
+    assert env["HOME"] == STATE_DIR  # where ssh:// hosts' known_hosts and key are read (README)
 
 
 def test_image_runs_as_reconciler_without_sources(
@@ -319,3 +323,50 @@ def test_controller_container_converges_its_engine(
     audit_db = state / "audit.db"
     assert audit_db.is_file(), sorted(p.name for p in state.iterdir())
     assert audit_db.read_bytes()[:16] == b"SQLite format 3\0"
+
+
+def test_image_reaches_an_ssh_host_with_the_keys_in_its_state_folder(
+    clean_fleet: list[Engine], controller_image: dict[str, Any], tmp_path: Path
+) -> None:
+    """The image as the README tells operators to run it for ssh:// hosts: a folder with the key and
+    known_hosts mounted read-only at /var/lib/consul-reconciler/.ssh, host key checking on."""
+    engine = clean_fleet[0]
+    gateway = start_ssh_gateway([engine], root=tmp_path / "sshd")
+    try:
+        ssh_dir = tmp_path / "ssh"
+        shutil.copytree(gateway.home / ".ssh", ssh_dir)
+        for path in (ssh_dir, *ssh_dir.iterdir()):
+            os.chown(path, APP_UID, APP_UID)  # the operator's copy, readable by the image's user only
+        document = _topology(engine, tmp_path / "data")
+        document["hosts"][0]["docker"] = gateway.url(engine)
+        topology = tmp_path / "topology.yaml"
+        topology.write_text(yaml.safe_dump(document, sort_keys=False))
+        topology.chmod(0o644)
+        state = tmp_path / "state"
+        state.mkdir()
+        os.chown(state, APP_UID, APP_UID)
+        with contextlib.closing(engine.client()) as client:
+            container = client.containers.run(
+                IMAGE,
+                command=["plan", CONTAINER_TOPOLOGY, "--json"],
+                detach=True,
+                network_mode="host",
+                volumes={
+                    str(topology): {"bind": CONTAINER_TOPOLOGY, "mode": "ro"},
+                    str(state): {"bind": STATE_DIR, "mode": "rw"},
+                    str(ssh_dir): {"bind": f"{STATE_DIR}/.ssh", "mode": "ro"},
+                },
+            )
+            try:
+                status = container.wait(timeout=120)
+                out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+                err = container.logs(stdout=False, stderr=True).decode(errors="replace")
+            finally:
+                container.remove(force=True, v=True)
+    finally:
+        stop_ssh_gateway(gateway)
+    # 2: the plan has changes, i.e. the engine behind sshd was read (an SSH failure exits 1)
+    assert status["StatusCode"] == 2, out + err
+    planned = {(a["kind"], a["container"]) for a in json.loads(out)["actions"]}
+    assert planned == {("create", "consul"), ("create", "registrator")}, out
+    assert f"Accepted publickey for {gateway.user}" in gateway.log_path.read_text()
