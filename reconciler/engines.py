@@ -98,15 +98,16 @@ def connect_bounded(host: str, endpoint: Endpoint) -> docker.DockerClient:
     return client
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line, human-readable cause for a failed engine call."""
-    ssh = _ssh_cause(exc)
+def describe_error(exc: BaseException, url: str | None = None) -> str:
+    """A one-line, human-readable cause for a failed engine call; ``url``, the engine's endpoint, is
+    named when the engine could not be reached ("engine unreachable at unix:///...: No such file")."""
+    ssh = _ssh_cause(exc, url)
     if ssh is not None:
         return ssh
     if isinstance(exc, requests.exceptions.SSLError):
         return f"TLS handshake failed: {_root(exc)}"
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return f"engine unreachable: {_root(exc)}"
+        return f"engine unreachable{f' at {url}' if url else ''}: {_root(exc)}"
     if isinstance(exc, requests.exceptions.Timeout):
         return "engine did not answer within the host's timeout"
     if isinstance(exc, docker.errors.APIError):
@@ -176,7 +177,9 @@ def _root(exc: BaseException) -> str:
     seen: BaseException = exc
     while seen.__context__ is not None and seen.__context__ is not seen:
         seen = seen.__context__
-    text = str(seen) or type(seen).__name__
+    # "[Errno 2] No such file or directory" reads as "No such file or directory"
+    plain = seen.strerror if isinstance(seen, OSError) and seen.strerror else str(seen)
+    text = plain or type(seen).__name__
     return text if len(text) < 300 else text[:297] + "..."
 
 

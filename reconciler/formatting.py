@@ -116,8 +116,13 @@ def changes_line(plan: Plan, counts: str, hosts: int | None = None) -> str:
     return "; ".join(parts)
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 host``, ``3 hosts``, ``0 clients``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _hosts(names: list[str]) -> str:
-    return f"{len(names)} host{'s' if len(names) != 1 else ''}"
+    return counted(len(names), "host")
 
 
 def refusal_lines(plan: Plan) -> list[str]:

@@ -68,7 +68,7 @@ def observe_host(
         return ObservedHost(host, endpoint, reachable=False, error=str(exc).removeprefix(f"host {host}: "))
     except Exception as exc:  # the engine's failure is data for the plan, never a crash of the pass
         connections.drop(host)
-        return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc))
+        return ObservedHost(host, endpoint, reachable=False, error=describe_error(exc, endpoint.url))
     return ObservedHost(host, endpoint, True, None, tuple(managed), tuple(others))
 
 
@@ -132,7 +132,7 @@ def read_hand_run(connections: Connections, host: str, endpoint: Endpoint) -> li
         raise
     except Exception as exc:
         connections.drop(host)
-        raise EngineError(host, describe_error(exc)) from None
+        raise EngineError(host, describe_error(exc, endpoint.url)) from None
 
 
 def _looks_like_ours(raw: Mapping[str, Any]) -> bool:

@@ -34,6 +34,11 @@ from reconciler.versions import Version, check_versions, image_version
 log = logging.getLogger("consul_reconciler.pass")
 
 
+# The observe rows: a host that stops answering, and one that answers again (audited once each)
+NOT_OBSERVED = "host could not be observed; nothing done on it"
+ANSWERS_AGAIN = "host answers again; it was unreachable since an earlier pass"
+
+
 @dataclass
 class PassOptions:
     max_removals: int = DEFAULT_MAX_REMOVALS
@@ -61,8 +66,8 @@ class PassResult:
         return self.applied is None or not (self.applied.failed or self.applied.waiting)
 
     interrupted: bool = False
-    troubles: frozenset[str] = frozenset()  # hosts not observed (unreachable or deferred): the next
-    #   pass's known_troubles
+    troubles: frozenset[str] = frozenset()  # hosts unreachable when last tried and not observed since
+    #   (whether tried again or left alone while backing off): the next pass's known_troubles
 
     def summary(self) -> dict[str, object]:
         """The run's summary in the audit log: what was planned and how the actions ended."""
@@ -172,17 +177,20 @@ def run_pass(
     right before every disruptive step and ``confirm_leadership`` (Consul) before a server is
     disrupted: a reason stops the action there.
 
-    ``known_troubles``: the hosts the previous pass could not observe (unreachable, or left alone while
-    backing off). A pass with nothing to do whose only troubles are those writes no run: a condition
-    that persists is audited when it starts and when it ends ("answers again"), not once a pass."""
+    ``known_troubles``: the hosts that were unreachable when last tried and have not been observed
+    since (the previous pass's ``troubles``). A host is audited when it becomes unreachable and when it
+    answers again, not once a pass while it stays away, nor again when another host's trouble makes a
+    pass worth a run; a pass with nothing to do and nothing new writes no run."""
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     if repairs_only:
         plan = only_repairs(plan)
     cluster = desired.cluster
-    troubles = frozenset(plan.unreachable) | frozenset(plan.deferred)
     seen = {h.name for h in observed.hosts if h.reachable}
-    answering = sorted((known_troubles - troubles) & seen)
-    if not plan.actions and plan.refused is None and troubles <= known_troubles and not answering:
+    # a host left alone while it backs off keeps the state it had when last tried
+    troubles = (known_troubles - seen) | frozenset(plan.unreachable)
+    answering = sorted(known_troubles & seen)
+    went_away = {host: error for host, error in plan.unreachable.items() if host not in known_troubles}
+    if not plan.actions and plan.refused is None and not went_away and not answering:
         # Nothing to do and nothing new wrong: no run row (a controller's resync would otherwise write
         # one every interval for ever). Remember the hosts on first sight only.
         known = audit.state.known_hosts(cluster)
@@ -200,31 +208,14 @@ def run_pass(
         lock_index=lock[1] if lock else None,
     )
     seq = SEQ_PASS_NOTES  # rows about the pass itself (unreachable, blocked) sort after the actions
-    for host in answering:
+    observations: list[tuple[str, str, str, str | None]] = [
+        (host, "succeeded", ANSWERS_AGAIN, None) for host in answering
+    ]
+    observations += [(host, "failed", NOT_OBSERVED, error) for host, error in sorted(went_away.items())]
+    for host, status, message, error in observations:
         seq += 1
-        audit.record_action(
-            run_id,
-            ActionRecord(
-                seq=seq,
-                host=host,
-                kind="observe",
-                reason=[{"message": "host answers again; it had not been observed since an earlier pass"}],
-            ),
-            status="succeeded",
-        )
-    for host, error in sorted(plan.unreachable.items()):
-        seq += 1
-        audit.record_action(
-            run_id,
-            ActionRecord(
-                seq=seq,
-                host=host,
-                kind="observe",
-                reason=[{"message": "host could not be observed; nothing done on it"}],
-            ),
-            status="failed",
-            error=error,
-        )
+        record = ActionRecord(seq=seq, host=host, kind="observe", reason=[{"message": message}])
+        audit.record_action(run_id, record, status=status, error=error)
     for action in plan.actions:
         if action.kind is Kind.BLOCKED:
             seq += 1

@@ -27,7 +27,7 @@ from reconciler.cli.common import (
     source_of,
     token_from_file,
 )
-from reconciler.formatting import docker_run_line
+from reconciler.formatting import counted, docker_run_line
 from reconciler.sources import SourceError
 
 
@@ -79,7 +79,8 @@ def validate(
             t = loaded.topology
             out.print(
                 f"{src.describe()}: valid: cluster {t.cluster}, datacenter {t.datacenter}, "
-                f"{len(t.servers)} server(s), {len(t.hosts) - len(t.servers)} client(s)",
+                f"{counted(len(t.hosts), 'host')} ({counted(len(t.servers), 'server')}, "
+                f"{counted(len(t.hosts) - len(t.servers), 'client')})",
                 markup=False,
             )
     if secret_issues:

@@ -87,6 +87,9 @@ def test_apply_plan_and_audit_over_ssh(ssh_fleet: Fleet, gateway: SshGateway) ->
     plan = ssh_fleet.plan()
     assert plan.code == 0, output(plan)
     assert plan.json()["actions"] == []
+    status = ssh_fleet.cli("status", str(ssh_fleet.file), "--db", str(ssh_fleet.db), "--json")
+    assert status.code == 0, output(status)  # converged, every host observed over SSH
+    assert all(h["reachable"] and h["drift"] == [] for h in status.json()["hosts"]), status.stdout
     # the audit log names each host's ssh:// endpoint as the topology gives it
     rows = ssh_fleet.audit("--kind", "create")
     assert {r["host"] for r in rows} == {e.name for e in ssh_fleet.engines}

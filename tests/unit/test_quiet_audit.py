@@ -16,6 +16,39 @@ cluster: quiet
 hosts:
   - {name: h1, docker: 'unix:///nonexistent/docker.sock', advertise: 127.0.10.1, role: server}
 """
+TWO_HOSTS = (
+    TOPOLOGY
+    + b"""\
+  - {name: h2, docker: 'unix:///nonexistent/docker2.sock', advertise: 127.0.10.2, role: client}
+"""
+)
+
+
+class Passes:
+    """run_pass over a topology whose engines are sockets where nothing listens, on real SQLite."""
+
+    def __init__(self, document: bytes, tmp_path: Path) -> None:
+        self.loaded = attach(load_topology(document))
+        self.audit = AuditLog(str(tmp_path / "audit.db"))
+        self.connections = Connections()
+
+    def __call__(self, known: frozenset[str], deferred: dict[str, str] | None = None) -> PassResult:
+        return run_pass(
+            self.loaded,
+            source="t.yaml",
+            connections=self.connections,
+            audit=self.audit,
+            options=PassOptions(),
+            deferred=deferred,
+            known_troubles=known,
+        )
+
+    def observe_rows(self) -> list[tuple[str, str]]:
+        return [(r.host, r.status) for r in self.audit.actions() if r.kind == "observe"]
+
+    def close(self) -> None:
+        self.connections.close()
+        self.audit.close()
 
 
 def test_an_unreachable_host_is_one_row_when_it_starts_not_one_a_pass(tmp_path: Path) -> None:
@@ -49,3 +82,30 @@ def test_an_unreachable_host_is_one_row_when_it_starts_not_one_a_pass(tmp_path: 
     finally:
         connections.close()
         audit.close()
+
+
+def test_another_hosts_new_trouble_does_not_repeat_a_known_one(tmp_path: Path) -> None:
+    # Seen in the operator walk: host1 failing too made the pass a run, and host3, unreachable all
+    # along, got a second "could not be observed" row in it.
+    one_pass = Passes(TWO_HOSTS, tmp_path)
+    try:
+        first = one_pass(frozenset(), deferred={"h2": "backing off"})  # h2 not tried yet
+        assert one_pass.observe_rows() == [("h1", "failed")]
+        second = one_pass(first.troubles)  # both tried: h2 is new, h1 is not
+        assert second.run_id is not None and second.troubles == {"h1", "h2"}
+        assert sorted(one_pass.observe_rows()) == [("h1", "failed"), ("h2", "failed")]
+    finally:
+        one_pass.close()
+
+
+def test_a_host_backing_off_that_turns_out_unreachable_is_recorded(tmp_path: Path) -> None:
+    # Seen in the operator walk: a host left alone while it backed off from a failed action, then
+    # tried and found unreachable, was never audited as unreachable (its backoff counted as known).
+    one_pass = Passes(TOPOLOGY, tmp_path)
+    try:
+        waiting = one_pass(frozenset(), deferred={"h1": "backing off after a failed start"})
+        assert waiting.run_id is None and waiting.troubles == frozenset()  # its backoff is already audited
+        tried = one_pass(waiting.troubles)
+        assert tried.run_id is not None and one_pass.observe_rows() == [("h1", "failed")]
+    finally:
+        one_pass.close()
