@@ -32,7 +32,7 @@ class TextFormatter(logging.Formatter):
     """``2026-12-02T09:41:50Z WARNING message``: the date and UTC on every line, so that lines from
     hosts in several time zones, or read days later, say when they happened."""
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # typeshed's signature omits the default
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")

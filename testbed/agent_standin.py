@@ -276,8 +276,8 @@ def parse_flags(args: list[str]) -> Options:
     opts.config_dir = last.get("config-dir", opts.config_dir)
     opts.retry_join = [str(a) for a in config.get("retry_join", [])] + values.get("retry-join", [])
     opts.encrypt = bool(config.get("encrypt"))
-    acl = config.get("acl") if isinstance(config.get("acl"), dict) else {}
-    tokens = acl.get("tokens") if isinstance(acl.get("tokens"), dict) else {}
+    acl: dict[str, Any] = config["acl"] if isinstance(config.get("acl"), dict) else {}
+    tokens: dict[str, Any] = acl["tokens"] if isinstance(acl.get("tokens"), dict) else {}
     opts.acl_deny = _truthy(str(acl.get("enabled", False))) and acl.get("default_policy", "allow") == "deny"
     opts.management_token = str(tokens.get("initial_management") or tokens.get("master") or "")
     unspecified = ("0.0.0.0", "::", "[::]")

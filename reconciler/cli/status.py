@@ -176,7 +176,7 @@ def controller_report(rows: list[ControllerRow], source: str, now: datetime) -> 
     """Whether a controller runs on ``source`` (from the heartbeats), and a line saying so."""
     mine = [r for r in rows if r.source == source]
     running = [r for r in mine if r.running(now)]
-    latest = (running or mine or [None])[0]
+    latest = running[0] if running else mine[0] if mine else None
     if latest is None:
         summary = "controller: none has run on this source with this audit database"
     elif running:
