@@ -32,7 +32,8 @@ step "the test fleets: engines and images"
 
 step "pytest -n $workers $*"
 rc=0
-.venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@" || rc=$?
+# --durations: the slowest tests, to see where the suite's time goes (it must stay under 25 minutes)
+.venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder --durations=25 "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
   die "pytest collected no tests (exit 5): treated as a failure"
 fi
