@@ -28,7 +28,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("CR_FLEET_ROOT", "/tmp/crdemo")  # the demo's engines, apart from the tests'
+DEMO_FLEET_ROOT = "/tmp/crdemo"  # the demo's engines, apart from the tests' (set in main, not on import)
+DEMO_FLEET_NET = "127.0.30"
 
 from testbed.fleet import (  # noqa: E402  (the path is set up just above)
     STANDIN_CONSUL_1,
@@ -153,6 +154,14 @@ def _show_containers(fleet: list[tuple[str, str, str]]) -> None:
 
 def main() -> None:
     import argparse
+
+    # Set here, not when the module is imported: a test that imports it (test_demo_images) must not
+    # move every later test of its session onto the demo's engines (seen: their real Consul agents,
+    # left running on the tests' addresses, broke the next session's rollouts).
+    os.environ.setdefault("CR_FLEET_ROOT", DEMO_FLEET_ROOT)
+    # and its own loopback /24: a demo left running must not hold the addresses of the tests' hosts
+    # (127.0.10 and 127.0.11, testbed/workers.py)
+    os.environ.setdefault("CR_FLEET_NET", DEMO_FLEET_NET)
 
     parser = argparse.ArgumentParser(description="Converge a local three-host Consul fleet and show it.")
     parser.add_argument(

@@ -19,10 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _demo() -> ModuleType:
+    before = dict(os.environ)
     spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # importing it changes nothing for the rest of the session (the fleet's folder is read from it)
+    assert dict(os.environ) == before
     return module
 
 
