@@ -119,8 +119,9 @@ class Controller:
         self._http: StatusServer | None = None
         self._recovered: set[str] = set()  # clusters whose interrupted rows were marked
         self._last_result: PassResult | None = None
-        # hosts the last pass could not observe: audited when they start and stop, not every pass
+        # hosts unreachable when last tried: audited when they go and come back, not every pass
         self._troubles: frozenset[str] = frozenset()
+        self._leading = False  # held the leader lock at the last change (for leadership_lost)
         self.systemd = Notifier(environ)  # Type=notify: READY=1, WATCHDOG=1, STOPPING=1 (sd_notify)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -151,6 +152,7 @@ class Controller:
             self._http.start()
             log.info("serving /healthz, /readyz, /metrics on http://%s", self.options.http)
         interval = self.options.interval
+        self.metrics.resync_interval.set(interval)
         self.loop.request_every("interval", interval, max(0.0, interval * self.options.jitter), "resync")
         if self.options.prune_after is not None:
             self.loop.call_every(self._prune, 3600.0, "prune")
@@ -164,9 +166,12 @@ class Controller:
             self._file_watcher.start()
         if isinstance(self.source, ConsulSource) and self.options.leader_election:
             # on_fatal: something no retry can fix (Consul refuses the leader session's TTL): stop, exit 1
-            self.lock = _leader_lock(
+            lock = self.lock = _leader_lock(
                 self.source, self.options, self.identity, self._on_leadership, self.loop.fail
             )
+            # read at each scrape: the lock's own word (its renewal fresh), not the last change the
+            # lock's loop announced, which comes a request timeout later when Consul goes away
+            self.metrics.leader.set_function(lambda: 1.0 if lock.is_leader() else 0.0)
             self.lock.start()
         self.loop.request("startup")
 
@@ -197,7 +202,9 @@ class Controller:
     # --- triggers ----------------------------------------------------------------------------------
 
     def _on_leadership(self, leading: bool) -> None:
-        self.metrics.leader.set(1 if leading else 0)
+        if self._leading and not leading:
+            self.metrics.leadership_lost.inc()
+        self._leading = leading
         if leading:
             self.loop.request("leader")
 

@@ -77,6 +77,16 @@ class Metrics:
             "1 while this controller holds the leader lock (Consul source)",
             registry=r,
         )
+        self.leadership_lost = Counter(
+            "consul_reconciler_leadership_lost",
+            "Times this controller held the leader lock and lost it (Consul source)",
+            registry=r,
+        )
+        self.resync_interval = Gauge(
+            "consul_reconciler_resync_interval_seconds",
+            "The full resync interval (--interval): alert rules count missed passes in it",
+            registry=r,
+        )
         self.desired_state_valid = Gauge(
             "consul_reconciler_desired_state_valid",
             "1 if the last read of the desired state was valid",

@@ -363,6 +363,7 @@ def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
     b = controllers(kv_fleet, consul, "--interval", LONG_INTERVAL, *LOCK)
     wait_for(lambda: converged(kv_fleet), 30, "the fleet to converge")
     wait_for(lambda: status(a)["leader"] or status(b)["leader"], 10, "a leader")
+    leader = a if status(a)["leader"] else b
     consul.take_down()
     took_down = time.monotonic()
     wait_for(
@@ -373,6 +374,25 @@ def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
     stood_down = time.monotonic() - took_down
     print(f"the leader stopped leading {stood_down:.1f} s after Consul went down")
     assert stood_down < LOCK_TTL  # within the TTL: before anyone else could have taken the lock
+
+    # counted for the alert rule ConsulReconcilerLockLost (monitoring/alerts.yml)
+    def leadership() -> list[str]:
+        text = leader.get("/metrics")[1]
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith(("consul_reconciler_leader ", "consul_reconciler_leadership_lost_total "))
+        ]
+
+    # the gauge says so at once; the loss is counted once the lock's loop gives up on Consul
+    assert "consul_reconciler_leader 0.0" in leadership()
+    wait_for(
+        lambda: (
+            leadership() == ["consul_reconciler_leader 0.0", "consul_reconciler_leadership_lost_total 1.0"]
+        ),
+        LOCK_TTL,
+        "the lost lock to be counted",
+    )
     host2 = kv_fleet.engines[1]
     client = host2.client()
     try:
