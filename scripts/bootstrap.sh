@@ -23,6 +23,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # testbed/sshgateway.py puts a real sshd (on loopback, keys made by the tests) in front of the engines
 # for ssh:// endpoints; the service script is kept from starting a system-wide one (policy-rc.d below).
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# tests/integration/test_prometheus.py: promtool on the alert rules, a real Prometheus scraping a controller
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi

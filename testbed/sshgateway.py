@@ -32,7 +32,7 @@ from testbed.fleet import Engine, FleetError, fleet_net, fleet_root
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"
-ADDRESS_OCTET = 7  # in the fleet's /24: engines use 1-5, the image test 8, the TLS engine 9
+ADDRESS_OCTET = 7  # in the fleet's /24: engines 1-5, Prometheus 6, the image test 8, the TLS engine 9
 
 
 def gateway_address() -> str:
