@@ -43,6 +43,18 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def stop_child(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a server the tests started (sshd, Prometheus), SIGKILL if it outlasts ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 class ControllerProcess:
     def __init__(
         self, topology: Path | str, db: Path | str, log: Path, *args: str, env: dict[str, str] | None = None

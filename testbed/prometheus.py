@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from testbed.controller_harness import die_with_parent
+from testbed.controller_harness import die_with_parent, stop_child
 from testbed.fleet import FleetError, fleet_net
 
 PROMETHEUS = "prometheus"
@@ -115,11 +115,4 @@ def start_prometheus(root: Path, targets: Sequence[str], rule_files: Sequence[Pa
 
 
 def stop_prometheus(server: PrometheusServer) -> None:
-    if server.process is None or server.process.poll() is not None:
-        return
-    server.process.terminate()
-    try:
-        server.process.wait(15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(10)
+    stop_child(server.process, timeout=15)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.controller_harness import die_with_parent
+from testbed.controller_harness import die_with_parent, stop_child
 from testbed.fleet import Engine, FleetError, fleet_net, fleet_root
 
 SSHD = "/usr/sbin/sshd"
@@ -185,12 +185,4 @@ def _wait_listening(gateway: SshGateway, timeout: float = 15.0) -> None:
 
 
 def stop_ssh_gateway(gateway: SshGateway) -> None:
-    if gateway.process is None:
-        return
-    if gateway.process.poll() is None:
-        gateway.process.terminate()
-        try:
-            gateway.process.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.process.kill()
-            gateway.process.wait(10)
+    stop_child(gateway.process)
