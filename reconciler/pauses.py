@@ -96,3 +96,18 @@ def pauses_for(source: object, audit: AuditLog) -> RolloutPauses:
     if isinstance(source, ConsulSource):
         return ConsulPauses(audit, source.consul, pause_key_for(source.address.key))
     return AuditPauses(audit)
+
+
+def resume_rollout(
+    pauses: RolloutPauses, audit: AuditLog, cluster: str, *, source: str, digest: str | None, by: str
+) -> Pause | None:
+    """Clear ``cluster``'s pause and record who resumed it (a run with trigger "resume"); the pause it
+    cleared, or None when none was in force. ConsulError when Consul's copy could not be cleared."""
+    pause = pauses.get(cluster)
+    if pause is None:
+        return None
+    pauses.clear(cluster)
+    run_id = audit.start_run(cluster_id=cluster, trigger="resume", source=source, digest=digest)
+    audit.finish_run(run_id, status="succeeded", summary={"resumed": pause[0], "by": by})
+    log.info("cluster %s: rollout resumed by %s (was paused: %s)", cluster, by, pause[0])
+    return pause

@@ -34,7 +34,7 @@ from reconciler.durations import seconds_text
 from reconciler.engines import Connections
 from reconciler.formatting import host_report, text_table
 from reconciler.one_pass import PassOptions, compute_plan
-from reconciler.pauses import pauses_for
+from reconciler.pauses import pauses_for, resume_rollout
 from reconciler.sources import SourceError
 from reconciler.store import (
     ACTION_KINDS,
@@ -239,23 +239,21 @@ def resume(
     loaded = load_desired(source, source_opt, token, consul_ca)
     cluster = loaded.topology.cluster
     audit = open_log(db)
-    pauses = pauses_for(src, audit)
     try:
-        pause = pauses.get(cluster)
+        try:
+            pause = resume_rollout(
+                pauses_for(src, audit),
+                audit,
+                cluster,
+                source=src.describe(),
+                digest=loaded.digest,
+                by="the CLI",
+            )
+        except ConsulError as exc:
+            fail(str(exc))
         if pause is None:
             message = f"cluster {cluster}: no rollout is paused"
         else:
-            try:
-                pauses.clear(cluster)
-            except ConsulError as exc:
-                fail(str(exc))
-            run_id = audit.start_run(
-                cluster_id=cluster,
-                trigger="resume",
-                source=src.describe(),
-                digest=loaded.digest,
-            )
-            audit.finish_run(run_id, status="succeeded", summary={"resumed": pause[0]})
             message = (
                 f"cluster {cluster}: rollout resumed (was paused since {time_text(pause[2])}: {pause[0]})"
             )

@@ -130,9 +130,10 @@ class AuditLog(Database):
         status: str | None = None,
         since: datetime | None = None,
         host: str | None = None,
+        offset: int = 0,
     ) -> list[RunRow]:
         """Most recent runs first; ``status`` and ``since`` (started at or after) filter the runs, and
-        ``host`` keeps the runs with an action row on that host."""
+        ``host`` keeps the runs with an action row on that host; ``offset`` rows are skipped first."""
         stmt = select(RunModel).order_by(RunModel.started_at.desc(), RunModel.id.desc())
         if cluster_id is not None:
             stmt = stmt.where(RunModel.cluster_id == cluster_id)
@@ -144,6 +145,8 @@ class AuditLog(Database):
             stmt = stmt.where(RunModel.id.in_(select(ActionModel.run_id).where(ActionModel.host == host)))
         if limit is not None and limit > 0:
             stmt = stmt.limit(limit)
+        if offset > 0:
+            stmt = stmt.offset(offset)
         with self._read() as session:
             return [RunRow._from_model(m) for m in session.scalars(stmt)]
 
@@ -256,6 +259,8 @@ class AuditLog(Database):
             stmt = stmt.where(ActionModel.run_id == f.run_id)
         if f.limit is not None and f.limit > 0:
             stmt = stmt.limit(f.limit)
+        if f.offset > 0:
+            stmt = stmt.offset(f.offset)
         with self._read() as session:
             return [ActionRow._from_model(m) for m in session.scalars(stmt)]
 

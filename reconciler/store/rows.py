@@ -87,7 +87,7 @@ class ActionFilter:
     """Which actions :meth:`AuditLog.actions` returns; ``None`` fields do not filter.
 
     ``since`` keeps actions started at or after that time (a naive value is UTC).
-    ``limit`` caps the number of rows (newest first); ``None`` means no cap.
+    ``limit`` caps the number of rows (newest first); ``None`` means no cap; ``offset`` skips rows first.
     """
 
     host: str | None = None
@@ -97,6 +97,7 @@ class ActionFilter:
     since: datetime | None = None
     run_id: int | None = None
     limit: int | None = 100
+    offset: int = 0  # rows skipped first (a page of the console's audit)
 
 
 @dataclass(frozen=True)
