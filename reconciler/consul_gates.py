@@ -9,7 +9,7 @@ from functools import partial
 
 from reconciler.consul_api import ConsulAgent, ConsulError
 from reconciler.consul_settings import TLSClient
-from reconciler.gates import MEMBER_STATUS, ClusterView, after_removal, after_replacement
+from reconciler.gates import MEMBER_STATUS, ClusterView, GateLook, after_removal, after_replacement
 
 log = logging.getLogger("consul_reconciler.consul_gates")
 
@@ -31,6 +31,7 @@ class ConsulGates:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         progress: Callable[[str], None] = lambda what: None,
+        watch: Callable[[GateLook], None] = lambda look: None,
     ) -> None:
         self.servers = dict(servers)
         self.deadline = deadline
@@ -42,6 +43,7 @@ class ConsulGates:
         self._clock = clock
         self._sleep = sleep
         self._progress = progress  # told at every look while waiting: a wait is not a wedge
+        self._watch = watch  # shown every look (the console's rollout page)
 
     def agent(self, http: str, timeout: float = 3.0) -> ConsulAgent:
         return ConsulAgent(http, token=self._token, timeout=timeout, tls=self._tls)
@@ -128,9 +130,13 @@ class ConsulGates:
         good_since: float | None = None
         reason: str | None = "not checked yet"
         while self._clock() - started < self.deadline:
-            reason = check(self.view())
+            view = self.view()
+            reason = check(view)
             now = self._clock()
             self._progress(f"waiting for {what}: {reason or 'stabilising'}")
+            stable = 0.0 if reason is not None or good_since is None else now - good_since
+            waited = now - started
+            self._watch(GateLook(what, node, view, reason, stable, self.stabilization, waited, self.deadline))
             if reason is None:
                 good_since = good_since if good_since is not None else now
                 if now - good_since >= self.stabilization:

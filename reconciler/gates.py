@@ -83,6 +83,21 @@ class ClusterView:
 MEMBER_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
 
 
+@dataclass(frozen=True)
+class GateLook:
+    """One look of a health gate at the cluster while a server change waits on it (the console shows
+    the last one): what it waits for, what the cluster said, and how long it has been healthy."""
+
+    what: str  # "server n2", "the cluster without n2"
+    node: str  # the server being changed
+    view: ClusterView
+    reason: str | None  # why it is not healthy yet; None: healthy, stabilising
+    stable_for: float  # seconds healthy without a break (0 while not healthy)
+    stabilization: float  # seconds it must stay healthy
+    waited: float  # seconds since the gate began
+    deadline: float  # seconds it may wait in all
+
+
 def server_members(members: list[dict[str, Any]]) -> dict[str, str]:
     """The Consul servers among LAN members (tag role=consul), by node name, with their status."""
     return {

@@ -22,6 +22,7 @@ from reconciler.consul_gates import ConsulGates
 from reconciler.consul_settings import ConsulError, TLSClient, resolve_token
 from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor, action_record
+from reconciler.gates import GateLook
 from reconciler.observe import observe_fleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
@@ -171,6 +172,8 @@ def run_pass(
     progress: Callable[[str], None] = lambda what: None,
     pauses: RolloutPauses | None = None,
     known_troubles: frozenset[str] = frozenset(),
+    on_plan: Callable[[Plan], None] = lambda plan: None,
+    gate_watch: Callable[[GateLook], None] = lambda look: None,
 ) -> PassResult:
     """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
     containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
@@ -180,10 +183,14 @@ def run_pass(
     ``known_troubles``: the hosts that were unreachable when last tried and have not been observed
     since (the previous pass's ``troubles``). A host is audited when it becomes unreachable and when it
     answers again, not once a pass while it stays away, nor again when another host's trouble makes a
-    pass worth a run; a pass with nothing to do and nothing new writes no run."""
+    pass worth a run; a pass with nothing to do and nothing new writes no run.
+
+    ``on_plan`` is told the plan before anything is done, ``gate_watch`` every look of a health gate
+    (what the console shows of a pass in progress)."""
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     if repairs_only:
         plan = only_repairs(plan)
+    on_plan(plan)
     cluster = desired.cluster
     seen = {h.name for h in observed.hosts if h.reachable}
     # a host left alone while it backs off keeps the state it had when last tried
@@ -260,6 +267,7 @@ def run_pass(
             token=token,
             tls=tls,
             progress=progress,
+            watch=gate_watch,
         )
         hold = _pause_in_force(store, cluster, loaded.digest)
         hosts = server_hosts(desired, observed)
