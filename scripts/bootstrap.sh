@@ -25,6 +25,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 # tests/integration/test_prometheus.py: promtool on the alert rules, a real Prometheus scraping a controller
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# tests/integration/test_browser_harness.py (testbed/browser.py): headless Chromium driven by Selenium,
+# through Debian's chromedriver so that Selenium Manager never downloads a browser or a driver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
