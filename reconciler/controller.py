@@ -37,6 +37,9 @@ from desired_state.load import Loaded
 from reconciler import __version__, reporting
 from reconciler.assess import History, Rules, assess, summarize
 from reconciler.backoff import BackoffPolicy
+from reconciler.console.backend import ControllerBackend
+from reconciler.console.feed import ConsoleFeed
+from reconciler.console.web import Console
 from reconciler.consul_api import Consul, ConsulError
 from reconciler.desired import DesiredState
 from reconciler.engines import Connections
@@ -117,6 +120,8 @@ class Controller:
         self._file_watcher: Watcher | None = None
         self._rollout_pause: str | None = None
         self._http: StatusServer | None = None
+        self.feed = ConsoleFeed()  # what the console (/ui) shows of the passes as they go
+        self._console: ControllerBackend | None = None
         self._recovered: set[str] = set()  # clusters whose interrupted rows were marked
         self._last_result: PassResult | None = None
         # hosts unreachable when last tried: audited when they go and come back, not every pass
@@ -141,6 +146,7 @@ class Controller:
 
     def start_background(self) -> None:
         if self.options.http:
+            self._console = ControllerBackend(self, self.feed)
             self._http = StatusServer(
                 self.options.http,
                 self.metrics.registry,
@@ -148,9 +154,12 @@ class Controller:
                 self.readyz,
                 self.status_document,
                 token=self.options.http_token,
+                console=Console(self._console, self.options.http_token),
             )
             self._http.start()
-            log.info("serving /healthz, /readyz, /metrics on http://%s", self.options.http)
+            log.info(
+                "serving /healthz, /readyz, /metrics and the console /ui on http://%s", self.options.http
+            )
         interval = self.options.interval
         self.metrics.resync_interval.set(interval)
         self.loop.request_every("interval", interval, max(0.0, interval * self.options.jitter), "resync")
@@ -191,8 +200,11 @@ class Controller:
             self.lock.stop()
             self.lock.join(timeout=10)
         self.events.stop()
+        self.feed.close()  # the console's event streams end
         if self._http is not None:
             self._http.stop()
+        if self._console is not None:
+            self._console.close()
         self.connections.close()
 
     @property
@@ -286,6 +298,15 @@ class Controller:
         return requeues
 
     def _pass(self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str]) -> PassResult:
+        try:
+            return self._run_pass(loaded, trigger, repairs_only, deferred)
+        except BaseException:
+            self.feed.changed()  # the pass ended: the console stops showing it as running
+            raise
+
+    def _run_pass(
+        self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str]
+    ) -> PassResult:
         return run_pass(
             loaded,
             source=self.source.describe(),
@@ -304,6 +325,8 @@ class Controller:
             progress=self.loop.progress,
             pauses=self.pauses,
             known_troubles=self._troubles,
+            on_plan=self.feed.planned,
+            gate_watch=self.feed.looked,
         )
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
@@ -328,6 +351,7 @@ class Controller:
         reporting.count_hosts(self.metrics, result, verdict, (h.name for h in loaded.topology.hosts))
         self._last_result = result
         self._troubles = result.troubles
+        self.feed.passed(result)
         self.status.write_host_states(loaded, result, drift, self.history.hosts)
         counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
         line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))

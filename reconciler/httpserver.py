@@ -1,7 +1,8 @@
-"""/healthz, /readyz and /metrics for the controller.
+"""/healthz, /readyz, /metrics, /status and the console (/ui, reconciler.console) for the controller.
 
 Bound to 127.0.0.1 by default. On any other address a bearer token is required for
-everything but /healthz (the controller refuses to start without one there).
+everything but /healthz (the controller refuses to start without one there); the console also takes
+the session cookie its sign-in form sets from that token.
 
 Limits, so that a client cannot tie it up: a connection idle for ``idle_timeout`` seconds is closed;
 a request's line and headers may take ``MAX_HEAD`` bytes in all (431 beyond, before any of it is
@@ -10,6 +11,7 @@ looked at); at most ``MAX_CONNECTIONS`` connections are served at once (more are
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.client
 import ipaddress
@@ -18,15 +20,19 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+if TYPE_CHECKING:
+    from reconciler.console.web import Console, Response
 
 log = logging.getLogger("consul_reconciler.http")
 
 Probe = Callable[[], tuple[bool, dict[str, object]]]
 
 MAX_HEAD = 16 * 1024  # request line and headers, in bytes
+MAX_BODY = 16 * 1024  # a form posted to the console (sign-in, Resume)
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 10.0  # seconds
 
@@ -94,6 +100,7 @@ class StatusServer:
         status: Callable[[], dict[str, object]],
         token: str | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        console: Console | None = None,
     ) -> None:
         host, port = parse_address(address)
         if not is_loopback(host) and not token:
@@ -120,6 +127,9 @@ class StatusServer:
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if console is not None and (path == "/ui" or path.startswith("/ui/")):
+                    self._console("GET", b"")
+                    return
                 if path != "/healthz" and not server._authorized(self.headers.get("Authorization")):
                     self._send(401, b'{"error": "a bearer token is required"}\n', "application/json")
                     return
@@ -133,6 +143,59 @@ class StatusServer:
                     self._send(200, json.dumps(status(), default=str).encode() + b"\n", "application/json")
                 else:
                     self._send(404, b'{"error": "not found"}\n', "application/json")
+
+            def do_POST(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if console is None or not (path == "/ui" or path.startswith("/ui/")):
+                    self._send(405, b'{"error": "only the console takes POST"}\n', "application/json")
+                    return
+                length = self.headers.get("Content-Length", "0")
+                if not length.isdigit() or int(length) > MAX_BODY:
+                    self._send(413, f"a form of at most {MAX_BODY} bytes\n".encode(), "text/plain")
+                    return
+                self._console("POST", self.rfile.read(int(length)))
+
+            def _console(self, method: str, body: bytes) -> None:
+                from reconciler.console.web import Request
+
+                assert console is not None
+                bearer = server._token is not None and server._authorized(self.headers.get("Authorization"))
+                request = Request.parse(
+                    method,
+                    self.path,
+                    dict(self.headers.items()),
+                    body,
+                    bearer=bearer,
+                    client=self.client_address[0],
+                )
+                try:
+                    answer = console.handle(request)
+                except Exception:
+                    log.exception("the console failed on %s %s", method, self.path)
+                    self._send(500, b"the console failed; see the controller's log\n", "text/plain")
+                    return
+                self._answer(answer)
+
+            def _answer(self, answer: Response) -> None:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.content_type)
+                for name, value in answer.headers:
+                    self.send_header(name, value)
+                if answer.stream is None:
+                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
+                    return
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+
+                def write(chunk: bytes) -> None:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+
+                with contextlib.suppress(OSError):  # the page went away (a broken pipe, a reset)
+                    answer.stream(write)
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)
