@@ -297,6 +297,10 @@ def test_controller_container_converges_its_engine(
             found = wait_converged(engine, 30)
             container.reload()
             assert container.status == "running", container.logs().decode(errors="replace")
+            # the console's templates are in the installed package, not only in the source tree
+            console = HEALTHZ_URL.removesuffix("/healthz") + "/ui"
+            with urllib.request.urlopen(console, timeout=10) as page:
+                assert page.status == 200 and b'data-host="' in page.read()
         else:
             status = container.wait(timeout=CONVERGE_TIMEOUT)
             logs = container.logs().decode(errors="replace")
