@@ -256,3 +256,15 @@ def test_the_event_stream_tells_an_open_page_of_each_change_at_once(open_console
     # the change itself, not the keep-alive comment (": still here") a quiet stream gets every 15 s
     assert answer.fp.readline() == f"id: {start + 1}\n".encode()
     conn.close()
+
+
+def test_the_desired_state_page_shows_the_document_and_a_diff_of_any_two_kept(open_console: Served) -> None:
+    state = open_console.backend.audit_log.state
+    for text in ("cluster: shop\nhosts: []\n", "cluster: shop\nhosts: [h1]\n"):
+        state.keep_document(source="file:t.yaml", digest=str(hash(text)), cluster_id="shop", document=text)
+    page = open_console.request("GET", "/ui/desired")[2]
+    assert open_console.backend.doc.digest in page and "127.0.10.2" in page  # the document in force
+    assert page.count('name="a"') == 2 and page.count('name="b"') == 2
+    status, _, diff = open_console.request("GET", "/ui/desired?a=1&b=2")
+    assert status == 200
+    assert '<span class="del">-hosts: []</span>' in diff and '<span class="add">+hosts: [h1]</span>' in diff
