@@ -21,12 +21,12 @@ step "real Consul $(sed -n 's|^\s*github.com/hashicorp/consul \(v[0-9.]*\)$|\1|p
 step "ruff check ."
 .venv/bin/python -m ruff check .
 
-# Two pytest-xdist workers by default, each given whole files and each a session of its own, with its
+# Three pytest-xdist workers by default, each given whole files and each a session of its own, with its
 # own engines, loopback /24, TLS engine and PostgreSQL (testbed/workers.py), the real-Consul rollouts
-# (the longest file) first on one of them: about 17 minutes here instead of 30 in one process, the
-# tests being mostly waits on Consul and Docker. CR_TEST_WORKERS=0 runs one process; "-n N" in the
-# arguments wins.
-workers="${CR_TEST_WORKERS:-2}"
+# (the longest file) first on one of them. The tests mostly wait on Consul and Docker, so a third worker
+# on two cores shortens the suite (it had grown past 25 minutes on two); CR_TEST_WORKERS=0 runs one
+# process; "-n N" in the arguments wins.
+workers="${CR_TEST_WORKERS:-3}"
 step "the test fleets: engines and images"
 .venv/bin/python -m testbed.workers prepare --workers "$workers" || die "the Docker test fleets could not be prepared"
 

@@ -1,6 +1,6 @@
 """What keeps pytest-xdist workers clear of each other on one machine.
 
-scripts/test.sh runs the suite on two workers (CR_TEST_WORKERS, 2 by default). Each is a test
+scripts/test.sh runs the suite on three workers (CR_TEST_WORKERS, 3 by default). Each is a test
 session of its own: worker gwN (N > 0) gets its own engines, loopback /24, TLS engine and PostgreSQL, as
 testbed/fleet.py describes for a second session, so no two workers share an address, a port or a
 state folder. gw0 keeps the
@@ -10,7 +10,7 @@ imported.
 Before pytest starts, scripts/test.sh prepares every worker's fleet (one fleet without workers),
 one after another::
 
-    python -m testbed.workers prepare --workers 2
+    python -m testbed.workers prepare --workers 3
 
 five engines each, with the stand-in, agent stand-in and real Consul images. On a new machine that
 is minutes of image loading per fleet; done inside the first tests of two workers at once, it slowed
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep = sub.add_parser(
         "prepare", help="start each worker's engines and load their images, one worker after another"
     )
-    prep.add_argument("--workers", type=int, default=2, help="how many xdist workers (0 or 1: one fleet)")
+    prep.add_argument("--workers", type=int, default=3, help="how many xdist workers (0 or 1: one fleet)")
     sub.add_parser("prepare-one", help="the fleet of this environment only (what prepare runs per worker)")
     args = parser.parse_args(argv)
     if args.command == "prepare-one":
