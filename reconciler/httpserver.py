@@ -174,7 +174,11 @@ class StatusServer:
                     log.exception("the console failed on %s %s", method, self.path)
                     self._send(500, b"the console failed; see the controller's log\n", "text/plain")
                     return
-                self._answer(answer)
+                try:
+                    self._answer(answer)
+                finally:
+                    if answer.done is not None:
+                        answer.done()
 
             def _answer(self, answer: Response) -> None:
                 self.send_response(answer.status)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ log = logging.getLogger("consul_reconciler.console")
 COOKIE = "cr_console"
 PAGE_SIZE = 50
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream (proxies drop silent streams)
+MAX_STREAMS = 16  # open live pages at once: each holds one of the HTTP server's 64 connections
 Pause = tuple[str, str | None, datetime]
 
 
@@ -93,6 +95,7 @@ class Response:
     content_type: str = "text/html; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
     stream: Callable[[Callable[[bytes], None]], None] | None = None  # an event stream, written as it goes
+    done: Callable[[], None] | None = None  # called once the answer is sent or abandoned
 
 
 class Console:
@@ -105,6 +108,7 @@ class Console:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self._streams = threading.BoundedSemaphore(MAX_STREAMS)
         self.env.filters["when"] = _when
         self.env.filters["ago"] = _ago
 
@@ -183,11 +187,7 @@ class Console:
         audit = b.audit()
         names = [h.name for h in loaded.topology.hosts] if loaded else []
         names += [n for n in b.feed.hosts if n not in names]
-        last = {}
-        for name in names:
-            found = audit.actions(ActionFilter(host=name, limit=1))
-            if found:
-                last[name] = found[0]
+        last = audit.last_actions(names)
         return pages.fleet_rows(loaded, b.feed.hosts, b.statuses(), last)
 
     def _host(self, req: Request, name: str) -> Response:
@@ -304,8 +304,15 @@ class Console:
                     seen = now
                     write(f"id: {seen}\ndata: {seen}\n\n".encode())
 
+        if not self._streams.acquire(blocking=False):  # /metrics and /healthz must still get through
+            message = (
+                f"too many live pages at once ({MAX_STREAMS}); the pages still work, without live updates\n"
+            )
+            return Response(503, message.encode(), "text/plain; charset=utf-8", [("Retry-After", "30")])
         headers = [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")]
-        return Response(200, content_type="text/event-stream", headers=headers, stream=stream)
+        return Response(
+            200, content_type="text/event-stream", headers=headers, stream=stream, done=self._streams.release
+        )
 
     # --- writes --------------------------------------------------------------------------------------
 

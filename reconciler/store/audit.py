@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from reconciler.store.database import Database
@@ -263,6 +263,17 @@ class AuditLog(Database):
             stmt = stmt.offset(f.offset)
         with self._read() as session:
             return [ActionRow._from_model(m) for m in session.scalars(stmt)]
+
+    def last_actions(self, hosts: list[str]) -> dict[str, ActionRow]:
+        """Each host's newest action (one query, whatever the number of hosts)."""
+        if not hosts:
+            return {}
+        newest = (
+            select(func.max(ActionModel.id)).where(ActionModel.host.in_(hosts)).group_by(ActionModel.host)
+        )
+        with self._read() as session:
+            found = session.scalars(select(ActionModel).where(ActionModel.id.in_(newest)))
+            return {m.host: ActionRow._from_model(m) for m in found}
 
     def mark_interrupted(
         self,

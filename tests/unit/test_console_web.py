@@ -23,10 +23,11 @@ from desired_state.load import Loaded, load_topology
 from reconciler.console.feed import ConsoleFeed
 from reconciler.console.memory import HostSeen
 from reconciler.console.pages import HostStatus
-from reconciler.console.web import COOKIE, Console
+from reconciler.console.web import COOKIE, MAX_STREAMS, Console
 from reconciler.httpserver import StatusServer
 from reconciler.plan import Plan
 from reconciler.store import ActionRecord, AuditLog
+from testbed.controller_harness import wait_for
 
 TOKEN = "s3cret-console-token"
 DOC = b"""
@@ -268,3 +269,39 @@ def test_the_desired_state_page_shows_the_document_and_a_diff_of_any_two_kept(op
     status, _, diff = open_console.request("GET", "/ui/desired?a=1&b=2")
     assert status == 200
     assert '<span class="del">-hosts: []</span>' in diff and '<span class="add">+hosts: [h1]</span>' in diff
+
+
+def test_live_pages_are_capped_so_that_metrics_and_health_still_get_through(open_console: Served) -> None:
+    def open_stream() -> tuple[http.client.HTTPConnection, int]:
+        conn = http.client.HTTPConnection("127.0.0.1", open_console.port, timeout=10)
+        conn.request("GET", "/ui/events")
+        answer = conn.getresponse()
+        if answer.status == 200:
+            answer.fp.readline()  # the stream has begun: its slot is held
+        return conn, answer.status
+
+    streams = [open_stream() for _ in range(MAX_STREAMS)]
+    try:
+        assert {status for _, status in streams} == {200}
+        extra, status = open_stream()
+        extra.close()
+        assert status == 503
+        assert open_console.request("GET", "/metrics")[0] == 200
+        assert open_console.request("GET", "/healthz")[0] == 200
+        page = open_console.request("GET", "/ui")[2]  # the pages themselves are served
+        assert 'data-host="h1"' in page and "/ui/runs/1" in page  # h1's last action, found in one query
+        streams.pop()[0].close()  # a page closed: its slot is freed at the stream's next write
+
+        def reopened() -> bool:
+            open_console.backend.feed.changed()
+            conn, code = open_stream()
+            if code == 200:
+                streams.append((conn, code))
+                return True
+            conn.close()
+            return False
+
+        wait_for(reopened, 10, "the closed page's slot to be freed", interval=0.2)
+    finally:
+        for conn, _ in streams:
+            conn.close()
