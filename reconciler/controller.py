@@ -48,9 +48,11 @@ from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
 from reconciler.loop import ReconcileLoop, Requeue
 from reconciler.metrics import Metrics
-from reconciler.one_pass import PassOptions, PassResult, controller_identity, run_pass
+from reconciler.observe import Concurrency
+from reconciler.one_pass import PassOptions, PassResult, controller_identity, endpoints_to_observe, run_pass
 from reconciler.pauses import pauses_for
 from reconciler.reporting import StatusWriter
+from reconciler.scope import FULL, RESYNC, Scope, pass_scope, slice_count
 from reconciler.sdnotify import Notifier
 from reconciler.sources import ConsulSource, FileSource, Watcher
 from reconciler.store import ActionRecord, AuditLog
@@ -127,6 +129,13 @@ class Controller:
         # hosts unreachable when last tried: audited when they go and come back, not every pass
         self._troubles: frozenset[str] = frozenset()
         self._leading = False  # held the leader lock at the last change (for leadership_lost)
+        # what scopes the passes (reconciler.scope): the document whose full pass was not refused, the
+        # hosts last seen running a server, the resync's slices and the next one
+        self._full_digest: str | None = None
+        self._servers_seen: frozenset[str] = frozenset()
+        self._slices, self._slice = 1, 0
+        self._drift: dict[str, int] = {}  # each host's drift as the last pass that looked at it saw it
+        self.concurrency = Concurrency()  # hosts observed at once, adapted pass after pass
         self.systemd = Notifier(environ)  # Type=notify: READY=1, WATCHDOG=1, STOPPING=1 (sd_notify)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -162,7 +171,7 @@ class Controller:
             )
         interval = self.options.interval
         self.metrics.resync_interval.set(interval)
-        self.loop.request_every("interval", interval, max(0.0, interval * self.options.jitter), "resync")
+        self.loop.request_every(RESYNC, interval, max(0.0, interval * self.options.jitter), "resync")
         if self.options.prune_after is not None:
             self.loop.call_every(self._prune, 3600.0, "prune")
         self.loop.call_every(self._heartbeat, HEARTBEAT_S, "heartbeat")  # at once, then every 10 s
@@ -272,11 +281,15 @@ class Controller:
         if self.options.watch_events:
             self.events.sync(loaded)
         deferred = self.history.deferred(time.monotonic())
+        scope = self._scope(request, loaded)
         log.debug(
-            "pass (%s), %.1f ms after the first request", request.label(), (started - request.first) * 1e3
+            "pass (%s; %s), %.1f ms after the first request",
+            request.label(),
+            scope.why if scope.hosts is None else f"{scope.why}: {len(scope.hosts)} host(s)",
+            (started - request.first) * 1e3,
         )
         trigger = request.label() + (" (repairs only: no leader can be known)" if repairs_only else "")
-        result = self._pass(loaded, trigger, repairs_only, deferred)
+        result = self._pass(loaded, trigger, repairs_only, deferred, scope)
         if refused_as_dangerous(result):
             # A document that makes a dangerous change it does not acknowledge is refused, like an
             # invalid one: the last applied document stays enforced (a killed agent is still repaired).
@@ -290,22 +303,54 @@ class Controller:
                 )
                 loaded = previous
                 trigger += f" (the last applied document: {result.plan.cluster}'s new one is refused)"
-                result = self._pass(previous, trigger, repairs_only, deferred)
+                result = self._pass(previous, trigger, repairs_only, deferred, FULL)
         else:
             self.desired.keep(loaded)
         requeues += self._after_pass(result, loaded, time.monotonic() - started)
         self.status.write_status(loaded, result, self.options.status_prefix)
         return requeues
 
-    def _pass(self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str]) -> PassResult:
+    def _scope(self, request: Request, loaded: Loaded) -> Scope:
+        """The hosts this pass looks at (reconciler.scope), and the resync's next slice."""
+        hosts = endpoints_to_observe(loaded.fleet, self.audit).keys()
+        count = slice_count(len(hosts))
+        if count != self._slices:
+            self._slices, self._slice = count, 0
+            self.metrics.resync_slices.set(count)
+            interval = self.options.interval / count
+            log.info("the resync is spread over %d slice(s) of the hosts: one every %.1fs", count, interval)
+            self.loop.request_every(RESYNC, interval, max(0.0, interval * self.options.jitter), "resync")
+        servers = {h.name for h in loaded.fleet.hosts if any(s.role == "server" for s in h.specs)}
+        scope = pass_scope(
+            request.reasons,
+            hosts=hosts,
+            anchors=servers | self._servers_seen,
+            resync_slice=(self._slice, self._slices),
+            scoped_allowed=self._full_digest == loaded.digest,
+        )
+        if RESYNC in request.reasons:
+            self._slice = (self._slice + 1) % self._slices
+        return scope
+
+    def _pass(
+        self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str], scope: Scope
+    ) -> PassResult:
         try:
-            return self._run_pass(loaded, trigger, repairs_only, deferred)
+            result = self._run_pass(loaded, trigger, repairs_only, deferred, scope)
         except BaseException:
             self.feed.changed()  # the pass ended: the console stops showing it as running
             raise
+        if scope.full:  # scoped passes follow only a full pass of this document that was not refused
+            self._full_digest = None if result.refused else loaded.digest
+        looked = {h.name for h in result.observed.hosts if h.reachable}
+        running = {
+            h.name for h in result.observed.hosts if any(c.role == "server" for c in h.managed)
+        }
+        self._servers_seen = (self._servers_seen - looked) | running
+        return result
 
     def _run_pass(
-        self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str]
+        self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str], scope: Scope
     ) -> PassResult:
         return run_pass(
             loaded,
@@ -327,6 +372,8 @@ class Controller:
             known_troubles=self._troubles,
             on_plan=self.feed.planned,
             gate_watch=self.feed.looked,
+            scope=scope,
+            concurrency=self.concurrency,
         )
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
@@ -335,6 +382,10 @@ class Controller:
     def _after_pass(self, result: PassResult, loaded: Loaded, duration: float) -> list[Requeue]:
         now = time.monotonic()
         drift = reporting.count_pass(self.metrics, result, duration)
+        self.metrics.pass_hosts.set(len(result.observed.hosts))
+        looked = {h.name for h in result.observed.hosts} | set(result.plan.unreachable)
+        desired = {h.name for h in loaded.topology.hosts}
+        self._drift = {h: n for h, n in self._drift.items() if h in desired and h not in looked} | drift
         summary = summarize(result, (h.name for h in loaded.topology.hosts))
         verdict = assess(summary, now, self.history, self.rules, self.rng)
         self.history = verdict.history
@@ -348,11 +399,17 @@ class Controller:
         pause = self.pauses.get(loaded.topology.cluster)
         self.metrics.rollout_paused.set(1 if pause else 0)
         self._rollout_pause = pause[0] if pause else None
-        reporting.count_hosts(self.metrics, result, verdict, (h.name for h in loaded.topology.hosts))
+        reporting.count_hosts(
+            self.metrics,
+            result,
+            verdict,
+            (h.name for h in loaded.topology.hosts),
+            drift_elsewhere=any(n for h, n in self._drift.items() if not result.scope.covers(h)),
+        )
         self._last_result = result
         self._troubles = result.troubles
         self.feed.passed(result)
-        self.status.write_host_states(loaded, result, drift, self.history.hosts)
+        self.status.write_host_states(loaded, result, self._drift, self.history.hosts)
         counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
         line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))
         problem = result.error()

@@ -116,9 +116,16 @@ class ReconcileLoop(Generic[R]):
         )
 
     def request_every(self, reason: str, seconds: float, jitter: float, job_id: str) -> None:
-        """Ask for a call every ``seconds`` (+- ``jitter`` seconds), from :meth:`start_scheduler` on."""
+        """Ask for a call every ``seconds`` (+- ``jitter`` seconds), from :meth:`start_scheduler` on; the
+        same ``job_id`` again replaces the period (the next call comes ``seconds`` from now)."""
         self._scheduler.add_job(
-            self.request, "interval", args=[reason], seconds=seconds, jitter=jitter, id=job_id
+            self.request,
+            "interval",
+            args=[reason],
+            seconds=seconds,
+            jitter=jitter,
+            id=job_id,
+            replace_existing=True,
         )
 
     def call_every(self, func: Callable[[], None], seconds: float, job_id: str) -> None:

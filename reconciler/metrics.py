@@ -87,6 +87,16 @@ class Metrics:
             "The full resync interval (--interval): alert rules count missed passes in it",
             registry=r,
         )
+        self.resync_slices = Gauge(
+            "consul_reconciler_resync_slices",
+            "The slices of the hosts the resync is spread over: one looked at every interval / slices",
+            registry=r,
+        )
+        self.pass_hosts = Gauge(
+            "consul_reconciler_last_pass_hosts",
+            "Hosts the last pass looked at: all, a Docker event's host and the servers' hosts, or a slice",
+            registry=r,
+        )
         self.desired_state_valid = Gauge(
             "consul_reconciler_desired_state_valid",
             "1 if the last read of the desired state was valid",

@@ -6,6 +6,7 @@ is reported and never stops the others."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,6 +24,34 @@ from reconciler.mounted_docker import host_files, read_folder
 log = logging.getLogger("consul_reconciler.observe")
 
 
+class Concurrency:
+    """How many hosts a pass observes at once, adapted pass after pass (a gradient limit, as TCP Vegas
+    and Netflix's concurrency-limits adapt a window): the fastest typical host listing seen lately is
+    the unloaded latency; while a pass's median listing takes at most ``tolerance`` times that, the
+    limit grows by its square root; beyond, it shrinks in proportion, never under ``floor`` nor over
+    ``ceiling``. Listing more engines at once than the controller's CPU (the Docker SDK's Python costs
+    about a millisecond a call) or the network can take only queues them: each waits longer and the
+    whole observation takes no less. Unreachable hosts say nothing of the load and are not counted."""
+
+    def __init__(self, start: int = 16, floor: int = 4, ceiling: int = 64, tolerance: float = 2.0) -> None:
+        self.limit = start
+        self.floor = floor
+        self.ceiling = ceiling
+        self.tolerance = tolerance
+        self.unloaded: float | None = None  # seconds: the lowest median listing seen (drifts up slowly)
+
+    def after(self, latencies: list[float]) -> None:
+        """Adapt to one observation's per-host latencies (seconds, reachable hosts only)."""
+        if not latencies:
+            return
+        median = sorted(latencies)[len(latencies) // 2]
+        # forget an old low slowly (10% a pass), so a lasting change of the hosts is learnt
+        self.unloaded = median if self.unloaded is None else min(self.unloaded * 1.1, median)
+        gradient = min(1.0, self.tolerance * self.unloaded / median) if median > 0 else 1.0
+        grown = gradient * self.limit + (self.limit**0.5 if gradient >= 1.0 else 0.0)
+        self.limit = max(self.floor, min(self.ceiling, int(grown)))
+
+
 def observe_fleet(
     connections: Connections,
     endpoints: Mapping[str, Endpoint],
@@ -30,17 +59,27 @@ def observe_fleet(
     *,
     max_workers: int = 32,
     adopted_ids: frozenset[str] = frozenset(),
+    concurrency: Concurrency | None = None,
 ) -> ObservedFleet:
-    """``adopted_ids``: containers started by hand and already adopted in place, which need no inspect."""
+    """``adopted_ids``: containers started by hand and already adopted in place, which need no inspect.
+    ``concurrency``: the adaptive limit of hosts observed at once (else ``max_workers``)."""
     names = sorted(endpoints)
     if not names:
         return ObservedFleet(())
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(names)), thread_name_prefix="observe") as pool:
+    workers = concurrency.limit if concurrency is not None else max_workers
+    latencies: list[float] = []
+    with ThreadPoolExecutor(max_workers=min(workers, len(names)), thread_name_prefix="observe") as pool:
 
         def observe(name: str) -> ObservedHost:
-            return observe_host(connections, name, endpoints[name], wanted_names.get(name, ()), adopted_ids)
+            began = time.monotonic()
+            seen = observe_host(connections, name, endpoints[name], wanted_names.get(name, ()), adopted_ids)
+            if seen.reachable:
+                latencies.append(time.monotonic() - began)  # list.append is atomic
+            return seen
 
         hosts = list(pool.map(observe, names))
+    if concurrency is not None:
+        concurrency.after(latencies)
     return ObservedFleet(tuple(hosts))
 
 

@@ -23,10 +23,11 @@ from reconciler.consul_settings import ConsulError, TLSClient, resolve_token
 from reconciler.engines import Connections
 from reconciler.execute import STOPPED_ACTING, ApplyResult, ExecOptions, Executor, action_record
 from reconciler.gates import GateLook
-from reconciler.observe import observe_fleet
+from reconciler.observe import Concurrency, observe_fleet
 from reconciler.pauses import AuditPauses, RolloutPauses
 from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind, Plan, make_plan
 from reconciler.plan import repairs_only as only_repairs
+from reconciler.scope import FULL, Scope
 from reconciler.snapshots import SnapshotTaker, resolve_directory
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_PASS_NOTES
@@ -69,6 +70,7 @@ class PassResult:
     interrupted: bool = False
     troubles: frozenset[str] = frozenset()  # hosts unreachable when last tried and not observed since
     #   (whether tried again or left alone while backing off): the next pass's known_troubles
+    scope: Scope = FULL  # the hosts the pass looked at (reconciler.scope)
 
     def summary(self) -> dict[str, object]:
         """The run's summary in the audit log: what was planned and how the actions ended."""
@@ -133,14 +135,26 @@ def compute_plan(
     audit: AuditLog | None,
     options: PassOptions,
     deferred: Mapping[str, str] | None = None,
+    scope: Scope = FULL,
+    concurrency: Concurrency | None = None,
 ) -> tuple[DesiredFleet, ObservedFleet, Plan]:
+    """Observe and plan. ``scope``: the hosts this pass looks at (reconciler.scope); the others are
+    neither observed nor planned. ``concurrency``: how many hosts are observed at once, adapted by what
+    this observation took (reconciler.observe.Concurrency)."""
     desired = loaded.fleet
     deferred = dict(deferred or {})
-    endpoints = {h: e for h, e in endpoints_to_observe(desired, audit).items() if h not in deferred}
+    # from the whole document: a host out of scope has not left the topology
+    endpoints = {
+        h: e
+        for h, e in endpoints_to_observe(desired, audit).items()
+        if h not in deferred and scope.covers(h)
+    }
+    if not scope.full:
+        desired = replace(desired, hosts=tuple(h for h in desired.hosts if scope.covers(h.name)))
     wanted = {h.name: [s.name for s in h.specs] for h in desired.hosts}
     adopted = audit.state.adoptions(desired.cluster) if audit is not None else {}
     ids = frozenset(a.container_id for a in adopted.values())
-    observed = observe_fleet(connections, endpoints, wanted, adopted_ids=ids)
+    observed = observe_fleet(connections, endpoints, wanted, adopted_ids=ids, concurrency=concurrency)
     plan = make_plan(
         desired,
         observed,
@@ -174,6 +188,8 @@ def run_pass(
     known_troubles: frozenset[str] = frozenset(),
     on_plan: Callable[[Plan], None] = lambda plan: None,
     gate_watch: Callable[[GateLook], None] = lambda look: None,
+    scope: Scope = FULL,
+    concurrency: Concurrency | None = None,
 ) -> PassResult:
     """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
     containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
@@ -186,8 +202,10 @@ def run_pass(
     pass worth a run; a pass with nothing to do and nothing new writes no run.
 
     ``on_plan`` is told the plan before anything is done, ``gate_watch`` every look of a health gate
-    (what the console shows of a pass in progress)."""
-    desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
+    (what the console shows of a pass in progress).
+
+    ``scope``: the hosts this pass looks at (reconciler.scope); the others are left as they are."""
+    desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred, scope, concurrency)
     if repairs_only:
         plan = only_repairs(plan)
     on_plan(plan)
@@ -204,7 +222,7 @@ def run_pass(
         for wanted in desired.hosts:
             if wanted.name in seen and known.get(wanted.name) != wanted.endpoint.to_dict():
                 audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
-        return PassResult(plan, observed, None, ApplyResult(), troubles=troubles)
+        return PassResult(plan, observed, None, ApplyResult(), troubles=troubles, scope=scope)
     run_id = audit.start_run(
         cluster_id=cluster,
         trigger=trigger,
@@ -241,7 +259,7 @@ def run_pass(
     if refused:
         audit.finish_run(run_id, status="refused", error=refused, summary=plan.counts())
         log.error("pass refused: %s", refused)
-        return PassResult(plan, observed, run_id, None, refused, troubles=troubles)
+        return PassResult(plan, observed, run_id, None, refused, troubles=troubles, scope=scope)
 
     for danger in plan.dangers:
         if danger.acknowledged:
@@ -299,7 +317,7 @@ def run_pass(
         raise
     for host in plan.hosts_to_forget(r.action.host for r in applied.results if r.status != "succeeded"):
         audit.state.forget_host(cluster, host)
-    result = PassResult(plan, observed, run_id, applied, troubles=troubles)
+    result = PassResult(plan, observed, run_id, applied, troubles=troubles, scope=scope)
     result.interrupted = should_stop() and any(
         r.status == "skipped" and r.error == STOPPED_ACTING for r in applied.results
     )

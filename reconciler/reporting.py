@@ -65,6 +65,8 @@ class StatusWriter:
         states = self.audit.state.host_states(loaded.topology.cluster)
         consul = self.source.consul
         for host in loaded.fleet.hosts:
+            if not result.scope.covers(host.name):
+                continue  # not looked at by this pass: its document stays as written
             seen = result.observed.host(host.name)
             state = states.get(host.name)
             report = host_report(loaded.topology.cluster, host.name, result.plan, seen)
@@ -185,19 +187,28 @@ def count_pass(metrics: Metrics, result: PassResult, duration: float) -> dict[st
     drift: dict[str, int] = {}
     for action in result.plan.actions:
         drift[action.host] = drift.get(action.host, 0) + 1
-    # Only the hosts this pass looked at have a drift; the others' is unknown: absent, never 0.
+    # Only the hosts this pass looked at have a drift; the others' is unknown: absent, never 0. A pass
+    # scoped to some hosts (reconciler.scope) leaves the others' as the last pass that looked saw it.
     seen = {h.name for h in result.observed.hosts if h.reachable} - set(result.plan.unreachable)
     for host in sorted(seen):
         metrics.drift.labels(host).set(drift.get(host, 0))
     for host in sorted(_labelled(metrics.drift, "host") - seen):
-        metrics.drift.remove(host)
+        if result.scope.covers(host):
+            metrics.drift.remove(host)
     return drift
 
 
-def count_hosts(metrics: Metrics, result: PassResult, verdict: Assessment, desired: Iterable[str]) -> None:
+def count_hosts(
+    metrics: Metrics,
+    result: PassResult,
+    verdict: Assessment,
+    desired: Iterable[str],
+    drift_elsewhere: bool = False,
+) -> None:
     """Each host's state (one of HOST_STATES, as 1 on its state's series and 0 on the others) and the
     counts by state: a host stays unreachable while it backs off, whether or not this pass tried it.
-    The time of a pass that left no host failing."""
+    The time of a pass that left no host failing (``drift_elsewhere``: hosts this pass did not look
+    at still drift as last seen, so it did not leave the fleet converged)."""
     history = verdict.history.hosts
     hosts = set(desired) | {h for h, s in history.items() if s.failures}
     states = {host: history[host].state if host in history else "ok" for host in hosts}
@@ -210,5 +221,5 @@ def count_hosts(metrics: Metrics, result: PassResult, verdict: Assessment, desir
     metrics.hosts_unreachable.set(sum(1 for s in states.values() if s == "unreachable"))
     metrics.hosts_degraded.set(sum(1 for s in states.values() if s == "degraded"))
     metrics.hosts_backoff.set(len(verdict.waiting))
-    if result.ok and not verdict.waiting:
+    if result.ok and not verdict.waiting and not drift_elsewhere:
         metrics.last_success.set(time.time())

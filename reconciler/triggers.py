@@ -21,10 +21,10 @@ from reconciler import labels as L
 from reconciler.backoff import Reconnect
 from reconciler.docker_import import CancellableStream, docker
 from reconciler.engines import connect_bounded, describe_error
+from reconciler.eventhub import WATCHED_EVENTS
 
 log = logging.getLogger("consul_reconciler.triggers")
 
-WATCHED_EVENTS = ("die", "stop", "kill", "destroy", "oom", "pause")
 
 
 @dataclass(frozen=True)

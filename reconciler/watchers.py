@@ -1,4 +1,6 @@
-"""The Docker event streams the controller follows: one per desired host, each event a request for a pass."""
+"""The Docker event streams the controller follows, one per desired host, each event a request for a
+pass of that host: unix:// and tcp:// hosts on one event loop (reconciler.eventhub), ssh:// hosts on a
+thread each (reconciler.triggers.EventWatcher: docker-py opens an SSH session per client)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 from desired_state.load import Loaded
 from desired_state.spec import Endpoint
+from reconciler.eventhub import EventHub, HubStream, served
 from reconciler.triggers import EventWatcher
 
 # the controller's logger: operators filter on it
@@ -17,13 +20,17 @@ log = logging.getLogger("consul_reconciler.controller")
 # Seconds after the last event at which the controller looks once more (see on_event)
 EVENT_RECHECK_DELAYS = (0.1, 1.0)
 
+Stream = HubStream | EventWatcher
+
 
 class EventWatchers:
     def __init__(self, request: Callable[[str], None]) -> None:
         self._request = request
-        self._watchers: dict[str, EventWatcher] = {}
+        self._streams: dict[str, Stream] = {}
+        self._hub = EventHub()
         self._lock = threading.Lock()
-        self._rechecks: list[threading.Timer] = []
+        self._rechecks: dict[str, list[Callable[[], None]]] = {}  # host -> what cancels its rechecks
+        self._stopped = False
 
     def on_event(self, host: str, action: str, event: Mapping[str, Any]) -> None:
         if action == "reconnected":
@@ -37,35 +44,58 @@ class EventWatchers:
         # (measured: "die" arrives while the list still says "running"; in a whole-suite run a
         # killed agent was still listed as running by the passes of its "kill", its "die" and a look
         # 0.1 s after the first of them, and nothing looked again). Look now, and again 0.1 s and 1 s
-        # after the last event, so the state the last event announced is seen either way.
+        # after the host's last event, so the state the last event announced is seen either way.
         with self._lock:
-            for timer in self._rechecks:
-                timer.cancel()
-            self._rechecks = [self._recheck(delay, host) for delay in EVENT_RECHECK_DELAYS]
+            if self._stopped:
+                return
+            for cancel in self._rechecks.pop(host, []):
+                cancel()
+            self._rechecks[host] = [
+                self._hub.later(delay, lambda: self._request(f"event-recheck:{host}"))
+                for delay in EVENT_RECHECK_DELAYS
+            ]
 
-    def _recheck(self, delay: float, host: str) -> threading.Timer:
-        timer = threading.Timer(delay, self._request, args=[f"event-recheck:{host}"])
-        timer.daemon = True
-        timer.start()
-        return timer
+    @property
+    def threads(self) -> int:
+        """Threads these streams hold: the hub's one, plus one per ssh:// host."""
+        with self._lock:
+            return int(bool(self._hub.streams)) + sum(
+                1 for s in self._streams.values() if isinstance(s, EventWatcher)
+            )
 
     def sync(self, loaded: Loaded) -> None:
         """One stream per host of the desired state, on its current endpoint."""
         cluster = loaded.topology.cluster
         wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in loaded.fleet.hosts}
-        for host, watcher in list(self._watchers.items()):
-            if wanted.get(host) != watcher.endpoint:
-                watcher.stop()
-                del self._watchers[host]
-        for host, endpoint in wanted.items():
-            if host not in self._watchers:
-                watcher = EventWatcher(host, endpoint, cluster, self.on_event)
-                watcher.start()
-                self._watchers[host] = watcher
+        with self._lock:
+            for host, stream in list(self._streams.items()):
+                if wanted.get(host) != stream.endpoint:
+                    self._end(host, stream)
+            for host, endpoint in wanted.items():
+                if host not in self._streams:
+                    self._streams[host] = self._begin(host, endpoint, cluster)
+
+    def _begin(self, host: str, endpoint: Endpoint, cluster: str) -> Stream:
+        if served(endpoint):
+            return self._hub.watch(HubStream(host, endpoint, cluster, self.on_event))
+        watcher = EventWatcher(host, endpoint, cluster, self.on_event)
+        watcher.start()
+        return watcher
+
+    def _end(self, host: str, stream: Stream) -> None:
+        del self._streams[host]
+        if isinstance(stream, EventWatcher):
+            stream.stop()
+        else:
+            self._hub.unwatch(host)
 
     def stop(self) -> None:
-        for watcher in self._watchers.values():
-            watcher.stop()
         with self._lock:
-            for timer in self._rechecks:
-                timer.cancel()
+            self._stopped = True
+            for host, stream in list(self._streams.items()):
+                self._end(host, stream)
+            for cancels in self._rechecks.values():
+                for cancel in cancels:
+                    cancel()
+            self._rechecks.clear()
+        self._hub.stop()

@@ -84,6 +84,12 @@ def test_drift_repaired_at_once_and_file_edits_followed(fleet3: Fleet, controlle
     finally:
         client.close()
     wait_for(lambda: running(fleet3, host2, "registrator"), 10, "the removed registrator to be recreated")
+    # the passes of host2's events looked at host2 and the server's host1, not at host3 (reconciler.scope)
+    wait_for(
+        lambda: metric_value(ctl.get("/metrics")[1], "consul_reconciler_last_pass_hosts") == 2,
+        5,
+        "an event's pass to look at its host and the server's",
+    )
 
     client = host3.client()
     try:

@@ -27,6 +27,7 @@ import pytest
 from desired_state.load import load_topology
 from desired_state.spec import Endpoint
 from reconciler.engines import Connections
+from reconciler.eventhub import EventHub, HubStream
 from reconciler.observe import observe_fleet
 from reconciler.one_pass import PassOptions, run_pass
 from reconciler.store import ActionFilter, AuditLog
@@ -278,23 +279,44 @@ def test_one_ssh_engine_that_never_answers_holds_up_no_other_host(
     )
 
 
+class _Followed:
+    """One host's event stream as the controller follows it: on a thread of its own (ssh:// hosts,
+    reconciler.triggers.EventWatcher) or on the event hub's loop (unix:// and tcp://)."""
+
+    def __init__(self, kind: str, endpoint: Endpoint, seen: list[tuple[str, str]]) -> None:
+        def on_event(host: str, action: str, event: Any) -> None:
+            seen.append((action, str(event.get("id", ""))))
+
+        self.hub: EventHub | None = None
+        if kind == "thread":
+            self.stream: EventWatcher | HubStream = EventWatcher(
+                "host1", endpoint, "crash", on_event, window=2.0, grace=1.0
+            )
+            self.stream.start()
+        else:
+            self.hub = EventHub()
+            stream = HubStream("host1", endpoint, "crash", on_event, window=2.0, grace=1.0)
+            self.stream = self.hub.watch(stream)
+
+    def stop(self) -> None:
+        if isinstance(self.stream, EventWatcher):
+            self.stream.stop()
+            self.stream.join(10)
+        if self.hub is not None:
+            self.hub.stop()
+
+
+@pytest.mark.parametrize("kind", ["thread", "hub"])
 def test_a_half_open_event_stream_is_noticed_and_no_event_is_lost(
-    proxied: tuple[Fleet, DockerProxy], clean_fleet: list[Engine]
+    proxied: tuple[Fleet, DockerProxy], clean_fleet: list[Engine], kind: str
 ) -> None:
     fleet, proxy = proxied
     host1 = clean_fleet[0]
     assert fleet.apply().code == 0
     proxy.blackhole("GET", r"/events", times=1)  # the first stream: connected, and then silence
     seen: list[tuple[str, str]] = []
-    watcher = EventWatcher(
-        "host1",
-        Endpoint(url=proxy.url, timeout=5.0),
-        "crash",
-        lambda host, action, event: seen.append((action, str(event.get("id", "")))),
-        window=2.0,
-        grace=1.0,
-    )
-    watcher.start()
+    followed = _Followed(kind, Endpoint(url=proxy.url, timeout=5.0), seen)
+    watcher = followed.stream
     try:
         wait_for(watcher.connected.is_set, 10, "the first (silent) stream")
         with contextlib.closing(host1.client()) as client:
@@ -305,8 +327,7 @@ def test_a_half_open_event_stream_is_noticed_and_no_event_is_lost(
         wait_for(lambda: watcher.windows >= 2, 20, "healthy windows after the reconnection")
         assert watcher.delay == 0.5  # a stream that worked resets the backoff
     finally:
-        watcher.stop()
-        watcher.join(10)
+        followed.stop()
 
 
 def test_healthz_stays_ok_through_a_gate_wait_and_fails_when_a_step_hangs(

@@ -43,3 +43,21 @@ def test_a_reconnected_stream_asks_once_and_stop_cancels_what_is_pending() -> No
     watchers.stop()
     time.sleep(max(EVENT_RECHECK_DELAYS) + 0.3)
     assert asked == ["engine-back:host1", "event:host1"]
+
+
+def test_each_host_keeps_its_own_rechecks() -> None:
+    """A pass asked for by an event looks at that host alone (reconciler.scope): an event on another
+    host must not cancel the first host's look again."""
+    asked: list[str] = []
+    watchers = EventWatchers(asked.append)
+    try:
+        watchers.on_event("host1", "die", EVENT)
+        watchers.on_event("host2", "die", EVENT)
+        deadline = time.monotonic() + 10
+        while asked.count("event-recheck:host1") < 2 or asked.count("event-recheck:host2") < 2:
+            assert time.monotonic() < deadline, asked
+            time.sleep(0.05)
+    finally:
+        watchers.stop()
+    rechecks = len(EVENT_RECHECK_DELAYS)
+    assert asked.count("event-recheck:host1") == asked.count("event-recheck:host2") == rechecks
