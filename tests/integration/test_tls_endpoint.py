@@ -6,12 +6,17 @@ its own unix socket, so what they see does not depend on the product's TLS set-u
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
+from desired_state.spec import Endpoint
+from reconciler.eventhub import EventHub, HubStream
+from testbed.controller_harness import wait_for
 from testbed.fleet import AGENT_IMAGE_1, STANDIN_REGISTRATOR_1, Engine, FleetError
 from testbed.tlsengine import TLSEngine, start_tls_engine, stop_tls_engine
 from tests.integration.harness import LABEL, Fleet, Run
@@ -168,3 +173,39 @@ def test_ca_bundle_environment_does_not_replace_tls_ca(
     fleet.env["CURL_CA_BUNDLE"] = "/etc/ssl/certs/ca-certificates.crt"
     run = fleet.apply()
     assert run.code == 0, output(run)
+
+
+def _hub_stream(
+    engine: TLSEngine, ca: Path, cert: Path, key: Path, seen: list[str]
+) -> tuple[EventHub, HubStream]:
+    endpoint = Endpoint(
+        url=engine.tcp_url, tls_ca=str(ca), tls_cert=str(cert), tls_key=str(key), timeout=5.0
+    )
+    hub = EventHub()
+    stream = HubStream(
+        HOST, endpoint, "tlstest", lambda host, action, event: seen.append(action), window=5.0
+    )
+    return hub, hub.watch(stream)
+
+
+def test_the_event_hub_follows_a_tls_engine_and_refuses_a_foreign_ca(
+    tls_engine: TLSEngine, converged: Fleet, tmp_path: Path
+) -> None:
+    """The controller's event streams (reconciler.eventhub) speak TLS themselves: the host's CA,
+    client certificate and key, as the passes' docker-py clients do."""
+    c = tls_engine.certs
+    assert c is not None
+    seen: list[str] = []
+    hub, stream = _hub_stream(tls_engine, c.ca, c.client_cert, c.client_key, seen)
+    refused_seen: list[str] = []  # checked against a CA that did not sign the engine's certificate
+    refused_hub, refused = _hub_stream(tls_engine, c.other_ca, c.client_cert, c.client_key, refused_seen)
+    try:
+        wait_for(stream.connected.is_set, 20, "the event stream over TLS")
+        with contextlib.closing(docker.DockerClient(base_url=f"unix://{tls_engine.socket_path}")) as client:
+            next(x for x in client.containers.list() if x.name.startswith("registrator")).kill()
+        wait_for(lambda: "kill" in seen, 20, "the kill, read over TLS")
+        assert not refused.connected.is_set() and refused.delay > 0.5  # failed, backing off
+        assert refused_seen == []
+    finally:
+        hub.stop()
+        refused_hub.stop()
