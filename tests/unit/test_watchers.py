@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+from bench.scale import topology_text
+from desired_state.load import load_topology
 from reconciler.watchers import EVENT_RECHECK_DELAYS, EventWatchers
 
 EVENT = {"Actor": {"Attributes": {"name": "consul"}}}
@@ -61,3 +63,18 @@ def test_each_host_keeps_its_own_rechecks() -> None:
         watchers.stop()
     rechecks = len(EVENT_RECHECK_DELAYS)
     assert asked.count("event-recheck:host1") == asked.count("event-recheck:host2") == rechecks
+
+
+def test_hundreds_of_hosts_cost_one_thread_not_one_each() -> None:
+    """unix:// and tcp:// hosts' streams are coroutines on the event hub's one thread (here engines
+    that do not exist: each stream fails and backs off, as for an engine that is down)."""
+    loaded = load_topology(topology_text(300), source="300 hosts")
+    before = threading.active_count()
+    watchers = EventWatchers(lambda reason: None)
+    try:
+        watchers.sync(loaded)
+        time.sleep(0.5)  # every stream has tried and failed once
+        assert threading.active_count() - before == 1
+        assert watchers.threads == 1
+    finally:
+        watchers.stop()
