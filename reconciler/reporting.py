@@ -37,6 +37,7 @@ class StatusWriter:
         self.source = source
         self.identity = identity
         self.written: dict[str, str] = {}  # status documents as last written, by key
+        self.states: dict[tuple[str, str], tuple[object, ...]] = {}  # (cluster, host) -> state as written
 
     def write_host_states(
         self, loaded: Loaded, result: PassResult, drift: dict[str, int], backoff: Mapping[str, HostBackoff]
@@ -55,7 +56,12 @@ class StatusWriter:
                 )
             else:
                 states.append(HostState(host, "ok", 0, None, drift.get(host, 0), None))
-        self.audit.state.set_host_states(loaded.topology.cluster, states)
+        # only what changed (at thousands of hosts, a row each per pass is most of a scoped pass's cost);
+        # a retry time within a second of the one written is the same time (monotonic -> wall clock)
+        cluster = loaded.topology.cluster
+        changed = [s for s in states if self.states.get((cluster, s.host)) != _written_as(s)]
+        self.audit.state.set_host_states(cluster, changed, touch=True)
+        self.states.update({(cluster, s.host): _written_as(s) for s in changed})
 
     def write_status(self, loaded: Loaded, result: PassResult, status_prefix: str | None) -> None:
         """Per-host status documents in Consul KV, readable in Consul's own UI (written on change)."""
@@ -92,6 +98,11 @@ class StatusWriter:
             except ConsulError as exc:
                 log.warning("could not write status %s: %s", key, exc)
                 return
+
+
+def _written_as(state: HostState) -> tuple[object, ...]:
+    retry = None if state.retry_at is None else round(state.retry_at.timestamp())
+    return (state.state, state.failures, retry, state.drift, state.detail)
 
 
 def healthz(

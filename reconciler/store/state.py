@@ -87,9 +87,18 @@ class ControllerState:
 
     # -- host states (written by the controller after each pass, read by `status`)
 
-    def set_host_states(self, cluster_id: str, states: list[HostState]) -> None:
+    def set_host_states(self, cluster_id: str, states: list[HostState], *, touch: bool = False) -> None:
+        """Write ``states``; ``touch``: every other host of the cluster is as last written, as of now
+        (one statement, however many hosts: a pass writes only the hosts whose state changed)."""
         now = self._db._now()
         with self._db._write() as session:
+            if touch:
+                session.execute(
+                    update(HostStateModel)
+                    .where(HostStateModel.cluster_id == cluster_id)
+                    .values(updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
             for item in states:
                 session.execute(
                     delete(HostStateModel)
