@@ -24,7 +24,8 @@ product calls (docker-py underneath), as Docker 20.10 (API 1.41) answers it:
 - ``GET /events`` with ``since``, ``until`` and filters ``type``, ``event``, ``label``, ``container``,
   ``image``: the last 256 events of the engine replayed from ``since`` (Docker keeps 256 too), then
   live events until ``until``; container events create, start, kill, die, stop, destroy, rename,
-  update, pause, unpause, restart, with Docker's Actor attributes (the labels, ``image``, ``name``,
+  update, pause, unpause, restart, extract-to-dir (an archive put) and archive-path (one read), with
+  Docker's Actor attributes (the labels, ``image``, ``name``,
   and ``exitCode``, ``signal``, ``oldName`` where Docker adds them).
 
 States move as Docker's do (created -> running -> exited; ExitCode 0 after a stop, 128+signal after a
@@ -458,7 +459,8 @@ class Engine:
         self._claim(full, cid, "Conflict.")
         config = _container_config(body, image, cid, host_config)
         host_config.setdefault("NetworkMode", "default")
-        host_config.setdefault("RestartPolicy", {"Name": "", "MaximumRetryCount": 0})
+        policy = host_config.get("RestartPolicy") or {}
+        host_config["RestartPolicy"] = {"Name": "", "MaximumRetryCount": 0, **policy}
         container = Container(cid, full, ref, image, config, host_config, time.time_ns())
         self.containers[cid] = container
         self.emit(container, "create")
@@ -479,7 +481,7 @@ class Engine:
         if container.running:
             return False
         self._pids += 1
-        container.status, container.pid = "running", self._pids
+        container.status, container.pid, container.exit_code = "running", self._pids, 0
         container.started_at = rfc3339(time.time_ns())
         self.emit(container, "start")
         return True
@@ -540,7 +542,11 @@ class Engine:
     def update(self, ref: str, body: Mapping[str, Any]) -> None:
         container = self.container(ref)
         if "RestartPolicy" in body:
-            container.host_config["RestartPolicy"] = dict(body["RestartPolicy"])
+            container.host_config["RestartPolicy"] = {
+                "Name": "",
+                "MaximumRetryCount": 0,
+                **body["RestartPolicy"],
+            }
         self.emit(container, "update")
 
     def remove(self, ref: str, force: bool) -> None:
@@ -577,6 +583,7 @@ class Engine:
                         container.files[target] = content.read() if content else b""
         except tarfile.TarError as exc:
             raise ApiError(400, f"not a tar archive: {exc}") from None
+        self.emit(container, "extract-to-dir")
 
     def get_archive(self, ref: str, path: str) -> tuple[bytes, dict[str, Any]]:
         container = self.container(ref)
@@ -588,6 +595,7 @@ class Engine:
                 with contextlib.suppress(OSError):
                     files[str(mount["Destination"])] = source.read_bytes()
         base = os.path.basename(path) or "/"
+        self.emit(container, "archive-path")
         if path in files:
             return _tar({base: files[path]}), _stat(base, len(files[path]), 0o644)
         prefix = path.rstrip("/") + "/"
@@ -633,16 +641,10 @@ def _container_config(
 
 
 def _merged_env(image_env: Iterable[str], env: Iterable[str]) -> list[str]:
-    merged = list(image_env)
-    for entry in env:
-        key = entry.split("=", 1)[0]
-        for index, existing in enumerate(merged):
-            if existing.split("=", 1)[0] == key:
-                merged[index] = entry
-                break
-        else:
-            merged.append(entry)
-    return merged
+    """The container's variables, then the image's whose names it does not set (Docker's merge)."""
+    merged = list(env)
+    names = {entry.split("=", 1)[0] for entry in merged}
+    return merged + [entry for entry in image_env if entry.split("=", 1)[0] not in names]
 
 
 def _listed(container: Container, everything: bool, filters: Mapping[str, list[str]]) -> bool:
@@ -1040,8 +1042,9 @@ async def _get_archive(engine: Engine, request: Request, conn: Conn, parts: list
 async def _image_inspect(engine: Engine, request: Request, conn: Conn, parts: list[str]) -> None:
     ref = "/".join(parts[1:-1])
     image = engine.image(ref)
-    if image is None:
-        raise ApiError(404, f"No such image: {normalise_image(ref)}")
+    if image is None:  # Docker 20.10 says it twice here
+        missing = normalise_image(ref)
+        raise ApiError(404, f"no such image: {missing}: No such image: {missing}")
     await conn.send_json(200, image.inspect())
 
 
