@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from desired_state.load import Loaded
 from reconciler import __version__, reporting
@@ -281,7 +282,8 @@ class Controller:
         if self.options.watch_events:
             self.events.sync(loaded)
         deferred = self.history.deferred(time.monotonic())
-        scope = self._scope(request, loaded)
+        known = self.audit.state.known_hosts(loaded.topology.cluster)  # read once a pass
+        scope = self._scope(request, loaded, known)
         log.debug(
             "pass (%s; %s), %.1f ms after the first request",
             request.label(),
@@ -289,7 +291,7 @@ class Controller:
             (started - request.first) * 1e3,
         )
         trigger = request.label() + (" (repairs only: no leader can be known)" if repairs_only else "")
-        result = self._pass(loaded, trigger, repairs_only, deferred, scope)
+        result = self._pass(loaded, trigger, repairs_only, deferred, scope, known)
         if refused_as_dangerous(result):
             # A document that makes a dangerous change it does not acknowledge is refused, like an
             # invalid one: the last applied document stays enforced (a killed agent is still repaired).
@@ -303,16 +305,16 @@ class Controller:
                 )
                 loaded = previous
                 trigger += f" (the last applied document: {result.plan.cluster}'s new one is refused)"
-                result = self._pass(previous, trigger, repairs_only, deferred, FULL)
+                result = self._pass(previous, trigger, repairs_only, deferred, FULL, known)
         else:
             self.desired.keep(loaded)
         requeues += self._after_pass(result, loaded, time.monotonic() - started)
         self.status.write_status(loaded, result, self.options.status_prefix)
         return requeues
 
-    def _scope(self, request: Request, loaded: Loaded) -> Scope:
+    def _scope(self, request: Request, loaded: Loaded, known: Mapping[str, Mapping[str, Any]]) -> Scope:
         """The hosts this pass looks at (reconciler.scope), and the resync's next slice."""
-        hosts = endpoints_to_observe(loaded.fleet, self.audit).keys()
+        hosts = endpoints_to_observe(loaded.fleet, self.audit, known).keys()
         count = slice_count(len(hosts))
         if count != self._slices:
             self._slices, self._slice = count, 0
@@ -333,10 +335,16 @@ class Controller:
         return scope
 
     def _pass(
-        self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str], scope: Scope
+        self,
+        loaded: Loaded,
+        trigger: str,
+        repairs_only: bool,
+        deferred: dict[str, str],
+        scope: Scope,
+        known: Mapping[str, Mapping[str, Any]],
     ) -> PassResult:
         try:
-            result = self._run_pass(loaded, trigger, repairs_only, deferred, scope)
+            result = self._run_pass(loaded, trigger, repairs_only, deferred, scope, known)
         except BaseException:
             self.feed.changed()  # the pass ended: the console stops showing it as running
             raise
@@ -350,7 +358,13 @@ class Controller:
         return result
 
     def _run_pass(
-        self, loaded: Loaded, trigger: str, repairs_only: bool, deferred: dict[str, str], scope: Scope
+        self,
+        loaded: Loaded,
+        trigger: str,
+        repairs_only: bool,
+        deferred: dict[str, str],
+        scope: Scope,
+        known: Mapping[str, Mapping[str, Any]],
     ) -> PassResult:
         return run_pass(
             loaded,
@@ -374,6 +388,7 @@ class Controller:
             gate_watch=self.feed.looked,
             scope=scope,
             concurrency=self.concurrency,
+            known_hosts=known,
         )
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:

@@ -13,6 +13,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # the hosts that have series, kept here: reading them back from prometheus_client means
+        # collecting every sample (thousands at thousands of hosts), each pass
+        self.host_states_shown: dict[str, str] = {}  # host -> the state its _host_state series show
+        self.drift_shown: set[str] = set()  # hosts with a _drift series
         self.passes = Counter(
             "consul_reconciler_passes", "Reconcile passes by outcome", ["outcome"], registry=r
         )

@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from desired_state.load import Loaded
 from desired_state.model import Topology
@@ -115,15 +116,19 @@ def controller_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def endpoints_to_observe(desired: DesiredFleet, audit: AuditLog | None) -> dict[str, Endpoint]:
+def endpoints_to_observe(
+    desired: DesiredFleet, audit: AuditLog | None, known: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Endpoint]:
     """The desired hosts, plus hosts we applied to before that left the topology
-    (so their containers can be removed)."""
+    (so their containers can be removed). ``known``: the audit log's known hosts, when already read."""
     endpoints = {h.name: h.endpoint for h in desired.hosts}
-    if audit is not None:
-        for host, data in audit.state.known_hosts(desired.cluster).items():
+    if known is None and audit is not None:
+        known = audit.state.known_hosts(desired.cluster)
+    if known is not None:
+        for host, data in known.items():
             if host not in endpoints:
                 try:
-                    endpoints[host] = Endpoint.from_dict(data)
+                    endpoints[host] = Endpoint.from_dict(dict(data))
                 except (KeyError, TypeError, ValueError):
                     log.warning("known host %s has an unreadable endpoint record; ignoring it", host)
     return endpoints
@@ -137,6 +142,7 @@ def compute_plan(
     deferred: Mapping[str, str] | None = None,
     scope: Scope = FULL,
     concurrency: Concurrency | None = None,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[DesiredFleet, ObservedFleet, Plan]:
     """Observe and plan. ``scope``: the hosts this pass looks at (reconciler.scope); the others are
     neither observed nor planned. ``concurrency``: how many hosts are observed at once, adapted by what
@@ -146,7 +152,7 @@ def compute_plan(
     # from the whole document: a host out of scope has not left the topology
     endpoints = {
         h: e
-        for h, e in endpoints_to_observe(desired, audit).items()
+        for h, e in endpoints_to_observe(desired, audit, known).items()
         if h not in deferred and scope.covers(h)
     }
     if not scope.full:
@@ -190,6 +196,7 @@ def run_pass(
     gate_watch: Callable[[GateLook], None] = lambda look: None,
     scope: Scope = FULL,
     concurrency: Concurrency | None = None,
+    known_hosts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> PassResult:
     """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
     containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
@@ -204,8 +211,13 @@ def run_pass(
     ``on_plan`` is told the plan before anything is done, ``gate_watch`` every look of a health gate
     (what the console shows of a pass in progress).
 
-    ``scope``: the hosts this pass looks at (reconciler.scope); the others are left as they are."""
-    desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred, scope, concurrency)
+    ``scope``: the hosts this pass looks at (reconciler.scope); the others are left as they are.
+    ``known_hosts``: the audit log's known hosts of the cluster, when the caller read them already."""
+    if known_hosts is None:
+        known_hosts = audit.state.known_hosts(loaded.fleet.cluster)
+    desired, observed, plan = compute_plan(
+        loaded, connections, audit, options, deferred, scope, concurrency, known_hosts
+    )
     if repairs_only:
         plan = only_repairs(plan)
     on_plan(plan)
@@ -218,7 +230,7 @@ def run_pass(
     if not plan.actions and plan.refused is None and not went_away and not answering:
         # Nothing to do and nothing new wrong: no run row (a controller's resync would otherwise write
         # one every interval for ever). Remember the hosts on first sight only.
-        known = audit.state.known_hosts(cluster)
+        known = known_hosts
         for wanted in desired.hosts:
             if wanted.name in seen and known.get(wanted.name) != wanted.endpoint.to_dict():
                 audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())

@@ -10,8 +10,6 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Gauge
-
 from desired_state.load import Loaded
 from reconciler.assess import Assessment
 from reconciler.backoff import HOST_STATES, HostBackoff
@@ -184,11 +182,6 @@ def status_document(ctl: Controller) -> dict[str, object]:
     }
 
 
-def _labelled(gauge: Gauge, label: str) -> set[str]:
-    """The values of ``label`` among the gauge's series (prometheus_client keeps no other index)."""
-    return {sample.labels[label] for metric in gauge.collect() for sample in metric.samples}
-
-
 def count_pass(metrics: Metrics, result: PassResult, duration: float) -> dict[str, int]:
     """A pass's outcome, duration and actions, and each host's drift (planned changes); returns the drift."""
     metrics.passes.labels(result.status).inc()
@@ -203,9 +196,10 @@ def count_pass(metrics: Metrics, result: PassResult, duration: float) -> dict[st
     seen = {h.name for h in result.observed.hosts if h.reachable} - set(result.plan.unreachable)
     for host in sorted(seen):
         metrics.drift.labels(host).set(drift.get(host, 0))
-    for host in sorted(_labelled(metrics.drift, "host") - seen):
-        if result.scope.covers(host):
-            metrics.drift.remove(host)
+    gone = {h for h in metrics.drift_shown - seen if result.scope.covers(h)}
+    for host in sorted(gone):
+        metrics.drift.remove(host)
+    metrics.drift_shown = (metrics.drift_shown | seen) - gone
     return drift
 
 
@@ -223,12 +217,16 @@ def count_hosts(
     history = verdict.history.hosts
     hosts = set(desired) | {h for h, s in history.items() if s.failures}
     states = {host: history[host].state if host in history else "ok" for host in hosts}
+    shown = metrics.host_states_shown  # what the series say now: only changes are written
     for host, state in states.items():
-        for name in HOST_STATES:
-            metrics.host_state.labels(host, name).set(1 if name == state else 0)
-    for host in _labelled(metrics.host_state, "host") - hosts:
+        if shown.get(host) != state:
+            for name in HOST_STATES:
+                metrics.host_state.labels(host, name).set(1 if name == state else 0)
+            shown[host] = state
+    for host in set(shown) - hosts:
         for name in HOST_STATES:
             metrics.host_state.remove(host, name)
+        del shown[host]
     metrics.hosts_unreachable.set(sum(1 for s in states.values() if s == "unreachable"))
     metrics.hosts_degraded.set(sum(1 for s in states.values() if s == "degraded"))
     metrics.hosts_backoff.set(len(verdict.waiting))

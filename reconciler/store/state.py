@@ -4,6 +4,7 @@ pass (read by ``status``), the valid documents it applied (last known good) and 
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -83,7 +84,7 @@ class ControllerState:
             .order_by(KnownHostModel.host)
         )
         with self._db._read() as session:
-            return {host: json.loads(endpoint) for host, endpoint in session.execute(stmt)}
+            return {host: _endpoint(endpoint) for host, endpoint in session.execute(stmt)}
 
     # -- host states (written by the controller after each pass, read by `status`)
 
@@ -287,3 +288,13 @@ class ControllerState:
                 (m.host, m.container): Adoption(m.container_id, m.spec_hash, json.loads(m.record))
                 for m in session.scalars(stmt)
             }
+
+
+@functools.lru_cache(maxsize=65536)
+def _endpoint_cached(text: str) -> dict[str, Any]:
+    return dict(json.loads(text))
+
+
+def _endpoint(text: str) -> dict[str, Any]:
+    """A known host's endpoint record, parsed once per distinct text (every pass reads them all)."""
+    return dict(_endpoint_cached(text))
