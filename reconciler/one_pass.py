@@ -174,6 +174,7 @@ def run_pass(
     known_troubles: frozenset[str] = frozenset(),
     on_plan: Callable[[Plan], None] = lambda plan: None,
     gate_watch: Callable[[GateLook], None] = lambda look: None,
+    may_act: Callable[[str], str | None] = lambda host: None,
 ) -> PassResult:
     """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
     containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
@@ -186,7 +187,8 @@ def run_pass(
     pass worth a run; a pass with nothing to do and nothing new writes no run.
 
     ``on_plan`` is told the plan before anything is done, ``gate_watch`` every look of a health gate
-    (what the console shows of a pass in progress)."""
+    (what the console shows of a pass in progress). ``may_act(host)`` is asked right before every action
+    on a host (sharding: is it still this controller's?)."""
     desired, observed, plan = compute_plan(loaded, connections, audit, options, deferred)
     if repairs_only:
         plan = only_repairs(plan)
@@ -288,6 +290,7 @@ def run_pass(
         leadership_lost=leadership_lost,
         server_versions=running_server_versions(observed),
         snapshots=snapshots,
+        may_act=may_act,
     )
     try:
         applied = executor.apply(plan)

@@ -39,13 +39,21 @@ class StatusWriter:
         self.written: dict[str, str] = {}  # status documents as last written, by key
 
     def write_host_states(
-        self, loaded: Loaded, result: PassResult, drift: dict[str, int], backoff: Mapping[str, HostBackoff]
+        self,
+        loaded: Loaded,
+        result: PassResult,
+        drift: dict[str, int],
+        backoff: Mapping[str, HostBackoff],
+        only: Iterable[str] | None = None,
     ) -> None:
-        """Each host's state (ok, backoff, unreachable, degraded) in the audit database."""
+        """Each host's state (ok, backoff, unreachable, degraded) in the audit database; ``only``: the
+        hosts this controller answers for (sharded: its own), else every host."""
         now_wall = datetime.now(UTC)
         now = time.monotonic()
         states: list[HostState] = []
         hosts = {h.name for h in loaded.topology.hosts} | {h.name for h in result.observed.hosts}
+        if only is not None:
+            hosts = set(only) | {h.name for h in result.observed.hosts}
         for host in sorted(hosts):
             b = backoff.get(host)
             if b is not None and b.failures:
