@@ -69,6 +69,7 @@ class Shard:
         self._clean: frozenset[str] = frozenset()  # claimed hosts the leader observed without a server
         self._acting: frozenset[str] = frozenset()
         self.last: Decision | None = None
+        self._live = False  # a live member at the membership's last word
         self._due: float | None = None  # the follow-up pass asked for (when a gained host's wait ends)
 
     # --- the facts of a pass --------------------------------------------------------------------
@@ -166,7 +167,12 @@ class Shard:
         return decision
 
     def refreshed(self) -> None:
-        """The membership's word that its view or session changed: decide again."""
+        """The membership's word that its view or session changed: decide again; a controller that has
+        just become a live member (again) asks for a pass (the one it skipped meanwhile)."""
+        live = self.lapsed() is None
+        if live and not self._live:
+            self._on_gain(0.0)
+        self._live = live
         self.refresh()
 
     def may_act(self, host: str) -> str | None:
