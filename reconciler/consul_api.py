@@ -109,6 +109,7 @@ class KVEntry:
     lock_index: int
     flags: int
     session: str | None
+    create_index: int = 0
 
 
 class Consul:
@@ -154,6 +155,14 @@ class Consul:
             extra |= {"index": index, "wait": wait or "10s"}
         raw_index, data = self._call(f"reading {key}", self._client.kv.get, key, **extra)
         return int(raw_index or 0), None if data is None else _entry(data)
+
+    def list(
+        self, prefix: str, *, index: int | None = None, wait: str | None = None
+    ) -> tuple[int, list[KVEntry]]:
+        """Every key under ``prefix`` (``?recurse``); with ``index`` a blocking query, as :meth:`get`."""
+        extra: dict[str, Any] = {"index": index, "wait": wait or "10s"} if index else {}
+        raw_index, data = self._call(f"listing {prefix}", self._client.kv.get, prefix, recurse=True, **extra)
+        return int(raw_index or 0), [_entry(item) for item in data or []]
 
     def put(
         self,
@@ -244,6 +253,7 @@ def _entry(data: dict[str, Any]) -> KVEntry:
         lock_index=int(data.get("LockIndex", 0)),
         flags=int(data.get("Flags", 0)),
         session=data.get("Session") or None,
+        create_index=int(data.get("CreateIndex", 0)),
     )
 
 

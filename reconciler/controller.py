@@ -48,13 +48,16 @@ from reconciler.formatting import changes_line
 from reconciler.httpserver import StatusServer
 from reconciler.leader import LeaderLock, lock_key_for
 from reconciler.loop import ReconcileLoop, Requeue
+from reconciler.membership import Membership
 from reconciler.metrics import Metrics
 from reconciler.observe import Concurrency
 from reconciler.one_pass import PassOptions, PassResult, controller_identity, endpoints_to_observe, run_pass
 from reconciler.pauses import pauses_for
+from reconciler.plan import Plan
 from reconciler.reporting import StatusWriter
 from reconciler.scope import FULL, RESYNC, Scope, pass_scope, slice_count
 from reconciler.sdnotify import Notifier
+from reconciler.sharding import Shard
 from reconciler.sources import ConsulSource, FileSource, Watcher
 from reconciler.store import ActionRecord, AuditLog
 from reconciler.store.rows import SEQ_CONTROLLER_NOTES
@@ -81,6 +84,7 @@ class ControllerOptions:
     lock_key: str | None = None  # default: the source key + ".leader"
     lock_ttl: float = 15.0
     lock_delay: float = 15.0
+    shard: bool = False  # with a Consul source and leader election: share the hosts with the other members
     status_prefix: str | None = "consul-reconciler/status"  # with a Consul source: per-host status docs
     passes: PassOptions = field(default_factory=PassOptions)
 
@@ -117,6 +121,7 @@ class Controller:
             log=log,
         )
         self.lock: LeaderLock | None = None
+        self.shard: Shard | None = None  # run --shard: this controller acts only on its own hosts
         self.desired = DesiredState(source, audit, self.metrics, self.identity, standby=self._standby)
         self.events = EventWatchers(self.loop.request)
         self.status = StatusWriter(audit, source, self.identity)
@@ -192,6 +197,9 @@ class Controller:
             # lock's loop announced, which comes a request timeout later when Consul goes away
             self.metrics.leader.set_function(lambda: 1.0 if lock.is_leader() else 0.0)
             self.lock.start()
+            if self.options.shard:
+                self.shard = _shard(self.source, self.options, self.identity, lock, self.loop)
+                self.shard.membership.start()
         self.loop.request("startup")
 
     def stop(self) -> None:
@@ -206,6 +214,9 @@ class Controller:
             log.warning("could not record this controller's stop in the audit database: %s", exc)
         if self._file_watcher is not None:
             self._file_watcher.stop()
+        if self.shard is not None:
+            self.shard.membership.stop()
+            self.shard.membership.join(timeout=10)
         if self.lock is not None:
             self.lock.stop()
             self.lock.join(timeout=10)
@@ -231,10 +242,15 @@ class Controller:
             self.loop.request("leader")
 
     def _acting(self) -> bool:
-        """May this controller start an action now? (not stopping, and the leader if electing)"""
+        """May this controller start an action now? (not stopping, and the leader if electing; sharded: a
+        live member, the host checked by each action)"""
+        if self.shard is not None:
+            return not self.loop.stopping and self.shard.lapsed() is None
         return not self.loop.stopping and (self.lock is None or self.lock.is_leader())
 
     def _leadership_lost(self) -> str | None:
+        if self.shard is not None:
+            return self.shard.lapsed()
         if self.lock is None or self.lock.is_leader():
             return None
         return "this controller is no longer the leader"
@@ -254,7 +270,11 @@ class Controller:
         source, a pass at the end of the first backoff window, a look again at a server change that
         waits for the cluster."""
         repairs_only = False
-        if self.lock is not None and not self.lock.is_leader():
+        sharded = self.shard is not None and not self.lock_unknown()
+        if sharded and self.shard is not None and self.shard.lapsed() is not None:
+            self.metrics.passes.labels("standby").inc()
+            return []  # not a live member (yet, or any more): acts on nothing
+        if self.lock is not None and not self.lock.is_leader() and not sharded:
             if not self.lock.leader_unknown():
                 self.metrics.passes.labels("standby").inc()
                 return []  # a standby under a live leader: observes nothing, acts on nothing
@@ -282,7 +302,9 @@ class Controller:
         if self.options.watch_events:
             self.events.sync(loaded)
         deferred = self.history.deferred(time.monotonic())
-        known = self.audit.state.known_hosts(loaded.topology.cluster)  # read once a pass
+        known = self.audit.state.known_hosts(cluster)  # read once a pass
+        if sharded and self.shard is not None:  # the hosts not this controller's now are left alone
+            deferred = self.shard.prepare(loaded, known) | deferred
         scope = self._scope(request, loaded, known)
         log.debug(
             "pass (%s; %s), %.1f ms after the first request",
@@ -377,19 +399,37 @@ class Controller:
             should_stop=(lambda: not self._repairing()) if repairs_only else (lambda: not self._acting()),
             deferred=deferred,
             controller=self.identity,
-            lock=self.lock.fencing() if self.lock is not None and not repairs_only else None,
+            lock=self._fencing(repairs_only),
             confirm_leadership=self.lock.confirm if self.lock is not None else (lambda: None),
             leadership_lost=self._leadership_lost,
             repairs_only=repairs_only,
             progress=self.loop.progress,
             pauses=self.pauses,
             known_troubles=self._troubles,
-            on_plan=self.feed.planned,
+            on_plan=self._planned,
             gate_watch=self.feed.looked,
             scope=scope,
             concurrency=self.concurrency,
             known_hosts=known,
+            may_act=self.shard.may_act if self.shard is not None and not repairs_only else lambda host: None,
         )
+
+    def lock_unknown(self) -> bool:
+        return self.lock is not None and self.lock.leader_unknown()
+
+    def _fencing(self, repairs_only: bool) -> tuple[str | None, int | None] | None:
+        """What a run acted under: the member session and its fencing index when sharded, else the leader
+        lock's session and LockIndex; nothing for repairs made while no leader can be known."""
+        if repairs_only:
+            return None
+        if self.shard is not None:
+            return self.shard.membership.fencing()
+        return self.lock.fencing() if self.lock is not None else None
+
+    def _planned(self, plan: Plan) -> None:
+        if self.shard is not None:
+            self.shard.planned(plan)
+        self.feed.planned(plan)
 
     def _run_alive(self, owner: str | None, holder: str | None) -> bool:
         return _run_alive(owner, holder, self.identity, self.lock)
@@ -399,9 +439,13 @@ class Controller:
         drift = reporting.count_pass(self.metrics, result, duration)
         self.metrics.pass_hosts.set(len(result.observed.hosts))
         looked = {h.name for h in result.observed.hosts} | set(result.plan.unreachable)
-        desired = {h.name for h in loaded.topology.hosts}
+        hosts = [h.name for h in loaded.topology.hosts]
+        desired = set(hosts)
         self._drift = {h: n for h, n in self._drift.items() if h in desired and h not in looked} | drift
-        summary = summarize(result, (h.name for h in loaded.topology.hosts))
+        if self.shard is not None:  # only its own hosts: the others' state is their owners' to report
+            self.shard.observed(result.observed, loaded.topology.cluster)
+            hosts = [h for h in hosts if h not in result.plan.deferred]
+        summary = summarize(result, hosts)
         verdict = assess(summary, now, self.history, self.rules, self.rng)
         self.history = verdict.history
         if result.run_id is not None:
@@ -418,13 +462,15 @@ class Controller:
             self.metrics,
             result,
             verdict,
-            (h.name for h in loaded.topology.hosts),
+            hosts,
             drift_elsewhere=any(n for h, n in self._drift.items() if not result.scope.covers(h)),
         )
         self._last_result = result
         self._troubles = result.troubles
         self.feed.passed(result)
-        self.status.write_host_states(loaded, result, self._drift, self.history.hosts)
+        self.status.write_host_states(
+            loaded, result, self._drift, self.history.hosts, only=hosts if self.shard is not None else None
+        )
         counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
         line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))
         problem = result.error()
@@ -523,6 +569,37 @@ def _leader_lock(
         on_change=on_change,
         on_fatal=on_fatal,
     )
+
+
+def _shard(
+    source: ConsulSource,
+    options: ControllerOptions,
+    identity: str,
+    lock: LeaderLock,
+    loop: ReconcileLoop[Request],
+) -> Shard:
+    """The membership (with the lock's TTL and lock-delay, and the source's token and TLS) and the
+    decisions on top of it."""
+    timeout = min(5.0, options.lock_ttl / 3)
+    membership = Membership(
+        Consul(source.address, timeout=timeout),
+        Consul(source.address, timeout=timeout),
+        source.address.key,
+        identity,
+        ttl=options.lock_ttl,
+        lock_delay=options.lock_delay,
+        on_fatal=loop.fail,
+    )
+
+    def gained(after: float) -> None:
+        if after <= 0:
+            loop.request("shard")
+        else:
+            loop.request_in("shard", after)
+
+    shard = Shard(membership, lock, gained)
+    membership.on_change = shard.refreshed
+    return shard
 
 
 def _pid_alive(pid: int) -> bool:

@@ -107,7 +107,11 @@ class Executor:
         leadership_lost: Callable[[], str | None] = lambda: None,
         server_versions: Mapping[str, Version | None] | None = None,
         snapshots: SnapshotTaker | None = None,
+        may_act: Callable[[str], str | None] = lambda host: None,
     ) -> None:
+        """``may_act(host)``: asked right before every action and every disruptive step on ``host``;
+        a reason means this controller may not act on that host now (sharding: reconciler.sharding)."""
+        self._may_act = may_act
         self._gates = gates
         # node -> the Consul version each server runs (from its image's tag), as this pass changes them
         self._server_versions = dict(server_versions or {})
@@ -128,7 +132,15 @@ class Executor:
         self._failed_hosts: set[str] = set()
         # how each action is carried out, with the fencing (confirm_leadership, leadership_lost)
         self._steps = Steps(
-            connections, endpoints, audit, cluster, self._options, gates, confirm_leadership, leadership_lost
+            connections,
+            endpoints,
+            audit,
+            cluster,
+            self._options,
+            gates,
+            confirm_leadership,
+            leadership_lost,
+            may_act=may_act,
         )
 
     # --- orchestration --------------------------------------------------------------------------
@@ -246,6 +258,8 @@ class Executor:
             skip_why = "skipped: an earlier action on this host failed in this pass"
         elif self._should_stop():
             skip_why = STOPPED_ACTING
+        elif (not_mine := self._may_act(action.host)) is not None:
+            skip_why = f"skipped: {not_mine}"
         if skip_why is not None:
             row = self._audit.record_action(self._run_id, record, status="skipped", error=skip_why)
             return ActionResult(action, "skipped", skip_why, audit_id=row)

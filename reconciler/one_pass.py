@@ -197,6 +197,7 @@ def run_pass(
     scope: Scope = FULL,
     concurrency: Concurrency | None = None,
     known_hosts: Mapping[str, Mapping[str, Any]] | None = None,
+    may_act: Callable[[str], str | None] = lambda host: None,
 ) -> PassResult:
     """One pass. ``repairs_only``: no leader can be known, so only what needs none is done (missing
     containers created, stopped ones started; see plan.repairs_only). ``leadership_lost`` is asked
@@ -209,7 +210,8 @@ def run_pass(
     pass worth a run; a pass with nothing to do and nothing new writes no run.
 
     ``on_plan`` is told the plan before anything is done, ``gate_watch`` every look of a health gate
-    (what the console shows of a pass in progress).
+    (what the console shows of a pass in progress). ``may_act(host)`` is asked right before every action
+    on a host (sharding: is it still this controller's?).
 
     ``scope``: the hosts this pass looks at (reconciler.scope); the others are left as they are.
     ``known_hosts``: the audit log's known hosts of the cluster, when the caller read them already."""
@@ -318,6 +320,7 @@ def run_pass(
         leadership_lost=leadership_lost,
         server_versions=running_server_versions(observed),
         snapshots=snapshots,
+        may_act=may_act,
     )
     try:
         applied = executor.apply(plan)

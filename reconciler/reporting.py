@@ -24,6 +24,7 @@ from reconciler.store import AuditLog, HostState
 
 if TYPE_CHECKING:
     from reconciler.controller import Controller
+    from reconciler.sharding import Shard
 
 # the controller's logger: operators filter on it
 log = logging.getLogger("consul_reconciler.controller")
@@ -38,13 +39,21 @@ class StatusWriter:
         self.states: dict[tuple[str, str], tuple[object, ...]] = {}  # (cluster, host) -> state as written
 
     def write_host_states(
-        self, loaded: Loaded, result: PassResult, drift: dict[str, int], backoff: Mapping[str, HostBackoff]
+        self,
+        loaded: Loaded,
+        result: PassResult,
+        drift: dict[str, int],
+        backoff: Mapping[str, HostBackoff],
+        only: Iterable[str] | None = None,
     ) -> None:
-        """Each host's state (ok, backoff, unreachable, degraded) in the audit database."""
+        """Each host's state (ok, backoff, unreachable, degraded) in the audit database; ``only``: the
+        hosts this controller answers for (sharded: its own), else every host."""
         now_wall = datetime.now(UTC)
         now = time.monotonic()
         states: list[HostState] = []
         hosts = {h.name for h in loaded.topology.hosts} | {h.name for h in result.observed.hosts}
+        if only is not None:
+            hosts = set(only) | {h.name for h in result.observed.hosts}
         for host in sorted(hosts):
             b = backoff.get(host)
             if b is not None and b.failures:
@@ -166,6 +175,7 @@ def status_document(ctl: Controller) -> dict[str, object]:
         "rollout_paused": ctl._rollout_pause,
         "pass_error": ctl.loop.error,
         "lock_index": None if ctl.lock is None else ctl.lock.fencing()[1],
+        "shard": None if ctl.shard is None else shard_document(ctl.shard),
         "passes": ctl.passes_run,
         "last_run": ctl._last_result.run_id if ctl._last_result else None,
         "last_status": ctl._last_result.status if ctl._last_result else None,
@@ -179,6 +189,24 @@ def status_document(ctl: Controller) -> dict[str, object]:
             for h, s in ctl.history.hosts.items()  # the pass thread replaces it whole, never changes it
             if s.failures
         },
+    }
+
+
+def shard_document(shard: Shard) -> dict[str, object]:
+    """This controller's share of the hosts (run --shard): the members it sees, the hosts it acts on,
+    and every host's owner as it last decided."""
+    session, index = shard.membership.fencing()
+    _, _, view = shard.membership.current()
+    leader = view.leader() if view is not None else None
+    return {
+        "identity": shard.identity,
+        "session": session,
+        "fencing_index": index,
+        "members": view.identities() if view is not None else [],
+        "leader": leader.identity if leader is not None else None,
+        "acting": sorted(shard.acting()),
+        "owners": shard.owners(),
+        "lapsed": shard.lapsed(),
     }
 
 

@@ -30,6 +30,8 @@ class Steps:
         gates: ConsulGates | None,
         confirm_leadership: Callable[[], str | None],
         leadership_lost: Callable[[], str | None],
+        *,
+        may_act: Callable[[str], str | None] = lambda host: None,
     ) -> None:
         self._connections = connections
         self._endpoints = endpoints
@@ -41,6 +43,7 @@ class Steps:
         # controller that is only stopping (SIGTERM) finishes the action in flight.
         self._confirm_leadership = confirm_leadership
         self._leadership_lost = leadership_lost
+        self._may_act = may_act  # sharding: is the host still this controller's to act on?
         self._docker = ContainerOps(cluster, options, leadership_lost)
         self._leave = ServerLeave(gates, options.stop_timeout, self.fence) if gates is not None else None
 
@@ -117,7 +120,7 @@ class Steps:
     def fence(self, action: Action, step: str, *, server: bool = False) -> None:
         """Right before a disruptive step: may this controller still act? For a server, Consul itself
         must confirm that the lock key still names this controller's session."""
-        why = self._leadership_lost()
+        why = self._leadership_lost() or self._may_act(action.host)
         if why is None and server:
             why = self._confirm_leadership()
         if why is not None:

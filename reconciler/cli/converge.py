@@ -290,6 +290,15 @@ def run(
             "--leader-election/--no-leader-election", help="Consul source: only the lock holder acts."
         ),
     ] = True,
+    shard: Annotated[
+        bool,
+        typer.Option(
+            "--shard/--no-shard",
+            help="Consul source with leader election: share the hosts with the other controllers run with "
+            "--shard on this source (rendezvous hashing over the live members; the server rollout stays "
+            "with the leader). Hosts move within the lock-delay of a member joining or leaving.",
+        ),
+    ] = False,
     status_prefix: Annotated[
         str, typer.Option(help="Consul source: KV prefix for per-host status documents ('' for none).")
     ] = "consul-reconciler/status",
@@ -337,6 +346,9 @@ def run(
             fail(problem)
     options.lock_ttl, options.lock_delay = lock_ttl, lock_delay
     options.leader_election = leader_election
+    if shard and not (leader_election and isinstance(src, ConsulSource)):
+        fail("--shard needs a consul:// source and leader election (the members meet in Consul)")
+    options.shard = shard
     options.status_prefix = status_prefix or None
     audit = open_log(db)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -33,9 +34,11 @@ from reconciler.desired import load_kept
 from reconciler.durations import seconds_text
 from reconciler.engines import Connections
 from reconciler.formatting import host_report, text_table
+from reconciler.membership import read_view
 from reconciler.one_pass import PassOptions, compute_plan
 from reconciler.pauses import pauses_for, resume_rollout
-from reconciler.sources import SourceError
+from reconciler.shards import View
+from reconciler.sources import ConsulSource, FileSource, SourceError
 from reconciler.store import (
     ACTION_KINDS,
     ACTION_STATUSES,
@@ -89,6 +92,7 @@ def status(
         states = audit.state.host_states(desired.cluster)
         paused = pauses_for(src, audit).get(desired.cluster)
         controller = controller_report(audit.state.controllers(), src.describe(), datetime.now(UTC))
+        owners = shard_view(src)
         hosts: list[dict[str, Any]] = []
         names = [h.name for h in desired.hosts] + [
             o.name for o in observed.hosts if desired.host(o.name) is None
@@ -108,6 +112,7 @@ def status(
                     "observed": report["observed"],
                     "drift": report["drift"],
                     "last_action": last[0].to_dict() if last else None,
+                    "owner": owners.owner(name) if owners is not None else None,
                     "controller_state": (
                         None if state is None else state.to_dict() | {"current": controller["running"]}
                     ),
@@ -126,6 +131,7 @@ def status(
                 "source_problem": source_problem,
                 "converged": code == 0,
                 "controller": controller,
+                "sharded": owners is not None,
                 "hosts": hosts,
             }
         )
@@ -144,13 +150,11 @@ def status(
         st = h["controller_state"]
         state_text = "-" if st is None else _state_text(st)
         drift_text = "unknown" if h["drift"] is None else (", ".join(h["drift"]) or "none")
-        rows.append(
-            [h["host"], " ".join(h["desired"]) or "-", observed_text, drift_text, state_text, last_text]
-        )
+        row = [h["host"], " ".join(h["desired"]) or "-", observed_text, drift_text, state_text, last_text]
+        rows.append([*row, h["owner"] or "none"] if owners is not None else row)
     out.print(controller["summary"], markup=False, style=None if controller["running"] else "yellow")
-    table = text_table(["host", "desired", "observed", "drift", "controller", "last action"], rows).split(
-        "\n"
-    )
+    headers = ["host", "desired", "observed", "drift", "controller", "last action"]
+    table = text_table([*headers, "owner"] if owners is not None else headers, rows).split("\n")
     out.print(table[0], markup=False)
     for line, h in zip(table[1:], hosts, strict=False):  # on a terminal: unknown magenta, drift yellow
         out.print(
@@ -163,6 +167,19 @@ def status(
             markup=False,
         )
     raise typer.Exit(code)
+
+
+def shard_view(src: FileSource | ConsulSource) -> View | None:
+    """The members of the controllers sharing this source's hosts (run --shard), as their keys in Consul
+    say now; None when none is a member (or the source is a file)."""
+    if not isinstance(src, ConsulSource):
+        return None
+    try:
+        view = read_view(src.consul, src.address.key, time.monotonic())
+    except ConsulError as exc:
+        err.print(f"warning: the controllers' membership could not be read: {exc}", markup=False)
+        return None
+    return view if view.members else None
 
 
 def status_code(hosts: list[dict[str, Any]]) -> int:

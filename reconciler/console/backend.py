@@ -76,6 +76,10 @@ class ControllerBackend:
     def leader(self) -> bool | None:
         return None if self.ctl.lock is None else self.ctl.lock.is_leader()
 
+    def owners(self) -> dict[str, str | None] | None:
+        """host -> the controller that owns it, as this one last decided (run --shard); None unsharded."""
+        return None if self.ctl.shard is None else self.ctl.shard.owners()
+
     def paused(self) -> Pause | None:
         loaded = self.loaded()
         if loaded is None:

@@ -38,6 +38,7 @@ class FleetRow:
     seen: HostSeen
     status: HostStatus
     last_action: ActionRow | None
+    owner: str | None = None  # sharded controllers (run --shard): the controller that owns the host
 
     @property
     def drift(self) -> tuple[DriftItem, ...] | None:
@@ -59,8 +60,11 @@ def fleet_rows(
     seen: Mapping[str, HostSeen],
     statuses: Mapping[str, HostStatus],
     last_actions: Mapping[str, ActionRow],
+    owners: Mapping[str, str | None] | None = None,
 ) -> list[FleetRow]:
-    """One row per host of the topology in force, then the hosts that left it but were seen."""
+    """One row per host of the topology in force, then the hosts that left it but were seen; ``owners``:
+    each host's controller, when several share the fleet (None: this one is the only one)."""
+    owners = owners or {}
     rows: list[FleetRow] = []
     wanted = [] if loaded is None else list(loaded.topology.hosts)
     for host in wanted:
@@ -73,12 +77,21 @@ def fleet_rows(
                 seen.get(host.name, HostSeen(None, None)),
                 statuses.get(host.name, HostStatus()),
                 last_actions.get(host.name),
+                owners.get(host.name),
             )
         )
     known = {h.name for h in wanted}
     for name in sorted(set(seen) - known):
         rows.append(
-            FleetRow(name, None, (), seen[name], statuses.get(name, HostStatus()), last_actions.get(name))
+            FleetRow(
+                name,
+                None,
+                (),
+                seen[name],
+                statuses.get(name, HostStatus()),
+                last_actions.get(name),
+                owners.get(name),
+            )
         )
     return rows
 

@@ -52,6 +52,7 @@ class Backend(Protocol):
     def audit(self) -> AuditLog: ...
     def doing(self) -> str | None: ...
     def leader(self) -> bool | None: ...
+    def owners(self) -> dict[str, str | None] | None: ...
     def paused(self) -> Pause | None: ...
     def live_plan(self) -> tuple[Plan, int]: ...
     def resume(self, who: str) -> Pause | None: ...
@@ -179,7 +180,10 @@ class Console:
             raise BadQuery(f"state={wanted!r} is not a filter; one of: {', '.join(pages.FILTERS)}")
         rows = self._rows()
         shown = [r for r in rows if r.shown_by(wanted)]
-        return self._page("fleet.html", req, rows=shown, wanted=wanted, counts=pages.fleet_counts(rows))
+        sharded = self.backend.owners() is not None
+        return self._page(
+            "fleet.html", req, rows=shown, wanted=wanted, counts=pages.fleet_counts(rows), sharded=sharded
+        )
 
     def _rows(self) -> list[pages.FleetRow]:
         b = self.backend
@@ -188,7 +192,7 @@ class Console:
         names = [h.name for h in loaded.topology.hosts] if loaded else []
         names += [n for n in b.feed.hosts if n not in names]
         last = audit.last_actions(names)
-        return pages.fleet_rows(loaded, b.feed.hosts, b.statuses(), last)
+        return pages.fleet_rows(loaded, b.feed.hosts, b.statuses(), last, b.owners())
 
     def _host(self, req: Request, name: str) -> Response:
         row = next((r for r in self._rows() if r.host == name), None)

@@ -48,6 +48,7 @@ class StandIn:
     doc: Loaded = field(default_factory=lambda: attach(load_topology(DOC, source="t.yaml")))
     pause: tuple[str, str | None, datetime] | None = PAUSE
     resumed_by: list[str] = field(default_factory=list)
+    shares: dict[str, str | None] | None = None  # run --shard: host -> its controller
 
     def identity(self) -> str:
         return "mgmt:4242"
@@ -78,6 +79,9 @@ class StandIn:
 
     def leader(self) -> bool | None:
         return None
+
+    def owners(self) -> dict[str, str | None] | None:
+        return self.shares
 
     def paused(self) -> tuple[str, str | None, datetime] | None:
         return self.pause
@@ -305,3 +309,14 @@ def test_live_pages_are_capped_so_that_metrics_and_health_still_get_through(open
     finally:
         for conn, _ in streams:
             conn.close()
+
+
+def test_sharded_the_fleet_and_host_pages_name_each_hosts_controller(open_console: Served) -> None:
+    page = open_console.request("GET", "/ui")[2]
+    assert "<th>controller</th>" not in page  # a controller alone: no such column
+    open_console.backend.shares = {"h1": "mgmt:4242", "h2": "other:77"}
+    page = open_console.request("GET", "/ui")[2]
+    assert "<th>controller</th>" in page
+    assert "mgmt:4242 (this one)" in page and "other:77" in page
+    host = open_console.request("GET", "/ui/hosts/h2")[2]
+    assert "controller (owner)" in host and "other:77" in host and "(this one)" not in host
