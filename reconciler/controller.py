@@ -299,12 +299,12 @@ class Controller:
                     found,
                 )
             self._recovered.add(cluster)
-        if self.options.watch_events:
-            self.events.sync(loaded)
         deferred = self.history.deferred(time.monotonic())
         known = self.audit.state.known_hosts(cluster)  # read once a pass
         if sharded and self.shard is not None:  # the hosts not this controller's now are left alone
             deferred = self.shard.prepare(loaded, known) | deferred
+        if self.options.watch_events:  # sharded: the events of its own hosts only
+            self.events.sync(loaded, self._own_hosts() if sharded else None)
         scope = self._scope(request, loaded, known)
         log.debug(
             "pass (%s; %s), %.1f ms after the first request",
@@ -413,6 +413,11 @@ class Controller:
             known_hosts=known,
             may_act=self.shard.may_act if self.shard is not None and not repairs_only else lambda host: None,
         )
+
+    def _own_hosts(self) -> frozenset[str]:
+        """The hosts this sharded controller owns (acting on them, or waiting to)."""
+        assert self.shard is not None
+        return frozenset(h for h, owner in self.shard.owners().items() if owner == self.identity)
 
     def lock_unknown(self) -> bool:
         return self.lock is not None and self.lock.leader_unknown()

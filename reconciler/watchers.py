@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from desired_state.load import Loaded
@@ -63,10 +63,13 @@ class EventWatchers:
                 1 for s in self._streams.values() if isinstance(s, EventWatcher)
             )
 
-    def sync(self, loaded: Loaded) -> None:
-        """One stream per host of the desired state, on its current endpoint."""
+    def sync(self, loaded: Loaded, only: Collection[str] | None = None) -> None:
+        """One stream per host of the desired state (``only``: of these of them: a sharded controller's
+        own), on its current endpoint."""
         cluster = loaded.topology.cluster
-        wanted: dict[str, Endpoint] = {h.name: h.endpoint for h in loaded.fleet.hosts}
+        wanted: dict[str, Endpoint] = {
+            h.name: h.endpoint for h in loaded.fleet.hosts if only is None or h.name in only
+        }
         with self._lock:
             for host, stream in list(self._streams.items()):
                 if wanted.get(host) != stream.endpoint:
