@@ -125,8 +125,14 @@ class ContainerSpec:
         return record
 
     def spec_hash(self) -> str:
-        canonical = json.dumps(self.record(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(f"v{HASH_VERSION}:{canonical}".encode()).hexdigest()[:16]
+        # Every pass compares every observed container's hash with this one: computed once per spec
+        # (a frozen value; the rendered fleet is kept with its document from pass to pass).
+        cached: str | None = self.__dict__.get("_spec_hash")
+        if cached is None:
+            canonical = json.dumps(self.record(), sort_keys=True, separators=(",", ":"))
+            cached = hashlib.sha256(f"v{HASH_VERSION}:{canonical}".encode()).hexdigest()[:16]
+            object.__setattr__(self, "_spec_hash", cached)
+        return cached
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,7 @@ class Controller:
         if self._console is not None:
             self._console.close()
         self.connections.close()
+        self.concurrency.close()
 
     @property
     def stopping(self) -> bool:
