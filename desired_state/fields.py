@@ -5,6 +5,7 @@ each checked where it is declared.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from enum import StrEnum
@@ -94,6 +95,9 @@ _SYSTEM_TREES: tuple[str, ...] = ("/bin/", "/boot/", "/dev/", "/etc/", "/lib/", 
 _SYSTEM_TREES += ("/sbin/", "/sys/", "/usr/", "/var/lib/docker/")
 
 
+# The path checks are pure and a fleet repeats its paths on every host (data_dir, docker_socket): each
+# distinct path is checked once per process, not once per host.
+@functools.lru_cache(maxsize=1024)
 def _check_data_dir(value: str) -> str:
     normal = str(PurePosixPath(re.sub("/+", "/", value)))  # POSIX keeps a leading "//": not here
     if normal in _SYSTEM_DIRS or normal.startswith(_SYSTEM_TREES) or (normal + "/").startswith(_SYSTEM_TREES):
@@ -104,6 +108,7 @@ def _check_data_dir(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
 def _check_absolute_path(value: str, what: str) -> str:
     path = PurePosixPath(value)
     if not path.is_absolute():

@@ -208,7 +208,39 @@ _StrictLoader.construct_object = _construct_object  # type: ignore[method-assign
 # say; anything to report (a syntax error, an alias, a duplicate key, an empty document) is
 # reported by the pure loader, with its messages and positions. libyaml bounds nesting (1,000
 # levels), so its recursive composer cannot exhaust the stack.
-_FAST_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
+_C_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
+
+
+class _ResolvedOnce:
+    """Mixed into a loader (before it), resolves each scalar's tag once per document. PyYAML resolves
+    every scalar in Python, trying the implicit resolvers' patterns (int, float, bool, null,
+    timestamp...) one by one, even under libyaml; a 10,000-host document has 110,000 scalars, most of
+    them the same few keys and values. The answer depends on the scalar's text and how it was written
+    alone (the safe loaders have no path resolvers), so it is remembered by those."""
+
+    _resolved: dict[tuple[str, Any], str]
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        resolve = super().resolve  # type: ignore[misc]  # the loader's own, after this in the MRO
+        if kind is not yaml.ScalarNode:
+            return resolve(kind, value, implicit)  # type: ignore[no-any-return]
+        key = (value, implicit)
+        tag = self._resolved.get(key)
+        if tag is None:
+            tag = self._resolved[key] = resolve(kind, value, implicit)
+        return tag
+
+
+def _resolving_once(loader: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    class Loader(_ResolvedOnce, loader):  # type: ignore[valid-type,misc]
+        def __init__(self, stream: str) -> None:
+            loader.__init__(self, stream)
+            self._resolved = {}
+
+    return Loader
+
+
+_FAST_LOADER: type[yaml.SafeLoader] | None = _resolving_once(_C_LOADER) if _C_LOADER is not None else None
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, LineMap]:

@@ -55,6 +55,9 @@ from desired_state.fields import NetworkMode as NetworkMode
 from desired_state.fields import Role as Role
 from desired_state.fields import SecretRef as SecretRef
 
+# Whitespace (str.isspace(), as \s is for a str pattern) or an ASCII control character
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
 
 class RegistratorSettings(_Strict):
     enabled: Bool = True
@@ -136,7 +139,7 @@ class Host(_Strict):
     @field_validator("docker")
     @classmethod
     def _docker_url(cls, value: str) -> str:
-        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        if _SPACE_OR_CONTROL.search(value):
             raise ValueError(f"{value!r} contains whitespace or a control character")
         parts = urlsplit(value)
         try:

@@ -57,10 +57,11 @@ def render(topology: Topology, files: Mapping[str, str] | None = None) -> Desire
     desired_state.configfiles)."""
     servers = topology.servers  # once: every agent's command names them all
     extra = operator_config_files(topology, files or {})
+    mounted = mounted_config_files(topology)  # the same on every host
     return DesiredFleet(
         cluster=topology.cluster,
         datacenter=topology.datacenter,
-        hosts=tuple(_render_host(topology, host, servers, extra) for host in topology.hosts),
+        hosts=tuple(_render_host(topology, host, servers, extra, mounted) for host in topology.hosts),
         acknowledged=frozenset(topology.acknowledge),
     )
 
@@ -87,9 +88,13 @@ def mounted_config_files(topology: Topology) -> tuple[Mount, ...]:
 
 
 def _render_host(
-    topology: Topology, host: Host, servers: tuple[Host, ...], extra: tuple[ConfigFile, ...] = ()
+    topology: Topology,
+    host: Host,
+    servers: tuple[Host, ...],
+    extra: tuple[ConfigFile, ...] = (),
+    mounted: tuple[Mount, ...] | None = None,
 ) -> DesiredHost:
-    specs = [agent_spec(topology, host, servers, extra)]
+    specs = [agent_spec(topology, host, servers, extra, mounted)]
     if topology.registrator_enabled(host):
         specs.append(registrator_spec(topology, host))
     endpoint = Endpoint(
@@ -107,11 +112,15 @@ def agent_spec(
     host: Host,
     servers: tuple[Host, ...] | None = None,
     extra: tuple[ConfigFile, ...] = (),
+    mounted: tuple[Mount, ...] | None = None,
 ) -> ContainerSpec:
-    """The Consul agent's container on ``host``. ``servers`` is ``topology.servers``, passed in by
-    :func:`render` so that a fleet of N hosts is rendered in O(N), not O(N^2)."""
+    """The Consul agent's container on ``host``. ``servers`` is ``topology.servers`` and ``mounted``
+    ``mounted_config_files(topology)``, passed in by :func:`render` so that they are worked out once
+    for a fleet, not once per host."""
     if servers is None:
         servers = topology.servers
+    if mounted is None:
+        mounted = mounted_config_files(topology)
     consul = topology.consul
     is_server = host.role is Role.SERVER
     command: list[str] = ["agent"]
@@ -164,7 +173,7 @@ def agent_spec(
         ports=ports,
         secret_files=secret_files,
         config_files=config_files,
-        mounted_config=mounted_config_files(topology),
+        mounted_config=mounted,
     )
 
 

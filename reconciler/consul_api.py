@@ -15,13 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-import consul
 import requests.adapters
 import requests.exceptions
-from consul.callback import CB
 
 from reconciler.consul_settings import ConsulAddress, TLSClient
 from reconciler.consul_settings import ConsulError as ConsulError  # every Consul failure, settings too
+from reconciler.deferred import defer_import
+
+# python-consul loads when a Consul is first talked to: a `plan` or `apply` of a file source whose pass
+# touches no server never needs it (reconciler/deferred.py).
+defer_import("consul")
+import consul  # noqa: E402
 
 
 class ConsulUnreachable(ConsulError):
@@ -200,6 +204,8 @@ class Consul:
                 "Checks": [],
             }
         )
+        from consul.callback import CB
+
         headers = self._client.prepare_headers(None)
         try:
             return str(

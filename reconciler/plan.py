@@ -40,8 +40,8 @@ from desired_state.handrun import differences
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
 from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.dangers import AGENT_ROLES, Danger, find_dangers, refusal, unused_acknowledgements
+from reconciler.vocabulary import DEFAULT_MAX_REMOVALS as DEFAULT_MAX_REMOVALS
 
-DEFAULT_MAX_REMOVALS = 4
 ROLE_ORDER = {"server": 0, "client": 1, "registrator": 2}
 
 

@@ -9,20 +9,46 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
-from rich.console import Console
 
-from desired_state.configfiles import attach
-from desired_state.load import Loaded, TopologyError, load_topology
 from reconciler.consul_settings import resolve_ca
-from reconciler.sources import ConsulSource, FileSource, SourceError, open_source
-from reconciler.store import AuditLog, default_database_url, normalize_url, sqlite_path
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from desired_state.load import Loaded
+    from reconciler.sources import ConsulSource, FileSource
+    from reconciler.store import AuditLog
+
+# What a command needs beyond typer (the desired state's models, the sources, Docker, the audit
+# database) is imported by the command, or by the helper here that needs it, when it runs: building
+# the command line (`--help`, `--version`, completion) imports none of it. tests/unit/test_cli_imports.py
+# keeps it so.
+
+
+class LazyConsole:
+    """rich's Console, made the first time something is printed (importing rich is not free, and
+    ``--help`` never prints through it)."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+
+    @cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        self.console.print(*objects, **options)
+
+
+out = LazyConsole()
+err = LazyConsole(stderr=True)
 
 SourceArg = Annotated[
     str | None,
@@ -123,6 +149,8 @@ def token_from_file(path: Path | None) -> str | None:
 def source_of(
     arg: str | None, opt: str | None = None, token: str | None = None, ca: Path | None = None
 ) -> FileSource | ConsulSource:
+    from reconciler.sources import open_source
+
     spec = opt or arg
     if arg and opt and arg != opt:
         fail(f"two sources given ({arg} and --source {opt}); give one")
@@ -142,6 +170,10 @@ def source_of(
 def load_desired(
     arg: str | None, opt: str | None = None, token: str | None = None, ca: Path | None = None
 ) -> Loaded:
+    from desired_state.configfiles import attach
+    from desired_state.load import TopologyError, load_topology
+    from reconciler.sources import SourceError
+
     src = source_of(arg, opt, token, ca)
     try:
         data = src.read()
@@ -196,6 +228,8 @@ def open_log(db: str | None, *, missing: Missing = "create", code: int = 1) -> A
     of nothing); ``empty`` reads as an empty log without creating anything (plan, status). A failure
     ends the command with ``code``."""
 
+    from reconciler.store import sqlite_path
+
     def failed(message: str) -> NoReturn:
         fail(message, code)
 
@@ -214,6 +248,8 @@ def open_log(db: str | None, *, missing: Missing = "create", code: int = 1) -> A
 
 
 def _url_of(db: str | None, fail: Callable[[str], NoReturn]) -> str:
+    from reconciler.store import default_database_url, normalize_url
+
     try:
         return normalize_url(db) if db else default_database_url()
     except ValueError as exc:
@@ -232,10 +268,9 @@ def safe_url(url: str) -> str:
 
 def _open_audit(db: str | None, fail: Callable[[str], NoReturn]) -> AuditLog:
     """The audit log at ``--db`` (else $CONSUL_RECONCILER_DB, else the default file); ``fail`` on error."""
-    try:
-        url = normalize_url(db) if db else default_database_url()
-    except ValueError as exc:
-        fail(f"--db: {exc}")
+    from reconciler.store import AuditLog
+
+    url = _url_of(db, fail)
     try:
         return AuditLog(url)
     except Exception as exc:

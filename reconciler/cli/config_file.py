@@ -9,11 +9,8 @@ line wins, then its environment variable, then the file, then the built-in defau
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 CONFIG_ENV = "CONSUL_RECONCILER_CONFIG"
 
@@ -37,6 +34,10 @@ def config_path(argv: list[str], environ: dict[str, str] | None = None) -> Path 
 def load_config(path: Path, command: Any) -> dict[str, Any]:
     # ``command``: the click command typer built for `run` (typer carries its own click)
     """The file's settings as ``command``'s default_map (parameter name -> value)."""
+    import tomllib  # only `run --config` reads a file: the other commands start without these
+
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,16 +28,15 @@ from reconciler.cli.common import (
     source_of,
     token_from_file,
 )
-from reconciler.consul_api import ConsulError
 from reconciler.consul_settings import resolve_ca
 from reconciler.durations import parse_duration, seconds_text
-from reconciler.engines import Connections
-from reconciler.execute import ExecOptions
-from reconciler.formatting import format_plan
-from reconciler.one_pass import PassOptions, compute_plan, run_pass
-from reconciler.pauses import pauses_for
-from reconciler.plan import DEFAULT_MAX_REMOVALS, Kind
-from reconciler.sources import ConsulSource, open_source
+from reconciler.vocabulary import DEFAULT_MAX_REMOVALS
+
+if TYPE_CHECKING:
+    from reconciler.sources import ConsulSource
+
+# Each command imports the pass machinery (Docker, the audit database, the models) when it runs, not
+# when the command line is built: see reconciler/cli/common.py.
 
 PullOpt = Annotated[
     bool, typer.Option("--pull/--no-pull", help="Pull images missing on a host (--no-pull: fail instead).")
@@ -61,6 +60,7 @@ AdoptOpt = Annotated[
 
 def _refuse_under_a_live_leader(src: ConsulSource) -> None:
     """A controller that holds the leader lock acts on this cluster: a second actor would race it."""
+    from reconciler.consul_api import ConsulError
     from reconciler.leader import live_holder, lock_key_for
 
     key = lock_key_for(src.address.key)
@@ -90,6 +90,10 @@ def plan(
 
     Exit 0 when nothing is to do, 2 when changes are pending, 1 on error.
     """
+    from reconciler.engines import Connections
+    from reconciler.formatting import format_plan
+    from reconciler.one_pass import PassOptions, compute_plan
+
     loaded = load_desired(source, source_opt, token_from_file(consul_token_file), consul_ca)
     print_warnings(loaded)
     audit = open_log(db, missing="empty")
@@ -135,6 +139,14 @@ def apply(
     Exit 0 when every host converged; 1 when an action failed, a host was unreachable, a name was
     blocked by an unmanaged container, or the pass was refused.
     """
+    from reconciler.engines import Connections
+    from reconciler.execute import ExecOptions
+    from reconciler.formatting import format_plan
+    from reconciler.one_pass import PassOptions, run_pass
+    from reconciler.pauses import pauses_for
+    from reconciler.plan import Kind
+    from reconciler.sources import ConsulSource
+
     token = token_from_file(consul_token_file)
     src = source_of(source, source_opt, token, consul_ca)
     if isinstance(src, ConsulSource) and not force:
@@ -312,7 +324,10 @@ def run(
     del config  # already read by main(): its settings are the other options' defaults (config_file.py)
     from reconciler.backoff import BackoffPolicy
     from reconciler.controller import Controller, ControllerOptions
+    from reconciler.execute import ExecOptions
     from reconciler.leader import lock_timing_problem
+    from reconciler.one_pass import PassOptions
+    from reconciler.sources import ConsulSource, open_source
 
     token = None
     if http_token_file is not None:

@@ -6,11 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from desired_state.configfiles import attach
-from desired_state.load import TopologyError, load_topology
-from desired_state.render import render as render_fleet
-from desired_state.secrets import check_secrets
-from desired_state.tlsfiles import tls_file_issues
 from reconciler import __version__
 from reconciler.cli.common import (
     ConsulCaOpt,
@@ -27,8 +22,8 @@ from reconciler.cli.common import (
     source_of,
     token_from_file,
 )
-from reconciler.formatting import counted, docker_run_line
-from reconciler.sources import SourceError
+
+# The models are imported by each command when it runs (reconciler/cli/common.py says why).
 
 
 def version() -> None:
@@ -45,6 +40,13 @@ def validate(
 ) -> None:
     """Check a topology file: every error with its place, secret references resolved, the hosts' Docker
     TLS files readable and PEM (relative paths from the file's folder). Exit 1 on errors."""
+    from desired_state.configfiles import attach
+    from desired_state.load import TopologyError, load_topology
+    from desired_state.secrets import check_secrets
+    from desired_state.tlsfiles import tls_file_issues
+    from reconciler.formatting import counted
+    from reconciler.sources import SourceError
+
     data_issues: list[dict[str, Any]] = []
     src = source_of(source, source_opt, token_from_file(consul_token_file), consul_ca)
     try:
@@ -96,6 +98,9 @@ def render(
     consul_ca: ConsulCaOpt = None,
 ) -> None:
     """Show each host's containers as the equivalent `docker run` lines (no engine is contacted)."""
+    from desired_state.render import render as render_fleet
+    from reconciler.formatting import docker_run_line
+
     loaded = load_desired(source, source_opt, token_from_file(consul_token_file), consul_ca)
     print_warnings(loaded)
     fleet = render_fleet(loaded.topology)

@@ -21,16 +21,26 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from desired_state.configfiles import attach
-from desired_state.load import Issue, Loaded, TopologyError, digest_of, load_topology
 from reconciler.cli.common import JsonOpt, emit_json, fail_line, read_token_file, say, warn
 from reconciler.cli.kv_history import diff, history
-from reconciler.consul_api import Consul, ConsulError, KVEntry
-from reconciler.consul_settings import FORMS, TOKEN_ENV, ConsulAddress, is_consul_url, resolve_ca
+from reconciler.consul_settings import (
+    FORMS,
+    TOKEN_ENV,
+    ConsulAddress,
+    ConsulError,
+    is_consul_url,
+    resolve_ca,
+)
+
+if TYPE_CHECKING:
+    from desired_state.load import Issue, Loaded
+    from reconciler.consul_api import Consul, KVEntry
+
+# The Consul client and the models are imported where they are used (reconciler/cli/common.py says why).
 
 SOURCE_ENV = "CONSUL_RECONCILER_SOURCE"
 DEFAULT_EDITOR = "vi"
@@ -111,6 +121,8 @@ def _address(consul_url: str | None, ca: Path | None, token_file: Path | None) -
 
 
 def _connect(address: ConsulAddress) -> Consul:
+    from reconciler.consul_api import Consul
+
     return Consul(address)
 
 
@@ -128,6 +140,9 @@ def _value(entry: KVEntry) -> bytes:
 
 def _validate(data: bytes, source: str, fmt: str | None) -> Loaded | list[Issue]:
     """The loaded topology, or the issues (each with its path) that make it invalid."""
+    from desired_state.configfiles import attach
+    from desired_state.load import TopologyError, load_topology
+
     try:
         return attach(load_topology(data, source=source, fmt=fmt))
     except TopologyError as exc:
@@ -265,6 +280,8 @@ def pull(
     With --json: the key, its ModifyIndex, the document's digest and its text. A missing key is an
     error (exit 1).
     """
+    from desired_state.load import digest_of
+
     address = _address(consul_url, ca, token_file)
     where = address.url()
     entry = _get(_connect(address), address.key)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import difflib
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from reconciler.cli.common import DbOpt, JsonOpt, emit_json, fail_line, open_log, row_json, say, time_text
 from reconciler.consul_settings import FORMS, ConsulAddress, is_consul_url
-from reconciler.formatting import text_table
-from reconciler.store import DocumentRow
+
+if TYPE_CHECKING:
+    from reconciler.store import DocumentRow
 
 
 def history(
@@ -52,6 +53,8 @@ def history(
             fail_line(str(exc))
     elif consul_url is not None:
         fail_line(f"--consul {consul_url!r}: expected {FORMS}")
+    from reconciler.formatting import text_table
+
     log = open_log(db, missing="fail")
     try:
         rows = log.state.documents(wanted, limit=limit)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from reconciler.cli.common import DbOpt, JsonOpt, emit_json, open_log, out, row_json, time_text
-from reconciler.formatting import text_table
-from reconciler.snapshots import SnapshotError, verify_file
-from reconciler.store import SnapshotRow
+
+if TYPE_CHECKING:
+    from reconciler.store import SnapshotRow
 
 
 def snapshots_cmd(
@@ -41,6 +41,8 @@ def snapshots_cmd(
 
     To restore one into a fresh cluster: `consul snapshot restore FILE`, or PUT the file to
     /v1/snapshot with a management token."""
+    from reconciler.formatting import text_table
+
     log_db = open_log(db, missing="fail")
     try:
         rows = log_db.snapshots.newest(cluster_id=cluster, limit=limit)
@@ -88,6 +90,8 @@ def _file_state(row: SnapshotRow) -> str:
 
 def _check(row: SnapshotRow) -> str:
     """``ok``, or what is wrong with the kept file: unreadable, or not the file that was recorded."""
+    from reconciler.snapshots import SnapshotError, verify_file
+
     path = Path(row.path)
     try:
         info = verify_file(path)

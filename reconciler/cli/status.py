@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from desired_state.configfiles import attach
-from desired_state.load import TopologyError, load_topology
 from reconciler.cli.common import (
     ConsulCaOpt,
     ConsulTokenFileOpt,
@@ -29,24 +26,15 @@ from reconciler.cli.common import (
     time_text,
     token_from_file,
 )
-from reconciler.consul_api import ConsulError
-from reconciler.desired import load_kept
 from reconciler.durations import seconds_text
-from reconciler.engines import Connections
-from reconciler.formatting import host_report, text_table
-from reconciler.membership import read_view
-from reconciler.one_pass import PassOptions, compute_plan
-from reconciler.pauses import pauses_for, resume_rollout
-from reconciler.shards import View
-from reconciler.sources import ConsulSource, FileSource, SourceError
-from reconciler.store import (
-    ACTION_KINDS,
-    ACTION_STATUSES,
-    RUN_STATUSES,
-    ActionFilter,
-    ControllerRow,
-    parse_since,
-)
+from reconciler.vocabulary import ACTION_KINDS, ACTION_STATUSES, RUN_STATUSES
+
+if TYPE_CHECKING:
+    from reconciler.shards import View
+    from reconciler.sources import ConsulSource, FileSource
+    from reconciler.store import ControllerRow
+
+# Each command imports Docker, the audit database and the models when it runs (reconciler/cli/common.py).
 
 
 def _listed(values: frozenset[str]) -> str:
@@ -69,6 +57,15 @@ def status(
     unknown drift, never "none"; the backoff state of a controller that no longer runs is shown as
     history. Exit 0 when every host is observed and converged, 2 when some drift, 1 when some host
     could not be observed (or on error)."""
+    from desired_state.configfiles import attach
+    from desired_state.load import TopologyError, load_topology
+    from reconciler.engines import Connections
+    from reconciler.formatting import host_report, text_table
+    from reconciler.one_pass import PassOptions, compute_plan
+    from reconciler.pauses import pauses_for
+    from reconciler.sources import SourceError
+    from reconciler.store import ActionFilter
+
     audit = open_log(db, missing="empty")
     src = source_of(source, source_opt, token_from_file(consul_token_file), consul_ca)
     source_problem: str | None = None
@@ -80,6 +77,8 @@ def status(
         if kept is None:
             audit.close()
             fail(f"{source_problem}; and no document from this source was ever applied")
+        from reconciler.desired import load_kept  # the controller's module: only for this fallback
+
         loaded = load_kept(kept)
         err.print(
             f"warning: {source_problem}; showing the last applied document {kept.digest[:12]} "
@@ -152,7 +151,6 @@ def status(
         drift_text = "unknown" if h["drift"] is None else (", ".join(h["drift"]) or "none")
         row = [h["host"], " ".join(h["desired"]) or "-", observed_text, drift_text, state_text, last_text]
         rows.append([*row, h["owner"] or "none"] if owners is not None else row)
-    out.print(controller["summary"], markup=False, style=None if controller["running"] else "yellow")
     headers = ["host", "desired", "observed", "drift", "controller", "last action"]
     table = text_table([*headers, "owner"] if owners is not None else headers, rows).split("\n")
     out.print(table[0], markup=False)
@@ -172,6 +170,12 @@ def status(
 def shard_view(src: FileSource | ConsulSource) -> View | None:
     """The members of the controllers sharing this source's hosts (run --shard), as their keys in Consul
     say now; None when none is a member (or the source is a file)."""
+    import time
+
+    from reconciler.consul_api import ConsulError
+    from reconciler.membership import read_view
+    from reconciler.sources import ConsulSource
+
     if not isinstance(src, ConsulSource):
         return None
     try:
@@ -251,6 +255,9 @@ def resume(
     A paused rollout touches no server until this command, or until the desired state changes. With
     the desired state in Consul KV the pause is kept there too (KEY.pause), for every controller; this
     clears both."""
+    from reconciler.consul_api import ConsulError
+    from reconciler.pauses import pauses_for, resume_rollout
+
     token = token_from_file(consul_token_file)
     src = source_of(source, source_opt, token, consul_ca)
     loaded = load_desired(source, source_opt, token, consul_ca)
@@ -310,6 +317,9 @@ def audit_cmd(
     Actions by default (newest first); with --runs, the passes, filtered by --status, --host (runs
     with an action on that host) and --since. An unknown --kind or --status is an error that lists
     the valid ones."""
+    from reconciler.formatting import text_table
+    from reconciler.store import ActionFilter, parse_since
+
     try:
         since_at = parse_since(since) if since else None
     except ValueError as exc:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import yaml
 
-from desired_state.handrun import FoundContainer
-from desired_state.load import Issue, TopologyError, load_topology
-from desired_state.model import Host
-from desired_state.spec import Endpoint
-from desired_state.takeover import ImportResult, import_topology
 from reconciler.cli.common import JsonOpt, emit_json, err, fail, out
-from reconciler.engines import Connections, EngineError
-from reconciler.observe import read_hand_run
+
+if TYPE_CHECKING:
+    from desired_state.handrun import FoundContainer
+    from desired_state.load import Issue
+    from desired_state.takeover import ImportResult
+
+# Docker and the models are imported where they are used (reconciler/cli/common.py says why).
 
 HostOpt = Annotated[
     list[str],
@@ -53,6 +52,11 @@ def import_cmd(
     topology it says (notes); what it cannot map it lists with host and container, and then exits 1
     unless --allow-partial. A gossip key becomes a reference to fill in; its value is never written.
     Then: `validate`, `plan`, `apply --adopt all`."""
+    from desired_state.spec import Endpoint
+    from desired_state.takeover import import_topology
+    from reconciler.engines import Connections, EngineError
+    from reconciler.observe import read_hand_run
+
     pairs = _host_pairs(hosts)
     found: list[FoundContainer] = []
     unreachable: list[str] = []
@@ -100,6 +104,8 @@ def import_cmd(
 
 
 def _host_pairs(hosts: list[str]) -> list[tuple[str, str]]:
+    from desired_state.model import Host
+
     if not hosts:
         fail("no host given: --host NAME=DOCKER_URL, once per host")
     pairs: list[tuple[str, str]] = []
@@ -125,6 +131,8 @@ def _document_text(result: ImportResult) -> str:
     head = ["# Imported by `consul-reconciler import` from the containers running on each host."]
     head += [f"# note: {line}" for note in result.notes for line in _wrap(note)]
     head += [f"# not mapped: {line}" for item in result.unmapped for line in _wrap(str(item))]
+    import yaml
+
     body = yaml.safe_dump(result.document, sort_keys=False, default_flow_style=False)
     return "\n".join(head) + "\n" + body
 
@@ -143,6 +151,8 @@ def _wrap(text: str, width: int = 96) -> list[str]:
 
 
 def _validate(text: str) -> list[Issue]:
+    from desired_state.load import TopologyError, load_topology
+
     try:
         load_topology(text.encode(), source="import", fmt="yaml")
     except TopologyError as exc:

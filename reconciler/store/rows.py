@@ -12,18 +12,12 @@ from typing import Any, Final
 
 from reconciler.durations import is_duration, parse_duration
 from reconciler.store.models import ActionModel, DocumentModel, RunModel, SnapshotModel, _as_utc, _utcnow
+from reconciler.vocabulary import ACTION_KINDS as ACTION_KINDS
+from reconciler.vocabulary import ACTION_STATUSES as ACTION_STATUSES
+from reconciler.vocabulary import RUN_STATUSES as RUN_STATUSES
 
-RUN_STATUSES: Final = frozenset({"running", "succeeded", "failed", "interrupted", "refused", "waiting"})
 RUN_FINAL_STATUSES: Final = RUN_STATUSES - {"running"}
-ACTION_STATUSES: Final = frozenset({"started", "succeeded", "failed", "skipped", "interrupted", "waiting"})
 ACTION_FINAL_STATUSES: Final = ACTION_STATUSES - {"started"}
-# Every kind an action row may have: the plan's (reconciler.plan.Kind), a pass's notes (observe: a host
-# that could not be observed, or answers again), the snapshot before a server change, and the
-# controller's verdicts (backoff: a host that keeps failing; degraded: a crash loop).
-ACTION_KINDS: Final = frozenset(
-    {"create", "replace", "start", "remove", "blocked", "adopt", "adopt-in-place"}
-    | {"observe", "snapshot", "backoff", "degraded"}
-)
 
 # Where rows of one run sort (by seq): the plan's actions first (1, 2, ...), then the rows a pass
 # writes about itself (an unreachable host, a blocked name), then the controller's own verdicts on

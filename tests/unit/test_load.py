@@ -806,9 +806,11 @@ def test_libyaml_reads_what_the_pure_loader_reads_or_leaves_it_to_it(
 ) -> None:
     from desired_state import load as load_module
 
-    assert load_module._FAST_LOADER is yaml.CSafeLoader  # the speed-up is really in use here
+    # the speed-up is really in use here: libyaml, resolving each scalar's tag once
+    fast_loader = load_module._FAST_LOADER
+    assert fast_loader is not None and issubclass(fast_loader, yaml.CSafeLoader)
     text = path.read_bytes().decode("utf-8", errors="replace")  # load_topology refuses bad UTF-8 first
-    fast = load_module._parse_yaml_fast(yaml.CSafeLoader, text)
+    fast = load_module._parse_yaml_fast(fast_loader, text)
     monkeypatch.setattr(load_module, "_FAST_LOADER", None)
     try:
         pure: Any = load_module._parse_yaml(text, path.name)
