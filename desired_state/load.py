@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from desired_state.gcpause import collector_paused
 from desired_state.model import Topology
 from desired_state.render import render
 from desired_state.spec import DesiredFleet
@@ -75,7 +76,8 @@ class Loaded:
     def fleet(self) -> DesiredFleet:
         """The containers this document asks for, rendered once per document (and version of its
         config files), not once per pass."""
-        return render(self.topology, self.files)
+        with collector_paused():
+            return render(self.topology, self.files)
 
 
 def digest_of(data: bytes) -> str:
@@ -96,7 +98,8 @@ def load_topology(
     document that cannot be read is a refused document, and the last valid state stays in force.
     """
     try:
-        return _load(data, source, fmt, base)
+        with collector_paused():
+            return _load(data, source, fmt, base)
     except TopologyError:
         raise
     except RecursionError:

@@ -36,6 +36,7 @@ from enum import StrEnum
 from itertools import groupby
 from typing import Any
 
+from desired_state.gcpause import collector_paused
 from desired_state.handrun import differences
 from desired_state.spec import HASH_VERSION, ContainerSpec, DesiredFleet
 from reconciler.actual import Adoption, ObservedContainer, ObservedFleet, ObservedHost
@@ -249,6 +250,18 @@ def make_plan(
     """Compare and order. ``adopt`` holds what the operator allowed us to take over: "all", "HOST" or
     "HOST/NAME"; ``adopted``: (host, name) -> the containers already adopted in place (ours by id);
     ``deferred`` hosts (backing off after failures) get no actions this pass."""
+    with collector_paused():  # thousands of small acyclic values (desired_state/gcpause.py)
+        return _make_plan(desired, observed, max_removals, adopt, deferred, adopted)
+
+
+def _make_plan(
+    desired: DesiredFleet,
+    observed: ObservedFleet,
+    max_removals: int,
+    adopt: Iterable[str],
+    deferred: Mapping[str, str] | None,
+    adopted: Mapping[tuple[str, str], Adoption] | None,
+) -> Plan:
     deferred = dict(deferred or {})
     if not desired.hosts:
         return Plan(desired.cluster, (), refused="the topology has no hosts; refusing to plan a pass")
