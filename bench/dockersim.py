@@ -1126,8 +1126,10 @@ async def _live_events(conn: Conn, subscriber: Subscriber, until: float | None, 
             if event.time_ns > replayed_to and (until is None or event.time_ns / 1e9 <= until):
                 await conn.chunk(json.dumps(event.document()).encode() + b"\n")
     finally:
-        if not gone.done():
+        if not gone.done():  # the reader is free again only once the cancelled read has ended
             gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
 
 
 def _find_handler(method: str, parts: list[str]) -> Handler | None:
