@@ -53,6 +53,7 @@ import yaml
 
 from bench.controllercost import _cpu_seconds, _rss_mb, _started_at
 from bench.peers import VENV_BIN
+from bench.report import SIMSCALE_BEGIN, SIMSCALE_END
 from bench.scale import host_name, loopback
 from bench.stats import Samples, machine
 from testbed.controller_harness import die_with_parent, free_port
@@ -67,7 +68,7 @@ NEW_CLIENT_IMAGE = "hashicorp/consul:1.20.0-rebuilt"
 REGISTRATOR = "gliderlabs/registrator:latest"
 INTERVAL = 30
 NOOP_LINE = re.compile(r"pass: nothing new, not recorded, in (\d+) ms")
-BEGIN, END = "<!-- simscale:begin -->", "<!-- simscale:end -->"
+BEGIN, END = SIMSCALE_BEGIN, SIMSCALE_END  # bench/report.py keeps this section when it rewrites the file
 GATES_NOTE = (
     "rollout.gates is off: no Consul runs behind the simulated server agents, so no health gate, "
     "graceful leave or raft snapshot is part of these figures"
