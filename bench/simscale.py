@@ -68,6 +68,7 @@ NEW_CLIENT_IMAGE = "hashicorp/consul:1.20.0-rebuilt"
 REGISTRATOR = "gliderlabs/registrator:latest"
 INTERVAL = 30
 NOOP_LINE = re.compile(r"pass: nothing new, not recorded, in (\d+) ms")
+PASS_LINE = re.compile(r" pass(?: \d+)?: ")  # every pass's last line, whatever it did
 BEGIN, END = SIMSCALE_BEGIN, SIMSCALE_END  # bench/report.py keeps this section when it rewrites the file
 GATES_NOTE = (
     "rollout.gates is off: no Consul runs behind the simulated server agents, so no health gate, "
@@ -253,31 +254,42 @@ def converged(sim: Simulated, hosts: int, image: str | None = None, count: int =
 # The figures
 
 
-def noop_passes(
-    sim: Simulated,
-    document: Path,
-    log: Path,
-    proc: subprocess.Popen[bytes],
-    result: SizeResult,
-    trials: int,
-    timeout: float,
-) -> None:
+def noop_passes(sim: Simulated, document: Path, log: Path, proc: subprocess.Popen[bytes],
+                result: SizeResult, trials: int, timeout: float) -> None:  # fmt: skip
+    """Each trial waits for a quiet controller, then asks for one pass; the requests counted meanwhile
+    are divided by the passes that ran (a resync or an event's recheck may have run beside it)."""
     for _ in range(trials):
-        seen = len(NOOP_LINE.findall(log.read_text(errors="replace")))
+        quiet(log, proc, timeout)
+        before = count(PASS_LINE, log)
+        noops = count(NOOP_LINE, log)
         sim.control("POST", "/counters/reset")
         os.utime(document)  # the same bytes: the file watcher asks for a pass, and it has nothing to do
-        wait(
-            "a no-op pass",
-            lambda seen=seen: len(NOOP_LINE.findall(log.read_text(errors="replace"))) > seen,  # type: ignore[misc]
-            timeout,
-            proc,
-        )
+        wait("a no-op pass", lambda noops=noops: count(NOOP_LINE, log) > noops, timeout, proc)  # type: ignore[misc]
         result.noop_ms.append(float(NOOP_LINE.findall(log.read_text(errors="replace"))[-1]))
+        quiet(log, proc, timeout)
         counts = sim.control("GET", "/counters")["by_route"]
         counts.pop("GET /events", None)
-        result.requests_per_pass.append(sum(counts.values()))
-        result.request_kinds = counts
-        time.sleep(0.5)
+        passes = max(1, count(PASS_LINE, log) - before)
+        result.requests_per_pass.append(round(sum(counts.values()) / passes))
+        result.request_kinds = {route: round(n / passes) for route, n in counts.items()}
+
+
+def count(pattern: re.Pattern[str], log: Path) -> int:
+    return len(pattern.findall(log.read_text(errors="replace")))
+
+
+def quiet(log: Path, proc: subprocess.Popen[bytes], timeout: float, still: float = 1.5) -> None:
+    """Until the controller's log has not grown for ``still`` seconds."""
+    last = (log.stat().st_size, time.monotonic())
+
+    def settled() -> bool:
+        nonlocal last
+        size = log.stat().st_size
+        if size != last[0]:
+            last = (size, time.monotonic())
+        return time.monotonic() - last[1] >= still
+
+    wait("a quiet controller", settled, timeout, proc)
 
 
 def idle(proc: subprocess.Popen[bytes], result: SizeResult, seconds: float) -> None:
