@@ -1128,8 +1128,8 @@ async def _live_events(conn: Conn, subscriber: Subscriber, until: float | None, 
     finally:
         if not gone.done():  # the reader is free again only once the cancelled read has ended
             gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await gone  # a connection reset by the client is its way of leaving
 
 
 def _find_handler(method: str, parts: list[str]) -> Handler | None:
