@@ -159,7 +159,7 @@ class Image:
         """An image known by name only: a plausible config (Consul's entrypoint for Consul images)."""
         tag = normalise_image(name)
         consul = "consul" in tag.rsplit("/", 1)[-1].split(":")[0]
-        config = {
+        config: dict[str, Any] = {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Entrypoint": ["docker-entrypoint.sh"] if consul else ["/bin/registrator"],
             "Cmd": ["agent", "-dev", "-client", "0.0.0.0"] if consul else None,

@@ -259,14 +259,14 @@ def noop_passes(sim: Simulated, document: Path, log: Path, proc: subprocess.Pope
     """Each trial waits for a quiet controller, then asks for one pass; the requests counted meanwhile
     are divided by the passes that ran (a resync or an event's recheck may have run beside it)."""
     for _ in range(trials):
-        quiet(log, proc, timeout)
+        quiet(sim, proc, timeout)
         before = count(PASS_LINE, log)
         noops = count(NOOP_LINE, log)
         sim.control("POST", "/counters/reset")
         os.utime(document)  # the same bytes: the file watcher asks for a pass, and it has nothing to do
         wait("a no-op pass", lambda noops=noops: count(NOOP_LINE, log) > noops, timeout, proc)  # type: ignore[misc]
         result.noop_ms.append(float(NOOP_LINE.findall(log.read_text(errors="replace"))[-1]))
-        quiet(log, proc, timeout)
+        quiet(sim, proc, timeout)
         counts = sim.control("GET", "/counters")["by_route"]
         counts.pop("GET /events", None)
         passes = max(1, count(PASS_LINE, log) - before)
@@ -278,15 +278,17 @@ def count(pattern: re.Pattern[str], log: Path) -> int:
     return len(pattern.findall(log.read_text(errors="replace")))
 
 
-def quiet(log: Path, proc: subprocess.Popen[bytes], timeout: float, still: float = 1.5) -> None:
-    """Until the controller's log has not grown for ``still`` seconds."""
-    last = (log.stat().st_size, time.monotonic())
+def quiet(sim: Simulated, proc: subprocess.Popen[bytes], timeout: float, still: float = 1.5) -> None:
+    """Until the controller has made no Docker request (event streams aside) for ``still`` seconds: no
+    pass is running then (its log line comes only at its end, so the log cannot say)."""
+    last = (-1, time.monotonic())
 
     def settled() -> bool:
         nonlocal last
-        size = log.stat().st_size
-        if size != last[0]:
-            last = (size, time.monotonic())
+        counts = sim.control("GET", "/counters")["by_route"]
+        total = sum(n for route, n in counts.items() if route != "GET /events")
+        if total != last[0]:
+            last = (total, time.monotonic())
         return time.monotonic() - last[1] >= still
 
     wait("a quiet controller", settled, timeout, proc)
@@ -349,7 +351,7 @@ def remove_repair(client: docker.DockerClient, proc: subprocess.Popen[bytes], ti
 
     wait("a removed Registrator replaced", replaced, timeout, proc)
     started = _started_at(client.api.inspect_container("registrator")["State"]["StartedAt"])
-    return (started - destroyed["timeNano"] / 1e9) * 1e3
+    return (started - float(destroyed["timeNano"]) / 1e9) * 1e3
 
 
 def measure(hosts: int, args: argparse.Namespace, log: Callable[[str], None]) -> SizeResult:
@@ -462,7 +464,7 @@ def markdown(results: dict[str, Any], real: dict[str, Samples], chart: str) -> s
     rows = []
     for key, (title, _unit) in FIGURES.items():
         cells = [_cell(figure(s, key)) for s in sizes]
-        rows.append([title, *cells, _cell(real.get(key))])
+        rows.append([title, *cells, _cell(real.get(key), missing="not measured")])
     lines = [
         "## Thousands of hosts (simulated engines)",
         "",
@@ -473,7 +475,7 @@ def markdown(results: dict[str, Any], real: dict[str, Samples], chart: str) -> s
         "tests/integration/test_dockersim_contract.py), serves N engines from one process, and "
         "`consul-reconciler run` runs against them as its own process (5 servers, the rest clients, "
         f"Registrator on each; resync every {INTERVAL} s; SQLite audit). "
-        f"{GATES_NOTE[0].upper()}{GATES_NOTE[1:]}. "
+        f"Note: {GATES_NOTE}. "
         "The simulator answers in microseconds and shares the machine's 2 cores with the controller: "
         "beside the 30 real engines' figures it shows its bias (no Docker work: the times here are the "
         "controller's own).",
@@ -493,6 +495,9 @@ def markdown(results: dict[str, Any], real: dict[str, Samples], chart: str) -> s
         )
         + " (2 cores; other work shared them).",
     ]
+    if results.get("analysis"):  # written by hand for the figures of one run (kept in the JSON)
+        lines += ["", "### Where the cost goes", "", *results["analysis"]]
+    lines += ["", "Notes:"]
     for size in sizes:
         for note in size["notes"]:
             lines.append(f"- {size['hosts']:,} hosts: {note}")
@@ -502,8 +507,8 @@ def markdown(results: dict[str, Any], real: dict[str, Samples], chart: str) -> s
     return "\n".join(lines) + "\n"
 
 
-def _cell(samples: Samples | None) -> str:
-    return samples.text() if samples is not None else "not reached"
+def _cell(samples: Samples | None, missing: str = "not reached") -> str:
+    return samples.text() if samples is not None else missing
 
 
 def draw(results: dict[str, Any], real: dict[str, Samples], path: Path) -> bool:
