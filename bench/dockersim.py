@@ -159,7 +159,7 @@ class Image:
         """An image known by name only: a plausible config (Consul's entrypoint for Consul images)."""
         tag = normalise_image(name)
         consul = "consul" in tag.rsplit("/", 1)[-1].split(":")[0]
-        config = {
+        config: dict[str, Any] = {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Entrypoint": ["docker-entrypoint.sh"] if consul else ["/bin/registrator"],
             "Cmd": ["agent", "-dev", "-client", "0.0.0.0"] if consul else None,
@@ -1126,8 +1126,10 @@ async def _live_events(conn: Conn, subscriber: Subscriber, until: float | None, 
             if event.time_ns > replayed_to and (until is None or event.time_ns / 1e9 <= until):
                 await conn.chunk(json.dumps(event.document()).encode() + b"\n")
     finally:
-        if not gone.done():
+        if not gone.done():  # the reader is free again only once the cancelled read has ended
             gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await gone  # a connection reset by the client is its way of leaving
 
 
 def _find_handler(method: str, parts: list[str]) -> Handler | None:

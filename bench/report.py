@@ -597,7 +597,15 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+SIMSCALE_BEGIN, SIMSCALE_END = "<!-- simscale:begin -->", "<!-- simscale:end -->"
+
+
 def write(results: Mapping[str, Any], markdown_path: Path, chart_path: Path) -> None:
     if results.get("fleet"):
         chart(results, chart_path)
-    markdown_path.write_text(markdown(results, chart_path.name), encoding="utf-8")
+    text = markdown(results, chart_path.name)
+    old = markdown_path.read_text(encoding="utf-8") if markdown_path.exists() else ""
+    if SIMSCALE_BEGIN in old and SIMSCALE_END in old:  # bench/simscale.py's section is kept as it was
+        kept = old[old.index(SIMSCALE_BEGIN) : old.index(SIMSCALE_END) + len(SIMSCALE_END)]
+        text = text.rstrip("\n") + "\n\n" + kept + "\n"
+    markdown_path.write_text(text, encoding="utf-8")

@@ -436,7 +436,8 @@ def run_on(url: str, tmp: Path, label: str) -> Record:
         text = json.dumps(scenario.run()).replace(url.removeprefix("unix://"), "<the engine's socket>")
         registrator = load_spec(url, tmp, STANDIN_CONSUL_2, role="registrator").spec_hash()
         text = text.replace(registrator, "<registrator spec hash>").replace(registrator[:8], "<hash8>")
-        return normalised(json.loads(text))
+        record: Record = normalised(json.loads(text))
+        return record
     finally:
         scenario.close()
 
