@@ -99,12 +99,14 @@ def changes_line(plan: Plan, counts: str, hosts: int | None = None) -> str:
     ``counts`` (e.g. "create 2"), then the hosts not observed (unreachable, or left alone while they
     back off), whose state is unknown. ``hosts``: how many the topology has, when known."""
     unseen = sorted(plan.unreachable)
-    waiting = sorted(set(plan.deferred) - set(unseen))
+    left = set(plan.deferred) - set(unseen)
+    waiting = sorted(h for h in left if plan.deferred[h].startswith(BACKING_OFF))
+    others = sorted(left - set(waiting))  # sharded: another controller's hosts (reconciler/shards.py)
     if counts:
         head = counts
     elif not unseen and not waiting:
-        head = "no changes"
-    elif hosts is not None and len(unseen) + len(waiting) >= hosts:
+        head = "no changes" if not others else "no changes on this controller's hosts"
+    elif hosts is not None and len(unseen) + len(waiting) + len(others) >= hosts:
         head = "nothing observed, so nothing known"
     else:
         head = "no changes on the hosts observed"
@@ -113,7 +115,12 @@ def changes_line(plan: Plan, counts: str, hosts: int | None = None) -> str:
         parts.append(f"{_hosts(unseen)} unreachable, state unknown ({', '.join(unseen)})")
     if waiting:
         parts.append(f"{_hosts(waiting)} not tried while backing off, state unknown ({', '.join(waiting)})")
+    if others:  # counted, not listed: two thirds of the fleet for each of three controllers
+        parts.append(f"{_hosts(others)} left to other controllers")
     return "; ".join(parts)
+
+
+BACKING_OFF = "backing off"  # how reconciler.assess.History.deferred's reasons begin
 
 
 def counted(count: int, noun: str) -> str:

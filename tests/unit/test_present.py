@@ -309,3 +309,12 @@ def test_a_hosts_report_names_our_containers_and_what_the_plan_would_change_ther
         "drift": None,
     }
     assert host_report("shop", "gone", plan, None) == {"reachable": None, "observed": {}, "drift": None}
+
+
+def test_a_sharded_pass_counts_the_other_controllers_hosts_and_does_not_list_them() -> None:
+    fleet = desired(
+        [host("s1", "10.0.0.1"), host("c2", "10.0.0.2", "client"), host("c3", "10.0.0.3", "client")]
+    )
+    observed = ObservedFleet((seen(fleet, "s1", [ours(s) for s in fleet.hosts[0].specs]),))
+    plan = make_plan(fleet, observed, deferred={"c2": "owned by ctl-b:12", "c3": "owned by ctl-c:13"})
+    assert changes_line(plan, "") == "no changes on this controller's hosts; 2 hosts left to other controllers"
