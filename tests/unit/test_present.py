@@ -317,4 +317,5 @@ def test_a_sharded_pass_counts_the_other_controllers_hosts_and_does_not_list_the
     )
     observed = ObservedFleet((seen(fleet, "s1", [ours(s) for s in fleet.hosts[0].specs]),))
     plan = make_plan(fleet, observed, deferred={"c2": "owned by ctl-b:12", "c3": "owned by ctl-c:13"})
-    assert changes_line(plan, "") == "no changes on this controller's hosts; 2 hosts left to other controllers"
+    line = changes_line(plan, "")
+    assert line == "no changes on this controller's hosts; 2 hosts left to other controllers"
