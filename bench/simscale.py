@@ -67,7 +67,11 @@ IMAGE = "hashicorp/consul:1.20"
 NEW_CLIENT_IMAGE = "hashicorp/consul:1.20.0-rebuilt"
 REGISTRATOR = "gliderlabs/registrator:latest"
 INTERVAL = 30
-NOOP_LINE = re.compile(r"pass: nothing new, not recorded, in (\d+) ms")
+# a full pass's line (a pass scoped to an event's host or a resync slice ends with "[... of N hosts]")
+NOOP_LINE = re.compile(r"pass: nothing new, not recorded, in (\d+) ms \([^\n\[]*\)$", re.M)
+SLICE_LINE = re.compile(
+    r"pass: nothing new, not recorded, in (\d+) ms .*\[resync slice .* (\d+) of \d+ hosts\]$", re.M
+)
 PASS_LINE = re.compile(r" pass(?: \d+)?: ")  # every pass's last line, whatever it did
 BEGIN, END = SIMSCALE_BEGIN, SIMSCALE_END  # bench/report.py keeps this section when it rewrites the file
 GATES_NOTE = (
@@ -86,6 +90,7 @@ class SizeResult:
     converge_s: float | None = None
     change_s: float | None = None
     noop_ms: list[float] = field(default_factory=list)
+    slice_ms: list[float] = field(default_factory=list)  # the resync's slice passes (past 100 hosts)
     requests_per_pass: list[int] = field(default_factory=list)
     request_kinds: dict[str, int] = field(default_factory=dict)
     kill_repair_ms: list[float] = field(default_factory=list)
@@ -371,6 +376,8 @@ def measure(hosts: int, args: argparse.Namespace, log: Callable[[str], None]) ->
             f"  no-op pass {Samples.of('ms', result.noop_ms).text()}, {result.requests_per_pass[-1]} requests"
         )
         idle(proc, result, args.idle_seconds)
+        log_text = (workdir / "controller.log").read_text(errors="replace")
+        result.slice_ms = [float(ms) for ms, _ in SLICE_LINE.findall(log_text)]
         log(
             f"  idle: RSS {max(result.rss_mb):.0f} MB, {result.threads[-1]:.0f} threads, "
             f"{result.fds[-1]:.0f} fds, {result.cpu_s_per_min[-1]:.1f} CPU s/min"
@@ -421,6 +428,7 @@ def tail_errors(log: Path, limit: int = 3) -> list[str]:
 FIGURES: dict[str, tuple[str, str]] = {  # key -> (title, unit)
     "converge_s": ("converge from empty", "s"),
     "noop_ms": ("no-op pass (the controller's log)", "ms"),
+    "slice_ms": ("a resync slice's no-op pass (~100 hosts and the servers')", "ms"),
     "requests_per_pass": ("Docker requests per no-op pass", "requests"),
     "change_s": ("one change: every client on a new image", "s"),
     "kill_repair_ms": ("Registrator killed -> started again", "ms"),

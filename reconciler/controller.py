@@ -480,16 +480,20 @@ class Controller:
         counts = ", ".join(f"{k} {v}" for k, v in result.plan.counts().items() if v)
         line = changes_line(result.plan, counts, hosts=len(loaded.topology.hosts))
         problem = result.error()
+        scope = result.scope
+        observed = len(result.observed.hosts)
+        looked_at = "" if scope.hosts is None else f" [{scope.why}: {observed} of {len(desired)} hosts]"
         # a pass that found nothing new (no run written) does not repeat a known trouble as a warning
         if result.run_id is None:  # nothing done and nothing new: no run, and no verdict to repeat
-            log.info("pass: nothing new, not recorded, in %.0f ms (%s)", duration * 1e3, line)
+            log.info("pass: nothing new, not recorded, in %.0f ms (%s)%s", duration * 1e3, line, looked_at)
         else:
             (log.info if result.ok else log.warning)(
-                "pass %s: %s in %.0f ms (%s)%s",
+                "pass %s: %s in %.0f ms (%s)%s%s",
                 result.run_id,
                 result.status,
                 duration * 1e3,
                 line,
+                looked_at,
                 f": {problem}" if problem and result.status != "succeeded" else "",
                 extra={"run": result.run_id},
             )
