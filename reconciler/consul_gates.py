@@ -124,14 +124,17 @@ class ConsulGates:
         what: str,
         node: str,
         should_stop: Callable[[], bool],
+        also: Callable[[], str | None] = lambda: None,
     ) -> str | None:
-        """Until ``check`` passes for the stabilisation time without a break; else the reason."""
+        """Until ``check`` passes for the stabilisation time without a break; else the reason.
+        ``also``: asked at each look that ``check`` passes; a reason breaks the window too."""
         started = self._clock()
         good_since: float | None = None
         reason: str | None = "not checked yet"
+        last_break: str | None = None  # what last broke a stable window
         while self._clock() - started < self.deadline:
             view = self.view()
-            reason = check(view)
+            reason = check(view) or also()
             now = self._clock()
             self._progress(f"waiting for {what}: {reason or 'stabilising'}")
             stable = 0.0 if reason is not None or good_since is None else now - good_since
@@ -143,6 +146,8 @@ class ConsulGates:
                     log.info("%s: healthy for %.1fs", what, now - good_since)
                     return None
             else:
+                if good_since is not None:
+                    last_break = reason
                 good_since = None
                 down = self.others_down(node)
                 if down:
@@ -154,11 +159,20 @@ class ConsulGates:
                 # here or on another controller, looks again and every gate re-checks.
                 return f"{INTERRUPTED}: stopped while waiting for {what}: {reason or 'stabilising'}"
             self._sleep(0.25)
-        return f"{what} not healthy within {self.deadline:.0f}s: {reason or 'did not stay healthy'}"
+        if reason is None:
+            reason = "did not stay healthy" + (f" ({last_break})" if last_break else "")
+        return f"{what} not healthy within {self.deadline:.0f}s: {reason}"
 
-    def wait_replaced(self, node: str, should_stop: Callable[[], bool]) -> str | None:
+    def wait_replaced(
+        self, node: str, should_stop: Callable[[], bool], restarted: Callable[[], str | None] = lambda: None
+    ) -> str | None:
+        """``restarted``: why the new container is not steady (the engine restarted it), or None.
+        Consul alone cannot see a crash loop under a restart policy: an agent back within a few
+        hundred milliseconds is never marked failed by gossip (serf's probe interval is 1 s and its
+        suspicion timeout several more), so a server dying every 2 s can look alive and healthy to
+        every server for a whole stabilisation window."""
         check = partial(after_replacement, node=node, desired_servers=self.servers)
-        return self.wait(check, f"server {node}", node, should_stop)
+        return self.wait(check, f"server {node}", node, should_stop, also=restarted)
 
     def wait_removed(self, node: str, should_stop: Callable[[], bool]) -> str | None:
         check = partial(after_removal, node=node, desired_servers=self.servers)

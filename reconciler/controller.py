@@ -374,9 +374,7 @@ class Controller:
         if scope.full:  # scoped passes follow only a full pass of this document that was not refused
             self._full_digest = None if result.refused else loaded.digest
         looked = {h.name for h in result.observed.hosts if h.reachable}
-        running = {
-            h.name for h in result.observed.hosts if any(c.role == "server" for c in h.managed)
-        }
+        running = {h.name for h in result.observed.hosts if any(c.role == "server" for c in h.managed)}
         self._servers_seen = (self._servers_seen - looked) | running
         return result
 

@@ -215,7 +215,9 @@ class Executor:
         if action.kind is Kind.REMOVE or (action.desired is not None and action.desired.role != "server"):
             problem = self._gates.wait_removed(node, self._should_stop)
         else:
-            problem = self._gates.wait_replaced(node, self._should_stop)
+            problem = self._gates.wait_replaced(
+                node, self._should_stop, self._restart_watch(action.host, result.container_id)
+            )
         if problem is not None and problem.startswith(INTERRUPTED):
             self._server_hold = problem  # no pause: the next pass repairs, and every gate re-checks
             log.warning("%s", problem)
@@ -229,6 +231,25 @@ class Executor:
             log.error("%s", reason, extra=self._fields(action))
             return ActionResult(action, "failed", reason, result.container_id, result.audit_id)
         return result
+
+    def _restart_watch(self, host: str, container_id: str | None) -> Callable[[], str | None]:
+        """For the health gate after a server is (re)made: a reason at each look that finds its new
+        container restarted since the last one (a crash loop Consul's health does not show)."""
+        if container_id is None:
+            return lambda: None
+        seen = [0]  # a new container: no restart yet
+
+        def restarted() -> str | None:
+            try:
+                count = self._steps.restarts(host, container_id)
+            except EngineError as exc:
+                return f"its container cannot be inspected: {exc}"
+            if count > seen[0]:
+                seen[0] = count
+                return f"its container on {host} was restarted by the engine (restart count {count})"
+            return None
+
+        return restarted
 
     def _run_parallel(self, actions: Sequence[Action]) -> list[ActionResult]:
         by_host: dict[str, list[Action]] = {}

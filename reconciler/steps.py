@@ -13,7 +13,7 @@ from reconciler.actual import Adoption
 from reconciler.consul_gates import ConsulGates
 from reconciler.containers import ActionError, ContainerOps, ExecOptions, Fenced, temporary_name
 from reconciler.docker_import import Container, docker
-from reconciler.engines import Connections
+from reconciler.engines import Connections, EngineError, describe_error
 from reconciler.leave import ServerLeave
 from reconciler.plan import Action, Kind
 from reconciler.store import AuditLog
@@ -49,6 +49,16 @@ class Steps:
 
     def _client(self, host: str) -> docker.DockerClient:
         return self._connections.get(host, self._endpoints[host])
+
+    def restarts(self, host: str, container_id: str) -> int:
+        """How many times the engine has restarted the container (its restart policy), from its
+        ``RestartCount``; EngineError when the engine cannot say."""
+        client = self._client(host)
+        try:
+            attrs = client.api.inspect_container(container_id)
+        except Exception as exc:
+            raise EngineError(host, f"container {container_id[:12]}: {describe_error(exc)}") from exc
+        return int(attrs.get("RestartCount") or 0)
 
     def perform(self, action: Action) -> str | None:
         """The container's id once the action is done; ActionError (or Fenced) when it is not."""

@@ -26,7 +26,6 @@ from reconciler.eventhub import WATCHED_EVENTS
 log = logging.getLogger("consul_reconciler.triggers")
 
 
-
 @dataclass(frozen=True)
 class Request:
     reasons: dict[str, float]  # reason -> monotonic time of the first request for it

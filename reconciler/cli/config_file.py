@@ -67,4 +67,3 @@ def load_config(path: Path, command: Any) -> dict[str, Any]:
             raise ConfigFileError(f"--config {path}: {key!r} is no option of run; the keys are: {shown}")
         settings[name] = value  # typed as on the command line: typer converts it as it does a flag
     return settings
-

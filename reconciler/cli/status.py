@@ -151,6 +151,7 @@ def status(
         drift_text = "unknown" if h["drift"] is None else (", ".join(h["drift"]) or "none")
         row = [h["host"], " ".join(h["desired"]) or "-", observed_text, drift_text, state_text, last_text]
         rows.append([*row, h["owner"] or "none"] if owners is not None else row)
+    out.print(controller["summary"], markup=False, style=None if controller["running"] else "yellow")
     headers = ["host", "desired", "observed", "drift", "controller", "last action"]
     table = text_table([*headers, "owner"] if owners is not None else headers, rows).split("\n")
     out.print(table[0], markup=False)

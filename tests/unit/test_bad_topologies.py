@@ -191,7 +191,9 @@ def test_good_document_loads_with_its_warnings(doc: Path) -> None:
 
 _FORK_RUNNER = r"""
 import json, os, resource, runpy, sys
-import reconciler.cli  # noqa: F401  (its dependencies are imported once, here)
+import reconciler.cli  # noqa: F401  (the command line, and what `validate` imports when it runs:
+import desired_state.configfiles, desired_state.load, desired_state.secrets, desired_state.tlsfiles  # noqa
+import reconciler.formatting, reconciler.sources  # noqa  ...imported once, here, not in every child)
 
 del sys.modules["reconciler.cli"]  # ...and every child runs the module afresh as __main__, as -m does
 

@@ -454,3 +454,41 @@ def test_the_gates_see_a_server_whose_answer_broke_off_as_unhealthy_not_as_a_cra
     assert view.leader == "" and "broke off its answer (status/leader" in view.error, view
     assert gates.member_status("n2") is None
     assert gates.others_down("n2") == ["n1"]
+
+
+def test_a_server_whose_container_restarts_never_passes_its_gate_though_consul_calls_it_healthy() -> None:
+    """A crash-looping server under a restart policy can look alive and healthy to Consul for a whole
+    stabilisation window (gossip marks it failed only after probes and a suspicion timeout): the gate
+    also asks the engine, and each restart of the new container starts the window again."""
+    from reconciler.consul_gates import ConsulGates
+    from reconciler.gates import ClusterView, RaftServer
+
+    now = [0.0]
+    healthy = ClusterView(
+        leader="127.0.0.1:8300",
+        servers=(RaftServer(id="n1", node="n1", address="127.0.0.1:8300", leader=True, voter=True),),
+        healthy=True,
+        serf={"n1": "alive"},
+    )
+
+    class Steady(ConsulGates):
+        def view(self, exclude: str | None = None) -> ClusterView:
+            return healthy
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    gates = Steady({"n1": "127.0.0.1:1"}, deadline=8, stabilization=3, agent_timeout=1, clock=lambda: now[0],
+                   sleep=sleep)  # fmt: skip
+    restarts = [0]
+
+    def crash_looping() -> str | None:  # the engine restarts it every 2 s
+        count = int(now[0] // 2)
+        if count > restarts[0]:
+            restarts[0] = count
+            return f"restarted (restart count {count})"
+        return None
+
+    problem = gates.wait_replaced("n1", lambda: False, crash_looping)
+    assert problem is not None and "not healthy within 8s" in problem and "restarted" in problem, problem
+    assert gates.wait_replaced("n1", lambda: False, lambda: None) is None  # steady: the window completes
