@@ -466,7 +466,43 @@ def real_figures(benchmarks: Path) -> dict[str, Samples]:
     return found
 
 
-def markdown(results: dict[str, Any], real: dict[str, Samples], chart: str) -> str:
+def before_table(results: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    """Each figure of an earlier run beside this one's, size by size: "before -> now" (medians)."""
+    then = {s["hosts"]: s for s in before["sizes"]}
+    sizes = [s for s in results["sizes"] if s["hosts"] in then]
+    if not sizes:
+        return []
+    header = ["figure (median)", *[f"{s['hosts']:,} hosts" for s in sizes]]
+    rows = []
+    for key, (title, _unit) in FIGURES.items():
+        cells = []
+        for size in sizes:
+            old, new = figure(then[size["hosts"]], key), figure(size, key)
+            if key not in then[size["hosts"]] and new is not None:  # a figure the earlier run lacked
+                cells.append(f"(new) {_median(new)}")
+            elif old is not None and new is not None and old.median:
+                cells.append(f"{_median(old)} -> {_median(new)} (x{new.median / old.median:.2g})")
+            else:
+                cells.append(f"{_median(old)} -> {_median(new)}")
+        rows.append([title, *cells])
+    return [
+        "",
+        f"### Before and after: commit {before['commit']} ({before['started']}) -> "
+        f"commit {results['commit']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
+
+
+def _median(samples: Samples | None) -> str:
+    return "not reached" if samples is None else samples.text().split(" (")[0]
+
+
+def markdown(
+    results: dict[str, Any], real: dict[str, Samples], chart: str, before: dict[str, Any] | None = None
+) -> str:
     sizes = results["sizes"]
     header = ["figure", *[f"{s['hosts']:,} hosts" for s in sizes], "30 real engines (BENCHMARKS.json)"]
     rows = []
@@ -503,8 +539,12 @@ def markdown(results: dict[str, Any], real: dict[str, Samples], chart: str) -> s
         )
         + " (2 cores; other work shared them).",
     ]
+    if before is not None:
+        lines += before_table(results, before)
     if results.get("analysis"):  # written by hand for the figures of one run (kept in the JSON)
         lines += ["", "### Where the cost goes", "", *results["analysis"]]
+    if before is not None and before.get("analysis"):
+        lines += ["", f"### Where the cost went at commit {before['commit']}", "", *before["analysis"]]
     lines += ["", "Notes:"]
     for size in sizes:
         for note in size["notes"]:
@@ -519,7 +559,9 @@ def _cell(samples: Samples | None, missing: str = "not reached") -> str:
     return samples.text() if samples is not None else missing
 
 
-def draw(results: dict[str, Any], real: dict[str, Samples], path: Path) -> bool:
+def draw(
+    results: dict[str, Any], real: dict[str, Samples], path: Path, before: dict[str, Any] | None = None
+) -> bool:
     try:
         import matplotlib
     except ImportError:
@@ -528,8 +570,10 @@ def draw(results: dict[str, Any], real: dict[str, Samples], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     sizes = results["sizes"]
-    fig, axes = plt.subplots(2, 5, figsize=(20, 7.5))
-    for ax, (key, (title, unit)) in zip(axes.flat, FIGURES.items(), strict=True):
+    fig, axes = plt.subplots(3, 4, figsize=(18, 11))
+    for spare in axes.flat[len(FIGURES) :]:
+        spare.set_visible(False)
+    for ax, (key, (title, unit)) in zip(axes.flat, FIGURES.items(), strict=False):
         points = [(s["hosts"], f) for s in sizes if (f := figure(s, key)) is not None]
         if points:
             ax.errorbar(
@@ -539,6 +583,16 @@ def draw(results: dict[str, Any], real: dict[str, Samples], path: Path) -> bool:
                 marker="o",
                 capsize=3,
                 label="simulated engines",
+            )
+        earlier = [(s["hosts"], f) for s in (before or {}).get("sizes", []) if (f := figure(s, key))]
+        if earlier:
+            ax.plot(
+                [n for n, _ in earlier],
+                [f.median for _, f in earlier],
+                marker=".",
+                color="grey",
+                linestyle="--",
+                label=f"before (commit {before['commit']})" if before else "before",
             )
         if key in real:
             ax.plot(
@@ -590,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="also the chart and BENCHMARKS.md's section")
     parser.add_argument("--from-json", action="store_true", help="only render --json again (no measuring)")
     parser.add_argument("--keep", action="store_true", help="keep each size's folder (logs, audit.db)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=ROOT / "docs" / "simscale-before.json",
+        help="an earlier run's JSON, shown beside this one (table and chart) when the file exists",
+    )
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -617,8 +677,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         real = real_figures(ROOT / "BENCHMARKS.json")
         chart = args.json.with_suffix(".png")
-        drawn = draw(results, real, chart)
-        section = markdown(results, real, os.path.relpath(chart, ROOT) if drawn else "")
+        before = json.loads(args.before.read_text()) if args.before.exists() else None
+        drawn = draw(results, real, chart, before)
+        section = markdown(results, real, os.path.relpath(chart, ROOT) if drawn else "", before)
         paste(section, ROOT / "BENCHMARKS.md")
         log(f"wrote {args.json.name}, {chart.name if drawn else '(no chart: no matplotlib)'}, BENCHMARKS.md")
     return 0
