@@ -395,8 +395,10 @@ class Engine:
         if pid is None or not _pid_alive(pid):
             return None
         cmdline = _pid_cmdline(pid)
-        if cmdline and not cmdline[0].endswith("dockerd"):
-            return None  # a recycled pid that is not a dockerd
+        if not cmdline or not cmdline[0].endswith("dockerd"):
+            # a recycled pid that is not a dockerd; a kernel thread's cmdline is empty (seen: a
+            # kworker had taken the pid of a dockerd killed with the machine's previous run)
+            return None
         return pid
 
     def ping(self, timeout: float = 2.0) -> bool:
