@@ -18,7 +18,7 @@ from desired_state.spec import Endpoint
 from reconciler import labels as L
 from reconciler.actual import ObservedContainer, ObservedFleet, ObservedHost
 from reconciler.docker_import import docker
-from reconciler.engines import Connections, EngineError, describe_error
+from reconciler.engines import Connections, EngineError, describe_error, list_containers
 from reconciler.mounted import RECORD, Edit, HostFileMissing, MountedConfigError, edits, parse_record
 from reconciler.mounted_docker import host_files, read_folder
 
@@ -130,7 +130,7 @@ def observe_host(
 ) -> ObservedHost:
     try:
         api = connections.get(host, endpoint).api
-        listed = [_container(raw) for raw in api.containers(all=True, filters={"label": [L.MANAGED_BY]})]
+        listed = [_container(raw) for raw in list_containers(api, {"label": [L.MANAGED_BY]})]
         managed = [_with_config_edits(api, c) if c.mounted_config else c for c in listed]
         missing = sorted(set(wanted) - {c.name for c in managed})
         others: list[ObservedContainer] = []
@@ -138,7 +138,7 @@ def observe_host(
             pattern = [f"^/{name}$" for name in missing]
             others = [
                 c if c.id in adopted_ids else _inspected(api, host, c)
-                for c in (_container(raw) for raw in api.containers(all=True, filters={"name": pattern}))
+                for c in (_container(raw) for raw in list_containers(api, {"name": pattern}))
                 if c.name in missing and c.managed_by is None
             ]
     except EngineError as exc:

@@ -1,0 +1,54 @@
+"""The list call of every pass (reconciler.engines.list_containers) on a real engine: what docker-py's
+``containers()`` answers, and its failures read as docker-py's."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import docker
+import pytest
+
+from desired_state.spec import Endpoint
+from reconciler.engines import Connections, describe_error, list_containers
+from testbed.fleet import AGENT_IMAGE_1, Engine
+
+
+def test_the_list_call_answers_as_docker_py_and_fails_as_it(
+    clean_fleet: list[Engine], tmp_path: Path
+) -> None:
+    engine = clean_fleet[0]
+    connections = Connections()
+    try:
+        api = connections.get(engine.name, Endpoint(url=engine.url)).api
+        assert type(api._custom_adapter).__name__ == "UnixHTTPAdapter"  # the direct path is taken
+        with contextlib.closing(engine.client()) as client:
+            for name, labels in (("listed-a", {"x.test": "1"}), ("listed-b", {"x.test": "2"}), ("other", {})):
+                client.containers.create(AGENT_IMAGE_1, name=name, labels=labels)
+        for filters in ({"label": ["x.test"]}, {"label": ["x.test=2"]}, {"name": ["^/other$"]}, {}):
+            ours = list_containers(api, filters)
+            theirs = api.containers(all=True, filters=filters)
+            assert ours == theirs, filters
+        assert {c["Names"][0] for c in list_containers(api, {"label": ["x.test"]})} == {
+            "/listed-a",
+            "/listed-b",
+        }
+
+        with pytest.raises(docker.errors.APIError) as refused:  # Docker's 400: an unknown filter
+            list_containers(api, {"no-such-filter": ["1"]})
+        with pytest.raises(docker.errors.APIError) as theirs_refused:
+            api.containers(all=True, filters={"no-such-filter": ["1"]})
+        assert describe_error(refused.value) == describe_error(theirs_refused.value)
+        assert "no-such-filter" in describe_error(refused.value)
+
+        gone = f"unix://{tmp_path}/no-engine.sock"
+        away = connections.get("away", Endpoint(url=gone)).api
+        with pytest.raises(Exception) as ours_down:
+            list_containers(away, {"label": ["x.test"]})
+        with pytest.raises(Exception) as theirs_down:
+            away.containers(all=True, filters={"label": ["x.test"]})
+        assert type(ours_down.value) is type(theirs_down.value)
+        assert describe_error(ours_down.value, gone) == describe_error(theirs_down.value, gone)
+        assert describe_error(ours_down.value, gone).endswith("No such file or directory")
+    finally:
+        connections.close()
