@@ -131,7 +131,7 @@ def list_containers(api: Any, filters: dict[str, list[str]]) -> list[dict[str, A
     0.6 ms a host on this machine; urllib3's pool alone does the HTTP. Errors are raised as requests
     raises them (ConnectionError, ReadTimeout; APIError from Docker's answer), so describe_error reads
     them alike; the client's response hooks (the benchmarks' request count) are told of the call."""
-    adapter: Any = getattr(api, "_custom_adapter", None)
+    adapter: Any = vars(api).get("_custom_adapter")  # docker-py's APIClient sets it in __init__
     if f"{type(adapter).__module__}.{type(adapter).__name__}" not in _PLAIN_ADAPTERS:
         return list(api.containers(all=True, filters=filters))
     import json

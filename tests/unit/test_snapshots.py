@@ -296,7 +296,7 @@ class HealthyGates:
     def view(self, exclude: str | None = None) -> ClusterView:
         return healthy_view()
 
-    def wait_replaced(self, node: str, should_stop: Any) -> None:
+    def wait_replaced(self, node: str, should_stop: Any, restarted: Any = None) -> None:
         return None
 
     def wait_removed(self, node: str, should_stop: Any) -> None:
