@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -232,10 +232,7 @@ def run_pass(
     if not plan.actions and plan.refused is None and not went_away and not answering:
         # Nothing to do and nothing new wrong: no run row (a controller's resync would otherwise write
         # one every interval for ever). Remember the hosts on first sight only.
-        known = known_hosts
-        for wanted in desired.hosts:
-            if wanted.name in seen and known.get(wanted.name) != wanted.endpoint.to_dict():
-                audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+        audit.state.remember_hosts(cluster, _new_endpoints(desired, seen, known_hosts))
         return PassResult(plan, observed, None, ApplyResult(), troubles=troubles, scope=scope)
     run_id = audit.start_run(
         cluster_id=cluster,
@@ -278,10 +275,8 @@ def run_pass(
     for danger in plan.dangers:
         if danger.acknowledged:
             log.warning("going ahead with an acknowledged dangerous change: %s", danger)
-    reachable = {h.name for h in observed.hosts if h.reachable}
-    for wanted in desired.hosts:
-        if wanted.name in reachable:
-            audit.state.remember_host(cluster, wanted.name, wanted.endpoint.to_dict())
+    # before acting: a host this pass creates containers on is known even if the process dies next
+    audit.state.remember_hosts(cluster, _new_endpoints(desired, seen, known_hosts))
     endpoints = {h.name: h.endpoint for h in observed.hosts}
     rollout = loaded.topology.rollout
     exec_options = replace(options.exec, max_parallel=rollout.max_parallel)
@@ -338,6 +333,20 @@ def run_pass(
     )
     audit.finish_run(run_id, status=result.status, summary=result.summary(), error=result.error())
     return result
+
+
+def _new_endpoints(
+    desired: DesiredFleet, seen: Collection[str], known: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The endpoints of the desired hosts that answered and are not known with that endpoint yet: what
+    the known hosts must take in (a pass writes nothing for the hosts already known as they are)."""
+    found: dict[str, dict[str, Any]] = {}
+    for wanted in desired.hosts:
+        if wanted.name in seen:
+            endpoint = wanted.endpoint.to_dict()
+            if known.get(wanted.name) != endpoint:
+                found[wanted.name] = endpoint
+    return found
 
 
 def running_server_versions(observed: ObservedFleet) -> dict[str, Version | None]:

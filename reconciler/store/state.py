@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -40,33 +41,42 @@ class ControllerState:
 
     def remember_host(self, cluster_id: str, host: str, endpoint: dict[str, Any]) -> None:
         """Insert or update the endpoint used to reach ``host`` (portable upsert)."""
-        encoded = _dumps(endpoint)
+        self.remember_hosts(cluster_id, {host: endpoint})
+
+    def remember_hosts(self, cluster_id: str, endpoints: Mapping[str, dict[str, Any]]) -> None:
+        """Insert or update the endpoint of each host of ``endpoints``, all in one transaction (a pass
+        that acts on a thousand hosts writes one commit, not a thousand)."""
+        if not endpoints:
+            return
+        encoded = {host: _dumps(endpoint) for host, endpoint in endpoints.items()}
         for _attempt in range(3):
             now = self._db._now()
             try:
                 with self._db._write() as session:
-                    result = session.execute(
-                        update(KnownHostModel)
-                        .where(KnownHostModel.cluster_id == cluster_id, KnownHostModel.host == host)
-                        .values(endpoint=encoded, last_seen=now)
-                        .execution_options(synchronize_session=False)
-                    )
-                    if not getattr(result, "rowcount", 0):
-                        session.add(
-                            KnownHostModel(
-                                cluster_id=cluster_id,
-                                host=host,
-                                endpoint=encoded,
-                                first_seen=now,
-                                last_seen=now,
-                            )
+                    for host, text in encoded.items():
+                        result = session.execute(
+                            update(KnownHostModel)
+                            .where(KnownHostModel.cluster_id == cluster_id, KnownHostModel.host == host)
+                            .values(endpoint=text, last_seen=now)
+                            .execution_options(synchronize_session=False)
                         )
+                        if not getattr(result, "rowcount", 0):
+                            session.add(
+                                KnownHostModel(
+                                    cluster_id=cluster_id,
+                                    host=host,
+                                    endpoint=text,
+                                    first_seen=now,
+                                    last_seen=now,
+                                )
+                            )
                 return
             except IntegrityError:
-                # Another writer inserted the same host between our UPDATE and INSERT
+                # Another writer inserted one of these hosts between our UPDATE and INSERT
                 # (possible on servers with row-level locking); the UPDATE wins next time.
                 continue
-        raise RuntimeError(f"could not record known host {host!r} for cluster {cluster_id!r}")
+        hosts = ", ".join(sorted(encoded)[:5]) + (", ..." if len(encoded) > 5 else "")
+        raise RuntimeError(f"could not record known host(s) {hosts} for cluster {cluster_id!r}")
 
     def forget_host(self, cluster_id: str, host: str) -> None:
         with self._db._write() as session:

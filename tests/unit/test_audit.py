@@ -612,6 +612,25 @@ def test_known_hosts_upsert_and_forget(db_path: Path) -> None:
         audit.close()
 
 
+def test_remember_hosts_writes_many_in_one_transaction(db_path: Path) -> None:
+    """A pass that acts on many hosts records their endpoints in one commit: new ones inserted, known
+    ones updated, all with the same time (one transaction), nothing for an empty batch."""
+    audit = AuditLog(str(db_path), clock=StepClock())
+    try:
+        audit.state.remember_host("dc1", "h0", {"url": "unix:///old.sock"})  # T0
+        audit.state.remember_hosts("dc1", {})  # nothing: no transaction, no clock step
+        batch = {f"h{n}": {"url": f"unix:///h{n}.sock"} for n in range(50)}
+        audit.state.remember_hosts("dc1", batch)  # T0+1, one transaction
+        assert audit.state.known_hosts("dc1") == batch
+        rows = sqlite_rows(db_path, "SELECT host, first_seen, last_seen FROM known_hosts WHERE cluster_id='dc1'")
+        assert len(rows) == 50
+        assert {str(last)[:19] for _host, _first, last in rows} == {"2026-03-01 12:01:00"}
+        first = {host: str(first)[:19] for host, first, _last in rows}
+        assert first["h0"] == "2026-03-01 12:00:00" and first["h1"] == "2026-03-01 12:01:00"
+    finally:
+        audit.close()
+
+
 def test_known_hosts_survive_reopen(db_path: Path) -> None:
     with AuditLog(str(db_path)) as audit:
         audit.state.remember_host("dc1", "docker-a", {"url": "tcp://a:2375"})
