@@ -143,7 +143,7 @@ def assess(
         table.succeeded(host)  # a clean pass: backoff and degraded state reset
     next_retry = table.next_retry(summary.desired)
     return Assessment(
-        history=History(table.hosts, crashloops.history()),
+        history=History(table.hosts, crashloops.history(now)),
         notes=tuple(notes),
         entered=frozenset(summary.failed) | frozenset(looping_hosts),
         degraded=frozenset(looping_hosts),

@@ -138,9 +138,15 @@ class CrashLoopDetector:
         """A detector that goes on from :meth:`history` (a copy: ``history`` is left as it is)."""
         return cls(attempts, window, {key: deque(times) for key, times in history.items()})
 
-    def history(self) -> dict[tuple[str, str], tuple[float, ...]]:
-        """The repairs noted, per (host, container), oldest first (a copy)."""
-        return {key: tuple(times) for key, times in self._history.items()}
+    def history(self, now: float | None = None) -> dict[tuple[str, str], tuple[float, ...]]:
+        """The repairs noted, per (host, container), oldest first (a copy). With ``now``, only those
+        still inside the window: a container repaired once long ago counts as never repaired, so the
+        history of a fleet created once does not stay as long as the fleet, copied on every pass."""
+        if now is None:
+            return {key: tuple(times) for key, times in self._history.items()}
+        since = now - self.window
+        kept = {key: tuple(t for t in times if t >= since) for key, times in self._history.items()}
+        return {key: times for key, times in kept.items() if times}
 
     def repaired(self, host: str, container: str, now: float) -> bool:
         """Note one repair; True when this container is now crash-looping."""

@@ -158,3 +158,17 @@ def test_an_assessment_asks_for_the_passes_that_follow_it() -> None:
     waiting = assess(summary(waiting=True), 100.0, History(), rules, random.Random(1))
     assert [(r.reason, r.after) for r in waiting.requeues()] == [("rollout-wait", WAITING_RECHECK)]
     assert assess(summary(), 100.0, History(), rules, random.Random(1)).requeues() == []
+
+
+def test_repairs_older_than_the_crash_loop_window_are_forgotten() -> None:
+    """A container repaired once long ago counts as never repaired: the history keeps only the repairs
+    inside the window (else a fleet created once is carried, and copied, on every pass for ever)."""
+    first = assess(
+        summary(repaired={"h1": ["consul"], "h2": ["registrator"]}), 100.0, History(), RULES, random.Random(1)
+    )
+    assert first.history.repairs == {("h1", "consul"): (100.0,), ("h2", "registrator"): (100.0,)}
+    inside = assess(summary(repaired={"h2": ["registrator"]}), 350.0, first.history, RULES, random.Random(1))
+    assert inside.history.repairs == {("h1", "consul"): (100.0,), ("h2", "registrator"): (100.0, 350.0)}
+    later = assess(summary(), 401.0, inside.history, RULES, random.Random(1))  # 100 is out of the 300 s
+    assert later.history.repairs == {("h2", "registrator"): (350.0,)}
+    assert assess(summary(), 651.0, later.history, RULES, random.Random(1)).history.repairs == {}
