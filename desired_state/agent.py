@@ -5,7 +5,6 @@ reference, never its value).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
@@ -23,9 +22,9 @@ from desired_state.fields import (
     Role,
     SecretRef,
     _check_absolute_path,
-    _ip_or_raise,
     _Strict,
     check_image_reference,
+    parse_ip,
 )
 
 # The agent flags a topology field already governs (or that defeat the controller's safety), and
@@ -200,7 +199,7 @@ class ConsulSettings(_Strict):
     @field_validator("client_address")
     @classmethod
     def _client(cls, value: str) -> str:
-        ipaddress.ip_address(_ip_or_raise(value))
+        parse_ip(value)
         return value
 
     @field_validator("extra_args")

@@ -153,9 +153,18 @@ def _unicast(value: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address)
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
 
-def _ip_or_raise(value: str) -> str:
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``value`` as an address, or a ValueError that names it. An IPv4 address in its usual form (what
+    ``ipaddress`` accepts: four decimal octets, no leading zero) is built from its octets: parsing
+    each of a 10,000-host document's addresses with ``ipaddress`` took a tenth of its load."""
+    if _DOTTED_QUAD.fullmatch(value):
+        a, b, c, d = value.split(".")
+        return ipaddress.IPv4Address(int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d))
     try:
-        ipaddress.ip_address(value)
+        return ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address") from None
-    return value
