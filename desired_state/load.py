@@ -386,12 +386,13 @@ def _parse_json(text: str, source: str) -> tuple[Any, LineMap]:
 
 def _check_size(raw: Any, source: str) -> None:
     """Not nested deeper than MAX_DEPTH, and no more than MAX_VALUES values: a document just under the
-    byte limit could otherwise hold a million values, each an error to compute and report."""
-    stack: list[tuple[Any, int]] = [(raw, 0)]
-    count = 0
-    while stack:
-        value, depth = stack.pop()
-        count += 1
+    byte limit could otherwise hold a million values, each an error to compute and report. Walked a
+    level at a time, a parser's own dicts and lists told by their type (an ABC check of each of a
+    10,000-host document's 120,000 values was most of this walk's time)."""
+    level: list[Any] = [raw]
+    depth = count = 0
+    while level:
+        count += len(level)
         if depth > MAX_DEPTH:
             raise TopologyError([Issue("", f"nested deeper than {MAX_DEPTH} levels")], source)
         if count > MAX_VALUES:
@@ -399,10 +400,23 @@ def _check_size(raw: Any, source: str) -> None:
                 [Issue("", f"the document holds more than {MAX_VALUES:,} values; a topology has far fewer")],
                 source,
             )
-        if isinstance(value, Mapping):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+        below: list[Any] = []
+        for value in level:
+            kind = type(value)
+            if kind is dict:
+                below.extend(value.values())
+            elif kind is list:
+                below.extend(value)
+            elif kind in _SCALARS:
+                continue
+            elif isinstance(value, Mapping):
+                below.extend(value.values())
+            elif isinstance(value, list):
+                below.extend(value)
+        level, depth = below, depth + 1
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 # --- validation errors -> issues -------------------------------------------------------------------
