@@ -130,11 +130,9 @@ def agent_spec(
         command += ["-server", expect]
         bootstrap.add(expect)
     command += [f"-node={host.node_name}", f"-datacenter={topology.datacenter}"]
-    for peer in servers:
-        if peer.name != host.name:
-            # Consul parses a join address as host[:port]: a literal IPv6 address needs its brackets
-            target = f"[{peer.advertise}]" if ":" in peer.advertise else peer.advertise
-            join = f"-retry-join={target}"
+    joins = _joins(tuple((peer.name, peer.advertise) for peer in servers))
+    for name, join in joins:
+        if name != host.name:
             command.append(join)
             bootstrap.add(join)
     if host.bind:
@@ -174,6 +172,16 @@ def agent_spec(
         secret_files=secret_files,
         config_files=config_files,
         mounted_config=mounted,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _joins(servers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """(server name, its ``-retry-join`` argument) for each server: the same for every host of a fleet,
+    so made once. Consul parses a join address as host[:port]: a literal IPv6 address needs brackets."""
+    return tuple(
+        (name, f"-retry-join=[{address}]" if ":" in address else f"-retry-join={address}")
+        for name, address in servers
     )
 
 
