@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from desired_state.load import MAX_DEPTH, MAX_DOCUMENT_BYTES, Issue, TopologyError, load_topology
+from desired_state.load import MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_VALUES, Issue, TopologyError, load_topology
 from desired_state.model import Role, Topology
 from desired_state.secrets import REDACTED, check_secrets
 
@@ -243,6 +243,21 @@ def test_nesting_over_the_depth_limit_is_rejected(fmt: str) -> None:
     # at the limit the document is merely wrong (an unknown field), not too deep
     at_limit = issues_of(nested(MAX_DEPTH), fmt=fmt)
     assert all("nested deeper" not in i.message for i in at_limit)
+    assert any(i.path == "x" and i.message.startswith("unknown field") for i in at_limit)
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_a_document_of_too_many_values_is_refused_before_validation(fmt: str) -> None:
+    def values(count: int) -> bytes:
+        # the top mapping, "cluster"'s value and "x"'s list are 3 values; the list holds the rest
+        items = [0] * (count - 3)
+        return (
+            json.dumps({"cluster": "shop", "x": items}) if fmt == "json" else f"cluster: shop\nx: {items}\n"
+        ).encode()
+
+    over = one_issue(values(MAX_VALUES + 1), fmt=fmt)
+    assert over.message == f"the document holds more than {MAX_VALUES:,} values; a topology has far fewer"
+    at_limit = issues_of(values(MAX_VALUES), fmt=fmt)  # merely wrong: an unknown field
     assert any(i.path == "x" and i.message.startswith("unknown field") for i in at_limit)
 
 
@@ -568,7 +583,10 @@ def test_good_node_names(name: str) -> None:
         (["-encrypt=abc"], "item 0: '-encrypt' is set by the topology itself: use consul.encrypt"),
         (["--encrypt", "abc"], "item 0: '--encrypt' is set by the topology itself"),
         (["-node=other"], "item 0: '-node' is set by the topology itself"),
-        (["-log-level=debug", "-server"], "item 1: '-server' is set by the topology itself: use hosts[].role"),  # noqa: E501
+        (
+            ["-log-level=debug", "-server"],
+            "item 1: '-server' is set by the topology itself: use hosts[].role",
+        ),
         (["-ui"], "item 0: '-ui' is set by the topology itself: use consul.ui"),
         (["-client=0.0.0.0"], "item 0: '-client' is set by the topology itself: use consul.client_address"),
         (["-data-dir=/"], "item 0: '-data-dir' is set by the topology itself: use hosts[].data_dir"),
