@@ -63,10 +63,35 @@ def connect(host: str, endpoint: Endpoint) -> docker.DockerClient:
     adapter = getattr(client.api, "_custom_adapter", None)
     if adapter is not None and hasattr(adapter, "pools"):
         adapter.pools = RecentlyUsedContainer(ENGINE_POOLS, dispose_func=lambda pool: pool.close())
+        if _adapter_name(adapter) == _UNIX_ADAPTER:
+            _one_pool(adapter)
     # The host's own TLS files decide: requests would otherwise let $REQUESTS_CA_BUNDLE or
     # $CURL_CA_BUNDLE replace tls.ca, and $HTTPS_PROXY route an engine's API through a proxy.
     client.api.trust_env = False
     return client
+
+
+def _one_pool(adapter: Any) -> None:
+    """Every request to a unix-socket engine on one connection pool. docker-py's pools are per request
+    URL, yet all of them connect to the same socket (the URL names no host): an engine kept up to
+    ENGINE_POOLS pools, each holding its idle keep-alive socket, four descriptors a host beside its
+    event stream (15,000 at 3,000 hosts, near this machine's limit of 20,000). One pool reuses its
+    sockets for every call. (ssh:// keeps docker-py's pools: it reconnects a dropped SSH session only
+    when it makes a new pool.)"""
+    by_url = adapter.get_connection
+
+    def get_connection(url: str, proxies: Any = None) -> Any:
+        return by_url(_ONE_POOL_URL, proxies)
+
+    adapter.get_connection = get_connection
+
+
+_UNIX_ADAPTER = "docker.transport.unixconn.UnixHTTPAdapter"
+_ONE_POOL_URL = "http+docker://localhost"  # the key of the one pool (its connections ignore it)
+
+
+def _adapter_name(adapter: Any) -> str:
+    return f"{type(adapter).__module__}.{type(adapter).__name__}"
 
 
 def connect_bounded(host: str, endpoint: Endpoint) -> docker.DockerClient:
@@ -118,9 +143,7 @@ def describe_error(exc: BaseException, url: str | None = None) -> str:
 # docker-py's adapters whose get_connection(url) is all a request needs: a unix socket, an SSH channel.
 # Not the TLS adapter: requests applies the host's certificates per request (cert_verify), so a TLS
 # engine's calls always go through requests.
-_PLAIN_ADAPTERS = frozenset(
-    {"docker.transport.unixconn.UnixHTTPAdapter", "docker.transport.sshconn.SSHHTTPAdapter"}
-)
+_PLAIN_ADAPTERS = frozenset({_UNIX_ADAPTER, "docker.transport.sshconn.SSHHTTPAdapter"})
 
 
 def list_containers(api: Any, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -132,7 +155,7 @@ def list_containers(api: Any, filters: dict[str, list[str]]) -> list[dict[str, A
     raises them (ConnectionError, ReadTimeout; APIError from Docker's answer), so describe_error reads
     them alike; the client's response hooks (the benchmarks' request count) are told of the call."""
     adapter: Any = vars(api).get("_custom_adapter")  # docker-py's APIClient sets it in __init__
-    if f"{type(adapter).__module__}.{type(adapter).__name__}" not in _PLAIN_ADAPTERS:
+    if _adapter_name(adapter) not in _PLAIN_ADAPTERS:
         return list(api.containers(all=True, filters=filters))
     import json
     from types import SimpleNamespace
