@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from reconciler.backoff import BackoffPolicy, BackoffTable, CrashLoopDetector, HostBackoff
@@ -118,7 +118,7 @@ class Assessment:
 def assess(
     summary: PassSummary, now: float, history: History, rules: Rules, rng: random.Random
 ) -> Assessment:
-    table = BackoffTable(rules.backoff, rng, {h: replace(s) for h, s in history.hosts.items()})
+    table = BackoffTable(rules.backoff, rng, dict(history.hosts))  # its entries are replaced, not changed
     crashloops = CrashLoopDetector.resumed(rules.crashloop_attempts, rules.crashloop_window, history.repairs)
     notes: list[Note] = []
     looping_hosts: set[str] = set()

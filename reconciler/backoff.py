@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -84,14 +84,19 @@ class BackoffTable:
     rng: random.Random = field(default_factory=random.Random)
     hosts: dict[str, HostBackoff] = field(default_factory=dict)
 
+    # A host without failures has no entry, and an entry is replaced, never changed in place: a table
+    # may start from another's entries (assess: the last pass's history) without copying each one.
+
     def get(self, host: str) -> HostBackoff:
-        return self.hosts.setdefault(host, HostBackoff())
+        """The host's state (a fresh one for a host that has not failed); read it, do not change it."""
+        return self.hosts.get(host) or HostBackoff()
 
     def failed(
         self, host: str, now: float, error: str, *, degraded: bool = False, unreachable: bool = False
     ) -> float:
         """Record a failure; returns the delay until the host may be tried again."""
-        state = self.get(host)
+        state = replace(self.get(host))
+        self.hosts[host] = state
         state.failures += 1
         state.last_error = error
         state.degraded = state.degraded or degraded
@@ -101,7 +106,7 @@ class BackoffTable:
         return delay
 
     def succeeded(self, host: str) -> None:
-        self.hosts[host] = HostBackoff()
+        self.hosts.pop(host, None)
 
     def waiting(self, now: float) -> dict[str, HostBackoff]:
         """Hosts still inside their backoff window."""
@@ -130,27 +135,39 @@ class CrashLoopDetector:
     attempts: int = 3
     window: float = 300.0
     _history: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
+    # the repairs it resumed from (a pass's history: left as it is, each container's times copied only
+    # when it is repaired again; a fleet converged from empty brings thousands, most never repaired)
+    _resumed: Mapping[tuple[str, str], Iterable[float]] = field(default_factory=dict)
 
     @classmethod
     def resumed(
         cls, attempts: int, window: float, history: Mapping[tuple[str, str], Iterable[float]]
     ) -> CrashLoopDetector:
-        """A detector that goes on from :meth:`history` (a copy: ``history`` is left as it is)."""
-        return cls(attempts, window, {key: deque(times) for key, times in history.items()})
+        """A detector that goes on from :meth:`history` (``history`` is left as it is)."""
+        return cls(attempts, window, {}, history)
 
     def history(self, now: float | None = None) -> dict[tuple[str, str], tuple[float, ...]]:
         """The repairs noted, per (host, container), oldest first (a copy). With ``now``, only those
         still inside the window: a container repaired once long ago counts as never repaired, so the
-        history of a fleet created once does not stay as long as the fleet, copied on every pass."""
+        history of a fleet created once does not stay as long as the fleet, carried on every pass."""
+        merged = {key: tuple(times) for key, times in self._resumed.items() if key not in self._history}
+        merged |= {key: tuple(times) for key, times in self._history.items()}
         if now is None:
-            return {key: tuple(times) for key, times in self._history.items()}
+            return merged
         since = now - self.window
-        kept = {key: tuple(t for t in times if t >= since) for key, times in self._history.items()}
+        kept = {
+            key: times if times[0] >= since else tuple(t for t in times if t >= since)
+            for key, times in merged.items()
+            if times
+        }
         return {key: times for key, times in kept.items() if times}
 
     def repaired(self, host: str, container: str, now: float) -> bool:
         """Note one repair; True when this container is now crash-looping."""
-        times = self._history.setdefault((host, container), deque())
+        key = (host, container)
+        times = self._history.get(key)
+        if times is None:
+            times = self._history[key] = deque(self._resumed.get(key, ()))
         times.append(now)
         while times and times[0] < now - self.window:
             times.popleft()
