@@ -57,6 +57,7 @@ the change being listed; a killed member's hosts move within 2T (Consul's invali
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,8 +65,11 @@ from dataclasses import dataclass, field
 VIEW_FRESH_FRACTION = 0.25  # of the TTL: the oldest view a controller acts on (F)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def weight(member: str, host: str) -> int:
-    """The rendezvous score of ``member`` for ``host``: the same on every controller, for ever."""
+    """The rendezvous score of ``member`` for ``host``: the same on every controller, for ever. Kept:
+    every action of a sharded controller decides again the owner of every host (Sharding.may_act):
+    60 ms at 3,000 hosts and 3 controllers with a hash each time, 7 ms with the scores kept."""
     digest = hashlib.blake2b(f"{member}\x00{host}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
