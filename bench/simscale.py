@@ -56,6 +56,7 @@ from bench.peers import VENV_BIN
 from bench.report import SIMSCALE_BEGIN, SIMSCALE_END
 from bench.scale import host_name, loopback
 from bench.stats import Samples, machine
+from reconciler.scope import SLICE_HOSTS
 from testbed.controller_harness import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ class SizeResult:
     converge_s: float | None = None
     change_s: float | None = None
     noop_ms: list[float] = field(default_factory=list)
-    slice_ms: list[float] = field(default_factory=list)  # the resync's slice passes (past 100 hosts)
+    slice_ms: list[float] = field(default_factory=list)  # the resync's slice passes (past SLICE_HOSTS)
     requests_per_pass: list[int] = field(default_factory=list)
     request_kinds: dict[str, int] = field(default_factory=dict)
     kill_repair_ms: list[float] = field(default_factory=list)
@@ -434,7 +435,7 @@ def tail_errors(log: Path, limit: int = 3) -> list[str]:
 FIGURES: dict[str, tuple[str, str]] = {  # key -> (title, unit)
     "converge_s": ("converge from empty", "s"),
     "noop_ms": ("no-op pass (the controller's log)", "ms"),
-    "slice_ms": ("a resync slice's no-op pass (~100 hosts and the servers')", "ms"),
+    "slice_ms": (f"a resync slice's no-op pass (~{SLICE_HOSTS} hosts and the servers')", "ms"),
     "requests_per_pass": ("Docker requests per no-op pass", "requests"),
     "change_s": ("one change: every client on a new image", "s"),
     "kill_repair_ms": ("Registrator killed -> started again", "ms"),
