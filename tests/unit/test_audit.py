@@ -622,7 +622,9 @@ def test_remember_hosts_writes_many_in_one_transaction(db_path: Path) -> None:
         batch = {f"h{n}": {"url": f"unix:///h{n}.sock"} for n in range(50)}
         audit.state.remember_hosts("dc1", batch)  # T0+1, one transaction
         assert audit.state.known_hosts("dc1") == batch
-        rows = sqlite_rows(db_path, "SELECT host, first_seen, last_seen FROM known_hosts WHERE cluster_id='dc1'")
+        rows = sqlite_rows(
+            db_path, "SELECT host, first_seen, last_seen FROM known_hosts WHERE cluster_id='dc1'"
+        )
         assert len(rows) == 50
         assert {str(last)[:19] for _host, _first, last in rows} == {"2026-03-01 12:01:00"}
         first = {host: str(first)[:19] for host, first, _last in rows}
