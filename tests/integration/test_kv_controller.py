@@ -394,6 +394,7 @@ def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
         "the lost lock to be counted",
     )
     host2 = kv_fleet.engines[1]
+    before = audit_rows(kv_fleet.db, "SELECT coalesce(max(id), 0) FROM actions")[0][0]
     client = host2.client()
     try:
         labels = client.containers.get("registrator").labels
@@ -410,9 +411,14 @@ def test_unreachable_consul_no_one_leads_and_only_repairs_go_on(
     repairs = audit_rows(
         kv_fleet.db,
         "SELECT r.trigger, r.lock_index, a.kind FROM actions a JOIN runs r ON a.run_id = r.id "
-        "WHERE a.host='host2' AND a.container='registrator' AND a.status='succeeded' ORDER BY a.id DESC",
+        "WHERE a.id > ? AND a.host='host2' AND a.container='registrator' AND a.status='succeeded'",
+        before,
     )
-    assert "repairs only" in repairs[0][0] and repairs[0][1] is None and repairs[0][2] == "create"
+    # Both controllers repair without a leader: one creates it; the other may find it created and not
+    # yet started (between the rename and the start) and start it too, which Docker answers as done.
+    assert [kind for _, _, kind in repairs].count("create") == 1, repairs
+    assert {kind for _, _, kind in repairs} <= {"create", "start"}, repairs
+    assert all("repairs only" in trigger and lock is None for trigger, lock, _ in repairs), repairs
     consul.bring_up()
     wait_for(lambda: "extra" not in kv_fleet.containers(host2), 30, "a leader to remove what is not desired")
 
