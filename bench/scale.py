@@ -194,6 +194,18 @@ def _check_plans(hosts: int, converged: int, counts: dict[str, int]) -> None:
         raise RuntimeError(f"unexpected plans: converged has {converged} actions, drifted {counts}")
 
 
+# the timed steps of plan_times, in the order it times and prints them
+PLAN_STEPS = (
+    "validate",
+    "validate_json",
+    "validate_model",
+    "render",
+    "plan_converged",
+    "plan_drifted",
+    "plan_drifted_new",
+)
+
+
 def plan_times(hosts: int, trials: int) -> dict[str, Samples]:
     """Seconds per step, median of ``trials`` runs: validate (``load_topology`` of the YAML document:
     parse and model validation), validate_json (the same topology as a JSON document),
@@ -205,16 +217,7 @@ def plan_times(hosts: int, trials: int) -> dict[str, Samples]:
     text, converged, drifted = plan_inputs(hosts)
     raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     as_json = json.dumps(raw, indent=2).encode()
-    names = (
-        "validate",
-        "validate_json",
-        "validate_model",
-        "render",
-        "plan_converged",
-        "plan_drifted",
-        "plan_drifted_new",
-    )
-    steps: dict[str, list[float]] = {name: [] for name in names}
+    steps: dict[str, list[float]] = {name: [] for name in PLAN_STEPS}
     actions = 0
     for _ in range(trials):
         gc.collect()
@@ -601,18 +604,7 @@ def _verdict(value: float, target: float) -> str:
 def _print_plan(hosts: int, figures: dict[str, Samples]) -> None:
     size, json_size = figures["document_kb"].median, figures["json_document_kb"].median
     print(f"\nplan step, {hosts:,} hosts (YAML document {size:,.0f} KiB, as JSON {json_size:,.0f} KiB)")
-    for key in (
-        "validate",
-        "validate_json",
-        "validate_model",
-        "render",
-        "plan_converged",
-        "plan_drifted",
-        "plan_drifted_new",
-        "total_converged",
-        "total_drifted",
-        "total_drifted_json",
-    ):
+    for key in (*PLAN_STEPS, "total_converged", "total_drifted", "total_drifted_json"):
         print(f"  {key:22} {figures[key].text()}")
     print(f"  {'actions (drifted)':22} {figures['actions_drifted'].median:,.0f}")
     for key in (
