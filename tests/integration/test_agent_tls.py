@@ -59,7 +59,7 @@ def cluster_report(fleet: Fleet, addresses: list[str], certs: ConsulCerts) -> st
     for engine in fleet.engines:
         client = engine.client()
         try:
-            for container in client.containers.list(all=True):
+            for container in client.containers.list(all=True, ignore_removed=True):
                 log = container.logs(tail=60).decode(errors="replace")
                 lines.append(f"--- {engine.name} {container.name} {container.status}\n{log}")
         finally:

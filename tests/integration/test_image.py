@@ -229,7 +229,10 @@ def _managed(engine: Engine) -> dict[str, dict[str, Any]]:
     with contextlib.closing(engine.client()) as client:
         return {
             c.name: c.attrs
-            for c in client.containers.list(all=True, filters={"label": f"{LABEL}.managed-by"})
+            # the running controller may remove a container between the list and its inspect
+            for c in client.containers.list(
+                all=True, filters={"label": f"{LABEL}.managed-by"}, ignore_removed=True
+            )
         }
 
 
@@ -309,7 +312,7 @@ def test_controller_container_converges_its_engine(
         logs = container.logs().decode(errors="replace")
         # The controller's own container is left alone: the topology does not manage it.
         with contextlib.closing(engine.client()) as client:
-            names = {c.name for c in client.containers.list(all=True)}
+            names = {c.name for c in client.containers.list(all=True, ignore_removed=True)}
         assert names == {"consul", "registrator", CONTROLLER_NAME}, logs
 
     assert set(found) == {"consul", "registrator"}, logs
