@@ -26,6 +26,7 @@ import threading
 import time
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -69,7 +70,7 @@ def kv_write_to_first_action(engines: list[Engine], tmp: Path, trials: int) -> l
         client.close()
     double = ConsulDouble().start()
     key = "bench/topology"
-    doc = fleet_topology(engines, tmp, "benchkv", consul_image=STANDIN_CONSUL_1, gates=False)
+    doc: dict[str, Any] = fleet_topology(engines, tmp, "benchkv", consul_image=STANDIN_CONSUL_1, gates=False)
     double.kv_put(key, yaml.safe_dump(doc).encode())
     audit = AuditLog(str(tmp / "kv-audit.db"))
     source = ConsulSource(ConsulAddress.parse(f"consul://{double.address}/{key}"))
@@ -157,7 +158,7 @@ def main() -> None:
         container = client.containers.get("registrator")
         removed_at = time.time()
         container.remove(force=True)
-        destroy_ns = None
+        destroy_ns: int | None = None
         for event in events_client.events(
             decode=True,
             since=int(since),
@@ -173,6 +174,8 @@ def main() -> None:
                 pass
             time.sleep(0.005)
         running_at = time.time()
+        if destroy_ns is None:
+            raise SystemExit("bench: the engine's event stream ended without the registrator's destroy")
         time.sleep(0.3)  # let the follow-up passes settle
         [row] = audit.actions(ActionFilter(host=target.name, kind="create", limit=1))
         assert row.status == "succeeded" and row.finished_at is not None
