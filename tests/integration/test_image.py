@@ -297,7 +297,9 @@ def test_controller_container_converges_its_engine(
             # the containerised controller also repairs drift, through the mounted socket's events
             with contextlib.closing(engine.client()) as client:
                 client.containers.get("registrator").remove(force=True)
-            found = wait_converged(engine, 30)
+            # the same bound as the first convergence: on a loaded machine a call may pass the host's 5 s
+            # timeout, and the repair is then retried after a backoff
+            found = wait_converged(engine, CONVERGE_TIMEOUT)
             container.reload()
             assert container.status == "running", container.logs().decode(errors="replace")
             # the console's templates are in the installed package, not only in the source tree
