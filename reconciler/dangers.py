@@ -292,7 +292,7 @@ def _removals(agents: list[RunningAgent], wanted: Mapping[str, ContainerSpec]) -
     servers = [a for a in agents if a.server]
     going = [a for a in servers if a.host not in wanted or wanted[a.host].role != "server"]
     minority = (len(servers) - 1) // 2
-    if len(going) <= minority:
+    if not going or len(going) <= minority:  # with no server seen running, the "minority" is -1
         return []
     names = _names([f"{a.node or a.host}: {_why_going(a, wanted)}" for a in going])
     advice = f"remove at most {minority} per document" if minority else "none can go without this"

@@ -336,6 +336,27 @@ def test_a_stopped_server_still_counts_a_never_started_one_does_not() -> None:
     assert plan_for(after, never_started).dangers == ()
 
 
+def test_servers_never_started_and_none_going_is_no_removal() -> None:
+    """The servers created but never started (their engines restarted mid-creation), the clients running:
+    no server runs and none goes, so nothing is refused. A controller once refused this pass ("removes 0
+    of the 0 running servers, more than a minority (-1)") and converged no more until the document
+    acknowledged a removal that was not there."""
+    before = fleet(hosts(1, 2))
+    observed = ObservedFleet(
+        tuple(
+            seen(h, [ours(s, "created" if s.role == "server" else "running") for s in h.specs])
+            for h in before.hosts
+        )
+    )
+    new_image = fleet(hosts(1, 2), consul={"image": "hashicorp/consul:1.21"})
+    for after in (before, new_image):
+        plan = plan_for(after, observed)
+        assert plan.dangers == () and plan.refused is None
+        assert any(a.host == "server1" and a.name == "consul" for a in plan.actions)  # started or replaced
+    # a server that ran and goes is still refused with the same clients running
+    assert_refused_for(plan_for(fleet([*hosts(0, 2), host("fresh", 50)]), running(before)), "remove-servers")
+
+
 # --- what is not observed decides nothing ------------------------------------------------------------
 
 
